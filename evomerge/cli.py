@@ -1,0 +1,92 @@
+"""The `evomerge` command line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from evomerge.errors import EvomergeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Evolutionary search for model-merge recipes.")
+zoo_app = typer.Typer(no_args_is_help=True, help="The tiny model zoo built locally for demos and tests.")
+app.add_typer(zoo_app, name="zoo")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(e: Exception) -> None:
+    err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(
+    experiment: Annotated[Path, typer.Argument(help="experiment YAML file")],
+    run_dir: Annotated[Path | None, typer.Option(help="run directory (default runs/<name>); an existing one continues")] = None,
+) -> None:
+    """Run (or continue) a search and print the held-out comparison table."""
+    from evomerge.runner import Runner
+
+    try:
+        runner = Runner(experiment, run_dir, console=console)
+        console.print(f"run directory: {runner.run_dir}")
+        runner.run()
+    except EvomergeError as e:
+        _fail(e)
+
+
+@app.command()
+def validate(experiment: Annotated[Path, typer.Argument(help="experiment YAML file")]) -> None:
+    """Check an experiment file without running it."""
+    from evomerge.config import load_experiment
+
+    try:
+        cfg, _ = load_experiment(experiment)
+    except EvomergeError as e:
+        _fail(e)
+    console.print(f"{experiment}: ok ({cfg.name})")
+
+
+@zoo_app.command("build")
+def zoo_build(
+    profile: Annotated[str, typer.Option(help="zoo profile: default | tiny")] = "default",
+    force: Annotated[bool, typer.Option(help="rebuild even if cached")] = False,
+) -> None:
+    """Build the zoo's base and expert models (cached under $EVOMERGE_HOME)."""
+    import json
+
+    from evomerge.zoo.build import PROFILES, build_zoo
+
+    if profile not in PROFILES:
+        _fail(EvomergeError(f"--profile: unknown profile {profile!r}; expected one of {sorted(PROFILES)}"))
+    out = build_zoo(PROFILES[profile], force=force, log=console.print)
+    report = json.loads((out / "zoo.json").read_text())
+    console.print(f"zoo at {out} (built in {report['build_seconds']} s)")
+    for name, acc in report["models"].items():
+        console.print(f"  {name:8s} " + "  ".join(f"{t}={a:.3f}" for t, a in acc.items()))
+
+
+@zoo_app.command("data")
+def zoo_data(
+    out: Annotated[Path, typer.Option(help="where to write <task>/<split>.jsonl")] = Path("fitness/zoo"),
+    profile: Annotated[str, typer.Option(help="zoo profile: default | tiny")] = "default",
+) -> None:
+    """Write the zoo's task splits as JSONL (the files under fitness/zoo are made by this)."""
+    from evomerge.zoo.build import PROFILES, write_task_data
+
+    write_task_data(PROFILES[profile], out)
+    console.print(f"wrote {out}")
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # evomerge never downloads: sources are local directories
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""The experiment schema. Errors name the field path and what was expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+
+from evomerge.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SourcesConfig(_Strict):
+    base: str = Field(description="base model directory, or zoo:NAME")
+    models: list[str] = Field(min_length=1, description="source model directories (or zoo:NAME), merged onto base")
+
+
+class SpaceConfig(_Strict):
+    type: str = "layer_weights"
+    operator: str = "task_arithmetic"
+    granularity: Literal["model", "layer"] | PositiveInt = "layer"
+    weight_range: tuple[float, float] = (0.0, 1.0)
+    density_range: tuple[float, float] = (0.1, 1.0)
+    normalize: bool | None = None
+    lam: float = 1.0
+    rescale: Literal["inverse", "l1", "none"] = "inverse"
+
+    @field_validator("type")
+    @classmethod
+    def _known_space(cls, v: str) -> str:
+        from evomerge.spaces import SPACES
+
+        if v not in SPACES:
+            raise ValueError(f"unknown search space {v!r}; expected one of {sorted(SPACES)}")
+        return v
+
+    @field_validator("operator")
+    @classmethod
+    def _known_operator(cls, v: str) -> str:
+        from evomerge.merge import OPERATORS
+
+        if v not in OPERATORS:
+            raise ValueError(f"unknown operator {v!r}; expected one of {sorted(OPERATORS)}")
+        return v
+
+    @field_validator("weight_range", "density_range")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[0] >= v[1]:
+            raise ValueError(f"expected [low, high] with low < high, got {list(v)}")
+        return v
+
+
+class OptimizerConfig(_Strict):
+    type: str = "cma"
+    generations: PositiveInt = 10
+    popsize: PositiveInt | None = None  # None: CMA-ES default 4 + ⌊3 ln n⌋
+    sigma0: float = Field(1 / 6, gt=0)
+    x0: float = Field(0.5, ge=0, le=1)
+
+    @field_validator("type")
+    @classmethod
+    def _known_optimizer(cls, v: str) -> str:
+        from evomerge.optim import OPTIMIZERS
+
+        if v not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {v!r}; expected one of {sorted(OPTIMIZERS)}")
+        return v
+
+
+class FitnessConfig(_Strict):
+    type: Literal["native"] = "native"
+    tasks: dict[str, str] = Field(min_length=1, description="task name -> directory holding <split>.jsonl")
+    search_split: str = "search"
+    heldout_split: str = "heldout"
+    max_examples: PositiveInt | None = None  # per task, on the search split
+    mode: Literal["teacher_forced", "generate"] = "teacher_forced"
+    batch_size: PositiveInt = 256
+    max_new_tokens: PositiveInt = 16
+
+    @model_validator(mode="after")
+    def _distinct_splits(self) -> FitnessConfig:
+        if self.search_split == self.heldout_split:
+            raise ValueError("search_split and heldout_split must differ: held-out numbers must not be searched on")
+        return self
+
+
+class BaselinesConfig(_Strict):
+    enabled: bool = True
+    ties_density: float = Field(0.5, gt=0, le=1)
+    dare_density: float = Field(0.5, gt=0, le=1)
+    # A single task-arithmetic weight tuned on the search split: gives the search its own credit.
+    tuned_weights: list[float] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+
+
+class ExperimentConfig(_Strict):
+    name: str
+    seed: int = 0
+    zoo: Literal["default", "tiny"] = "default"  # which zoo `zoo:NAME` references resolve to
+    threads: PositiveInt = 1  # torch threads per worker; one is fastest for tiny models (DESIGN §8)
+    sources: SourcesConfig
+    space: SpaceConfig = SpaceConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    fitness: FitnessConfig
+    baselines: BaselinesConfig = BaselinesConfig()
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        where = _loc(e["loc"]) or "(top level)"
+        if e["type"] == "missing":
+            msg = "required field is missing"
+        elif e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif "input" in e and e["type"] not in ("value_error",):
+            msg += f" (got {e['input']!r})"
+        parts.append(f"{where}: {msg}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def load_experiment(path: str | Path) -> tuple[ExperimentConfig, Path]:
+    """Parse and validate an experiment file; returns the config and the directory paths are relative to."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: experiment file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of fields at the top level")
+    try:
+        cfg = ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, str(path))) from None
+    return cfg, path.parent.resolve()

@@ -1,0 +1,62 @@
+"""A worker holds the sources, one live model and the scorers; recipes come in, evaluations go out."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from evomerge.fitness.scorer import NativeScorer
+from evomerge.merge.materialize import Merger
+from evomerge.recipe import Recipe
+from evomerge.sources import SourcePool
+from evomerge.store import Evaluation
+
+
+@dataclass(frozen=True)
+class Job:
+    kind: str
+    generation: int
+    idx: int
+    label: str
+    split: str
+    recipe: Recipe
+    genome: list[float] | None = None
+
+
+class Worker:
+    def __init__(self, base: Path, sources: list[Path], tasks: dict[str, dict[str, list[dict]]], fitness_cfg,
+                 threads: int = 1, device: str = "cpu"):
+        torch.set_num_threads(threads)
+        self.pool = SourcePool(base, sources, device=device)
+        self.model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(base)
+        self.merger = Merger(self.pool)
+        self.scorers = {
+            split: NativeScorer(self.tokenizer, split_tasks, mode=fitness_cfg.mode,
+                                batch_size=fitness_cfg.batch_size, max_new_tokens=fitness_cfg.max_new_tokens)
+            for split, split_tasks in tasks.items()
+        }
+
+    def evaluate(self, job: Job) -> Evaluation:
+        """Never raises for a bad candidate: a failure becomes a FAILED evaluation with its reason."""
+        ev = Evaluation(kind=job.kind, generation=job.generation, idx=job.idx, label=job.label, split=job.split,
+                        status="failed", genome=job.genome, recipe=job.recipe.to_json())
+        t0 = time.perf_counter()
+        try:
+            self.merger.materialize(job.recipe, self.model)
+            t1 = time.perf_counter()
+            ev.merge_seconds = t1 - t0
+            score = self.scorers[job.split].score(self.model)
+            ev.eval_seconds = time.perf_counter() - t1
+        except Exception as e:  # noqa: BLE001 — failures are data; the run goes on
+            ev.error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
+            ev.merge_seconds = time.perf_counter() - t0
+            return ev
+        ev.status, ev.objective = "ok", score.objective
+        ev.per_task, ev.per_example = score.per_task, score.per_example
+        return ev

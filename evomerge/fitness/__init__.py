@@ -1,0 +1,1 @@
+"""Fitness: turns a live model into per-example scores and an objective."""

@@ -1,0 +1,209 @@
+"""Builds the tiny model zoo: a Llama base pretrained on a mixture of skills and one full fine-tune per skill.
+
+Everything is deterministic from `ZooSpec.seed` and runs on CPU in a couple of minutes. Each model is saved as a
+standard Hugging Face directory (safetensors + config + tokenizer) under the zoo directory, with `zoo.json`
+recording the spec and every model's accuracy per task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from evomerge.fitness.native import encode_teacher_forced, exact_match_teacher_forced
+from evomerge.zoo.tasks import TASKS, make_splits
+from evomerge.zoo.tokenizer import build_char_tokenizer
+
+ZOO_FORMAT = 1  # bump when the build changes in a way that invalidates cached zoos
+
+
+class ZooSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seed: int = 0
+    tasks: tuple[str, ...] = ("add", "cipher", "reverse")
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    intermediate: int = 256
+    batch: int = 64
+    # Pretraining stops once the base reaches `base_target` mean accuracy (checked every `check_every` steps),
+    # so that its competence — and the room left for merging — does not depend on the seed's luck.
+    base_lr: float = 2e-3
+    base_max_steps: int = 2000
+    base_target: float = 0.45
+    check_every: int = 100
+    # Addition is learned last; oversampling it keeps the base balanced across skills.
+    mixture_weights: tuple[float, ...] = (3.0, 1.0, 1.0)
+    expert_lr: float = 3e-4
+    expert_steps: int = 300
+    sizes: dict[str, int] = {"train": 4000, "search": 300, "heldout": 300}
+
+    def fingerprint(self) -> str:
+        blob = json.dumps({"format": ZOO_FORMAT, **self.model_dump()}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+PROFILES = {
+    "default": ZooSpec(),
+    # A much smaller, faster zoo for tests: same pipeline, weaker models.
+    "tiny": ZooSpec(hidden=64, intermediate=128, base_max_steps=300, base_target=0.2, expert_steps=80,
+                    sizes={"train": 1500, "search": 60, "heldout": 60}),
+}
+
+
+def evomerge_home() -> Path:
+    return Path(os.environ.get("EVOMERGE_HOME", Path.home() / ".cache" / "evomerge"))
+
+
+def zoo_dir(spec: ZooSpec) -> Path:
+    return evomerge_home() / "zoo" / spec.fingerprint()
+
+
+def task_splits(spec: ZooSpec) -> dict[str, dict[str, list[dict[str, str]]]]:
+    return {t: make_splits(t, spec.seed, spec.sizes) for t in spec.tasks}
+
+
+def write_task_data(spec: ZooSpec, out: Path) -> None:
+    """Write each task's splits as JSONL: out/<task>/<split>.jsonl."""
+    for task, splits in task_splits(spec).items():
+        (out / task).mkdir(parents=True, exist_ok=True)
+        for split, rows in splits.items():
+            with open(out / task / f"{split}.jsonl", "w") as f:
+                for r in rows:
+                    f.write(json.dumps(r) + "\n")
+
+
+def _encode_train(tokenizer, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pre-pad a task's training rows once: ids, attention mask, labels (loss on answer + EOS only)."""
+    seqs, starts = [], []
+    for ex in rows:
+        p = tokenizer.encode(ex["prompt"], add_special_tokens=False)
+        a = tokenizer.encode(ex["answer"], add_special_tokens=False)
+        seqs.append([tokenizer.bos_token_id, *p, *a, tokenizer.eos_token_id])
+        starts.append(1 + len(p))
+    width = max(len(r) for r in seqs)
+    ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full((len(seqs), width), -100, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, (r, start) in enumerate(zip(seqs, starts, strict=True)):
+        ids[i, : len(r)] = torch.tensor(r)
+        attn[i, : len(r)] = 1
+        labels[i, start : len(r)] = torch.tensor(r[start:])
+    return ids, attn, labels
+
+
+def _sample_batch(pools, weights, batch: int, gen: torch.Generator):
+    """Draw a batch from the task pools in proportion to `weights`; trims the common padding."""
+    counts = torch.multinomial(torch.tensor(weights, dtype=torch.float), batch, replacement=True, generator=gen)
+    parts = []
+    for k, (ids, attn, labels) in enumerate(pools):
+        n = int((counts == k).sum())
+        if n:
+            idx = torch.randint(0, ids.shape[0], (n,), generator=gen)
+            parts.append((ids[idx], attn[idx], labels[idx]))
+    width = max(int(a.sum(1).max()) for _, a, _ in parts)
+    fill = (pools[0][0][0, -1].item(), 0, -100)  # pad id, attention 0, ignored label
+
+    def fit(t: torch.Tensor, value: int) -> torch.Tensor:
+        t = t[:, :width]
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+    return tuple(torch.cat([fit(p[j], fill[j]) for p in parts]) for j in range(3))
+
+
+def accuracy_per_task(model, encoded: dict[str, object]) -> dict[str, float]:
+    model.eval()
+    acc = {t: float(exact_match_teacher_forced(model, enc).float().mean()) for t, enc in encoded.items()}
+    model.train()
+    return acc
+
+
+def _train(model, pools, weights, steps, lr, spec, seed, *, stop=None) -> int:
+    """AdamW with warmup + cosine decay. `stop(step)` may end training early; returns the steps taken."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
+    model.train()
+    for step in range(1, steps + 1):
+        ids, attn, labels = _sample_batch(pools, weights, spec.batch, gen)
+        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if stop is not None and step % spec.check_every == 0 and stop(step):
+            return step
+    return steps
+
+
+def build_zoo(spec: ZooSpec, out: Path | None = None, log=print, force: bool = False) -> Path:
+    """Build (or reuse) the zoo for `spec`; returns its directory."""
+    out = out or zoo_dir(spec)
+    if (out / "zoo.json").exists() and not force:
+        return out
+    t0 = time.time()
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.manual_seed(spec.seed)
+    try:
+        tok = build_char_tokenizer()
+        data = task_splits(spec)
+        train = {t: _encode_train(tok, s["train"]) for t, s in data.items()}
+        checks = {t: encode_teacher_forced(tok, s["search"][:100]) for t, s in data.items()}
+        heldout = {t: encode_teacher_forced(tok, s["heldout"]) for t, s in data.items()}
+        cfg = LlamaConfig(
+            vocab_size=len(tok), hidden_size=spec.hidden, intermediate_size=spec.intermediate,
+            num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.heads,
+            max_position_embeddings=64, tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        )
+        base = LlamaForCausalLM(cfg)
+        pools = [train[t] for t in spec.tasks]
+
+        def reached(step: int) -> bool:
+            acc = accuracy_per_task(base, checks)
+            mean = sum(acc.values()) / len(acc)
+            log(f"base step {step}: search accuracy {mean:.3f} " + " ".join(f"{k}={v:.2f}" for k, v in acc.items()))
+            return mean >= spec.base_target
+
+        steps = _train(base, pools, spec.mixture_weights, spec.base_max_steps, spec.base_lr, spec, spec.seed,
+                       stop=reached)
+        report = {"spec": spec.model_dump(), "fingerprint": spec.fingerprint(), "base_steps": steps, "models": {}}
+        _save(base, tok, tmp / "base")
+        report["models"]["base"] = accuracy_per_task(base, heldout)
+        for task in spec.tasks:
+            expert = LlamaForCausalLM(cfg)
+            expert.load_state_dict(base.state_dict())
+            _train(expert, [train[task]], [1.0], spec.expert_steps, spec.expert_lr, spec,
+                   spec.seed * 1000 + spec.tasks.index(task) + 1)
+            _save(expert, tok, tmp / task)
+            report["models"][task] = accuracy_per_task(expert, heldout)
+            log(f"expert {task}: " + " ".join(f"{k}={v:.2f}" for k, v in report["models"][task].items()))
+        report["build_seconds"] = round(time.time() - t0, 1)
+        (tmp / "zoo.json").write_text(json.dumps(report, indent=2))
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)  # atomic publish: a killed build never leaves a half-written zoo behind
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _save(model, tok, path: Path) -> None:
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
