@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from evomerge.errors import EvomergeError
 
@@ -19,7 +20,7 @@ err_console = Console(stderr=True)
 
 
 def _fail(e: Exception) -> None:
-    err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+    err_console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -85,6 +86,9 @@ def zoo_data(
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # evomerge never downloads: sources are local directories
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-file load/save bars of tiny models are noise around our own progress
     app()
 
 

@@ -25,21 +25,30 @@ from evomerge.zoo.build import PROFILES, build_zoo
 RESULTS_FILE = "results.json"
 
 
-def resolve_model(ref: str, field: str, cfg: ExperimentConfig, base_dir: Path, console: Console) -> Path:
-    """`zoo:NAME` → the cached zoo's model (built on first use); anything else → a path relative to the file."""
-    if ref.startswith("zoo:"):
-        spec = PROFILES[cfg.zoo]
-        name = ref.removeprefix("zoo:")
-        known = ("base", *spec.tasks)
-        if name not in known:
-            raise ConfigError(f"{field}: unknown zoo model {ref!r}; expected one of {['zoo:' + k for k in known]}")
+def resolve_models(cfg: ExperimentConfig, base_dir: Path, console: Console) -> tuple[Path, list[Path]]:
+    """`zoo:NAME` → the cached zoo's model; anything else → a directory relative to the experiment file.
+
+    Every reference is checked before the zoo is built (on first use), so a typo fails in a second, not minutes.
+    """
+    refs = [("sources.base", cfg.sources.base)] + [(f"sources.models[{i}]", m) for i, m in enumerate(cfg.sources.models)]
+    spec = PROFILES[cfg.zoo]
+    known = ("base", *spec.tasks)
+    paths: list[Path | str] = []
+    for field, ref in refs:
+        if ref.startswith("zoo:"):
+            if ref.removeprefix("zoo:") not in known:
+                raise ConfigError(f"{field}: unknown zoo model {ref!r}; expected one of {['zoo:' + k for k in known]}")
+            paths.append(ref.removeprefix("zoo:"))
+            continue
+        path = (base_dir / ref).resolve()
+        if not path.is_dir():
+            raise ConfigError(f"{field}: model directory {str(path)!r} does not exist (expected a Hugging Face "
+                              "model directory or zoo:NAME)")
+        paths.append(path)
+    if any(isinstance(p, str) for p in paths):
         zoo = build_zoo(spec, log=lambda msg: console.print(f"[dim]zoo: {msg}[/]"))
-        return zoo / name
-    path = (base_dir / ref).resolve()
-    if not path.is_dir():
-        raise ConfigError(f"{field}: model directory {str(path)!r} does not exist (expected a Hugging Face model "
-                          "directory or zoo:NAME)")
-    return path
+        paths = [zoo / p if isinstance(p, str) else p for p in paths]
+    return paths[0], paths[1:]
 
 
 def resolve_tasks(cfg: ExperimentConfig, base_dir: Path) -> dict[str, dict[str, list[dict]]]:
@@ -85,10 +94,8 @@ class Runner:
 
     def run(self) -> dict:
         cfg, console = self.cfg, self.console
-        base = resolve_model(cfg.sources.base, "sources.base", cfg, self.base_dir, console)
-        models = [resolve_model(m, f"sources.models[{i}]", cfg, self.base_dir, console)
-                  for i, m in enumerate(cfg.sources.models)]
         tasks = resolve_tasks(cfg, self.base_dir)
+        base, models = resolve_models(cfg, self.base_dir, console)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         store = _open_store(self.run_dir, cfg, self.experiment)
         try:
@@ -113,8 +120,11 @@ class Runner:
             start = snap[0] + 1
         total = oc.generations * opt.popsize
         done = len(store.evaluations("search"))
-        if start:
-            self.console.print(f"resuming {self.run_dir} at generation {start + 1} ({done} evaluations stored)")
+        if start >= oc.generations:
+            self.console.print(f"search already complete ({done} evaluations stored)")
+            return
+        if start or done:
+            self.console.print(f"continuing {self.run_dir} at generation {start + 1} ({done} evaluations stored)")
         best = store.best("search")
         with _progress(self.console) as progress:
             bar = progress.add_task("search", total=total, completed=min(done, total),

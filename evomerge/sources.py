@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from evomerge.errors import SourceError
+from evomerge.merge.sparsify import magnitude_order
 
 _BLOCK = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 _EMBED = re.compile(r"embed|wte|wpe")
@@ -79,18 +80,18 @@ class SourcePool:
             check_compatible(self.base_path, base_sd, src, sd)
             self.deltas.append({k: (sd[k].to(device) - self.base[k]) for k in self.base})
         self.n_blocks = 1 + max((block_index(k) or 0) for k in self.base)
-        self._sorted_abs: dict[tuple[int, str], torch.Tensor] = {}
+        self._order: dict[tuple[int, str], torch.Tensor] = {}
 
     @property
     def n_sources(self) -> int:
         return len(self.deltas)
 
-    def sorted_abs(self, i: int, name: str) -> torch.Tensor:
-        """|τᵢ| of one tensor sorted in descending order, computed once: any density's threshold is a lookup."""
+    def magnitude_order(self, i: int, name: str) -> torch.Tensor:
+        """Indices of τᵢ[name] by descending magnitude, computed once: the sources never change during a search."""
         key = (i, name)
-        if key not in self._sorted_abs:
-            self._sorted_abs[key] = self.deltas[i][name].abs().flatten().float().sort(descending=True).values
-        return self._sorted_abs[key]
+        if key not in self._order:
+            self._order[key] = magnitude_order(self.deltas[i][name])
+        return self._order[key]
 
 
 def check_compatible(base_path: Path, base: dict, path: Path, sd: dict) -> None:

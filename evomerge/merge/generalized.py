@@ -20,7 +20,7 @@ class TensorInputs:
 
     base: torch.Tensor
     deltas: list[torch.Tensor]
-    sorted_abs: list[torch.Tensor] | None = None  # per source, |τᵢ| descending (magnitude trim)
+    order: list[torch.Tensor] | None = None  # per source, indices by descending |τᵢ| (magnitude trim)
     generator: torch.Generator | None = None  # seeded per (recipe, tensor) for random drop
 
 
@@ -46,7 +46,7 @@ class GeneralizedMerge:
         for i, delta in enumerate(x.deltas):
             d = 1.0 if densities is None else densities[i]
             if self.sparsify == "magnitude":
-                delta = magnitude_trim(delta, d, x.sorted_abs[i])
+                delta = magnitude_trim(delta, d, x.order[i])
             elif self.sparsify == "random":
                 delta = random_drop(delta, d, x.generator, rescale)
             deltas.append(delta * weights[i])

@@ -39,7 +39,7 @@ class Merger:
         inputs = TensorInputs(
             base=pool.base[name],
             deltas=[d[name] for d in pool.deltas],
-            sorted_abs=[pool.sorted_abs(i, name) for i in range(pool.n_sources)] if op.sparsify == "magnitude" else None,
+            order=[pool.magnitude_order(i, name) for i in range(pool.n_sources)] if op.sparsify == "magnitude" else None,
             generator=self._generator(recipe.seed, name) if op.sparsify == "random" else None,
         )
         return op.merge(inputs, params.weights, params.densities, lam=recipe.lam, normalize=recipe.normalize,

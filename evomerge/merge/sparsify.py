@@ -5,19 +5,25 @@ from __future__ import annotations
 import torch
 
 
-def magnitude_trim(delta: torch.Tensor, density: float, sorted_abs: torch.Tensor) -> torch.Tensor:
+def magnitude_order(delta: torch.Tensor) -> torch.Tensor:
+    """Flat indices of `delta` by descending magnitude — computed once per source and tensor."""
+    # Ranked in fp32 with torch.argsort exactly as mergekit does, so ties (common in bf16) break the same way.
+    return torch.argsort(delta.abs().reshape(-1).float(), descending=True)
+
+
+def magnitude_trim(delta: torch.Tensor, density: float, order: torch.Tensor) -> torch.Tensor:
     """Keep the top `density` fraction of |delta| (at least one entry when density > 0), no rescale.
 
-    `sorted_abs` is |delta| sorted descending, computed once per source and tensor: the threshold for any density
-    is then a lookup, and one candidate's trim costs a compare and a multiply instead of a sort.
+    With `order` precomputed, one candidate's trim is a scatter and a multiply instead of a sort.
     """
     if density >= 1:
         return delta
     if density <= 0 or delta.numel() == 0:
         return torch.zeros_like(delta)
     k = max(1, int(density * delta.numel()))  # mergekit's rule, so results match it exactly
-    threshold = sorted_abs[k - 1].to(delta.dtype)
-    return delta * (delta.abs() >= threshold)
+    mask = torch.zeros(delta.numel(), dtype=delta.dtype, device=delta.device)
+    mask[order[:k]] = 1
+    return delta * mask.view_as(delta)
 
 
 def random_drop(delta: torch.Tensor, density: float, generator: torch.Generator, rescale: str) -> torch.Tensor:

@@ -1,0 +1,68 @@
+"""A bad experiment file gives a one-line error naming the field and what was expected, and exit status 2."""
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from evomerge.cli import app
+from tests.conftest import write_experiment
+
+
+def _cli(*args):
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stderr.strip()
+
+
+def _edit(path, fn):
+    cfg = yaml.safe_load(path.read_text())
+    fn(cfg)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda c: c.pop("fitness"), "fitness: required field is missing"),
+        (lambda c: c["sources"].pop("models"), "sources.models: required field is missing"),
+        (lambda c: c["optimizer"].update(generations="many"), "optimizer.generations: Input should be a valid integer"),
+        (lambda c: c["space"].update(operator="frankenmerge"), "space.operator: unknown operator 'frankenmerge'; "
+                                                                 "expected one of"),
+        (lambda c: c["optimizer"].update(type="hillclimb"), "optimizer.type: unknown optimizer 'hillclimb'"),
+        (lambda c: c["space"].update(weight_range=[1, 0]), "space.weight_range: expected [low, high] with low < high"),
+        (lambda c: c.update(colour="blue"), "colour: unknown field"),
+        (lambda c: c["fitness"].update(heldout_split="search"), "fitness: search_split and heldout_split must differ"),
+    ],
+)
+def test_invalid_fields_are_named(tmp_path, tiny_task_dir, edit, expected):
+    exp = _edit(write_experiment(tmp_path / "e.yaml", tiny_task_dir), edit)
+    for command in ("validate", "run"):
+        code, err = _cli(command, str(exp), *(["--run-dir", str(tmp_path / "r")] if command == "run" else []))
+        assert code == 2, err
+        assert expected in err
+        assert len(err.splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()  # nothing was created for an invalid experiment
+
+
+def test_missing_model_path_is_named(tmp_path, tiny_task_dir):
+    exp = write_experiment(tmp_path / "e.yaml", tiny_task_dir,
+                           sources={"base": "zoo:base", "models": ["zoo:add", "no/such/model"]})
+    code, err = _cli("run", str(exp), "--run-dir", str(tmp_path / "r"))
+    assert code == 2
+    assert "sources.models[1]: model directory" in err and "does not exist" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_unknown_zoo_model_and_missing_file(tmp_path, tiny_task_dir):
+    exp = write_experiment(tmp_path / "e.yaml", tiny_task_dir, sources={"base": "zoo:bass", "models": ["zoo:add"]})
+    code, err = _cli("run", str(exp), "--run-dir", str(tmp_path / "r"))
+    assert code == 2 and "sources.base: unknown zoo model 'zoo:bass'" in err
+    code, err = _cli("validate", str(tmp_path / "nope.yaml"))
+    assert code == 2 and "experiment file not found" in err
+
+
+def test_quickstart_is_valid():
+    from tests.conftest import REPO
+
+    code, _ = _cli("validate", str(REPO / "experiments" / "quickstart.yaml"))
+    assert code == 0

@@ -1,0 +1,141 @@
+"""Operator properties on real tiny models, and golden equality with mergekit 0.1.5's `merge_tensors`."""
+
+import pytest
+import torch
+from mergekit.merge_methods.api import merge_tensors
+
+from evomerge.merge import OPERATORS
+from evomerge.merge.generalized import TensorInputs
+from evomerge.merge.materialize import Merger, tensor_seed
+from evomerge.merge.sparsify import magnitude_order
+from evomerge.recipe import GroupParams, Recipe
+from evomerge.sources import SourcePool, load_state_dict
+
+MERGEKIT_NAMES = {"task_arithmetic": "task_arithmetic", "ties": "ties", "dare_ties": "dare_ties",
+                  "dare_linear": "dare_linear"}
+
+
+def _merged(pool: SourcePool, recipe: Recipe) -> dict[str, torch.Tensor]:
+    m = Merger(pool)
+    return {k: m.merged_tensor(recipe, k) for k in pool.base}
+
+
+@pytest.mark.parametrize("operator", sorted(OPERATORS))
+def test_merging_a_model_with_itself_is_identity(tiny_zoo, operator):
+    expert = load_state_dict(tiny_zoo / "add")
+    pool = SourcePool(tiny_zoo / "base", [tiny_zoo / "add", tiny_zoo / "add"])
+    recipe = Recipe.uniform(operator, 2, 0.5, 1.0 if OPERATORS[operator].uses_density else None, normalize=False)
+    for k, v in _merged(pool, recipe).items():
+        torch.testing.assert_close(v, expert[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("operator", sorted(OPERATORS))
+def test_weight_zero_gives_the_base(tiny_zoo, operator):
+    base = load_state_dict(tiny_zoo / "base")
+    pool = SourcePool(tiny_zoo / "base", [tiny_zoo / "add", tiny_zoo / "cipher"])
+    recipe = Recipe.uniform(operator, 2, 0.0, 0.7 if OPERATORS[operator].uses_density else None, normalize=False)
+    for k, v in _merged(pool, recipe).items():
+        assert torch.equal(v, base[k]), k
+
+
+def test_ties_density_one_single_source_equals_task_arithmetic(tiny_zoo):
+    pool = SourcePool(tiny_zoo / "base", [tiny_zoo / "reverse"])
+    ties = _merged(pool, Recipe.uniform("ties", 1, 0.8, 1.0, normalize=False, lam=1.3))
+    ta = _merged(pool, Recipe.uniform("task_arithmetic", 1, 0.8, lam=1.3))
+    for k in ties:
+        torch.testing.assert_close(ties[k], ta[k], rtol=0, atol=0)
+
+
+def test_materialize_writes_in_place_and_is_deterministic(tiny_zoo):
+    from transformers import AutoModelForCausalLM
+
+    pool = SourcePool(tiny_zoo / "base", [tiny_zoo / "add", tiny_zoo / "cipher", tiny_zoo / "reverse"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_zoo / "base")
+    ptrs = {n: p.data_ptr() for n, p in model.named_parameters()}
+    recipe = Recipe(operator="dare_ties", granularity="layer", seed=3, normalize=True,
+                    groups={g: GroupParams(weights=(0.3, 0.5, 0.7), densities=(0.4, 0.6, 0.9))
+                            for g in ["embed", "layers.0-0", "layers.1-1", "layers.2-2", "layers.3-3", "head"]})
+    Merger(pool).materialize(recipe, model)
+    first = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert {n: p.data_ptr() for n, p in model.named_parameters()} == ptrs  # no re-allocation
+    Merger(pool).materialize(Recipe.uniform("task_arithmetic", 3, 0.1), model)
+    Merger(pool).materialize(recipe, model)
+    for n, p in model.named_parameters():
+        assert torch.equal(p, first[n]), n  # same recipe → same weights (DARE masks seeded per recipe and tensor)
+
+
+# --- golden tests against mergekit ------------------------------------------------------------------------------
+
+SHAPES = [(7,), (16, 24), (3, 5, 11)]
+
+
+def _random_inputs(shape, k, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(shape, generator=g).to(dtype)
+    models = [(base.float() + 0.1 * torch.randn(shape, generator=g)).to(dtype) for _ in range(k)]
+    return base, models
+
+
+def _ours(operator, base, models, weights, densities, *, seed=None, rescale="inverse", normalize=None, lam=1.0):
+    deltas = [m - base for m in models]
+    x = TensorInputs(
+        base=base, deltas=deltas,
+        order=[magnitude_order(d) for d in deltas],
+        generator=None if seed is None else torch.Generator().manual_seed(seed),
+    )
+    return OPERATORS[operator].merge(x, tuple(weights), tuple(densities), lam=lam, normalize=normalize,
+                                     rescale=rescale)
+
+
+def _mergekit(method, base, models, weights, densities, **params):
+    return merge_tensors([base, *models], method, base_index=0,
+                         parameters={"weight": list(weights), "density": list(densities), **params})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("densities", [(1.0, 1.0, 1.0), (0.5, 0.3, 0.8), (0.02, 0.05, 0.01)])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_ties_equals_mergekit(dtype, shape, densities, normalize):
+    base, models = _random_inputs(shape, 3, dtype, seed=hash((shape, densities)) % 1000)
+    weights = (0.7, 1.3, -0.4)  # not summing to 1, one negative
+    ours = _ours("ties", base, models, weights, densities, normalize=normalize, lam=0.9)
+    ref = _mergekit("ties", base, models, weights, densities, normalize=normalize, **{"lambda": 0.9})
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(ours, ref.to(dtype), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_task_arithmetic_equals_mergekit(dtype, shape):
+    base, models = _random_inputs(shape, 3, dtype, seed=1)
+    weights = (0.2, 0.9, 0.5)
+    ours = _ours("task_arithmetic", base, models, weights, (1.0, 1.0, 1.0), lam=1.1)
+    ref = _mergekit("task_arithmetic", base, models, weights, (1.0, 1.0, 1.0), **{"lambda": 1.1})
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(ours, ref.to(dtype), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("method", ["dare_ties", "dare_linear"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("rescale", ["l1", "none"])
+def test_dare_equals_mergekit_with_a_shared_mask(method, dtype, shape, rescale):
+    """Both draw their Bernoulli masks with torch.bernoulli in source order; a shared seed gives a shared mask."""
+    base, models = _random_inputs(shape, 3, dtype, seed=2)
+    weights, densities = (0.6, 1.0, 0.3), (0.5, 0.9, 0.2)
+    seed = tensor_seed(11, "some.tensor")
+    ours = _ours(method, base, models, weights, densities, seed=seed, rescale=rescale, normalize=True)
+    torch.manual_seed(seed)
+    ref = _mergekit(method, base, models, weights, densities, rescale=(rescale == "l1"), normalize=True)
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(ours, ref.to(dtype), rtol=tol, atol=tol)
+
+
+def test_dare_inverse_rescale_is_paper_exact():
+    base, (m,) = _random_inputs((1000,), 1, torch.float32, seed=3)
+    out = _ours("dare_linear", base, [m], (1.0,), (0.25,), seed=5, rescale="inverse")
+    delta, got = m - base, out - base
+    kept = got != 0
+    torch.testing.assert_close(got[kept], delta[kept] / 0.25)
+    assert 0.15 < kept.float().mean() < 0.35

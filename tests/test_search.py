@@ -1,0 +1,93 @@
+"""End-to-end: a real search on the tiny zoo, durable evaluations, and continuing a stopped run."""
+
+import json
+
+import pytest
+from rich.console import Console
+
+from evomerge.executors.worker import Worker
+from evomerge.runner import Runner
+from evomerge.store import RunStore
+from tests.conftest import write_experiment
+
+pytestmark = pytest.mark.slow
+
+
+def _run(exp, run_dir):
+    return Runner(exp, run_dir, console=Console(quiet=True)).run()
+
+
+def _search_rows(run_dir):
+    store = RunStore(run_dir / "run.db")
+    try:
+        return [(e.generation, e.idx, e.genome, e.objective, e.status) for e in store.evaluations("search")]
+    finally:
+        store.close()
+
+
+def test_two_generation_search_records_everything(tmp_path, tiny_zoo, tiny_task_dir):
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_task_dir,
+                           space={"type": "layer_weights", "operator": "ties", "granularity": "layer"})
+    results = _run(exp, tmp_path / "run")
+    rows = _search_rows(tmp_path / "run")
+    assert len(rows) == 2 * 4 and all(r[4] == "ok" for r in rows)
+    assert [r[:2] for r in rows] == [(g, i) for g in range(2) for i in range(4)]
+    # the results file is what the table shows, on the held-out split
+    on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(results))
+    labels = [r["label"] for r in results["rows"]]
+    assert results["split"] == "heldout" and results["examples"] == 3 * 60
+    assert labels[:5] == [labels[0], "base", "add", "cipher", "reverse"] and labels[0].startswith("evolved")
+    assert any(lbl.startswith("TIES") for lbl in labels) and any(lbl.startswith("DARE-TIES") for lbl in labels)
+    evolved = results["rows"][0]
+    assert evolved["recipe"]["operator"] == "ties" and len(evolved["recipe"]["groups"]) == 6
+    for r in results["rows"]:
+        assert 0 <= r["average"] <= 1
+        assert r["average"] == pytest.approx(sum(r["per_task"].values()) / 3)
+
+
+def test_stopped_run_continues_exactly(tmp_path, tiny_zoo, tiny_task_dir, monkeypatch):
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_task_dir,
+                           space={"type": "layer_weights", "operator": "dare_ties", "granularity": "model"})
+    _run(exp, tmp_path / "straight")
+    reference = _search_rows(tmp_path / "straight")
+
+    # Stop the second run in the middle of generation 2 (after 6 of 8 evaluations), as a crash would.
+    real = Worker.evaluate
+    calls = {"n": 0}
+
+    def dying(self, job):
+        if job.kind == "search" and calls["n"] == 6:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return real(self, job)
+
+    monkeypatch.setattr(Worker, "evaluate", dying)
+    with pytest.raises(KeyboardInterrupt):
+        _run(exp, tmp_path / "resumed")
+    assert len(_search_rows(tmp_path / "resumed")) == 6
+
+    # Continue: completed evaluations are reused, not recomputed; the sequence equals the uninterrupted run.
+    evaluated = []
+
+    def counting(self, job):
+        evaluated.append((job.kind, job.generation, job.idx))
+        return real(self, job)
+
+    monkeypatch.setattr(Worker, "evaluate", counting)
+    results = _run(exp, tmp_path / "resumed")
+    assert [e for e in evaluated if e[0] == "search"] == [("search", 1, 2), ("search", 1, 3)]
+    assert _search_rows(tmp_path / "resumed") == reference
+    straight = json.loads((tmp_path / "straight" / "results.json").read_text())
+    assert [r["average"] for r in results["rows"]] == [r["average"] for r in straight["rows"]]
+
+
+def test_changed_config_on_existing_run_is_refused(tmp_path, tiny_zoo, tiny_task_dir):
+    from evomerge.errors import ConfigError
+
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_task_dir, optimizer={"type": "cma", "generations": 1,
+                                                                             "popsize": 2})
+    _run(exp, tmp_path / "run")
+    write_experiment(exp, tiny_task_dir, optimizer={"type": "cma", "generations": 1, "popsize": 3})
+    with pytest.raises(ConfigError, match="different experiment config"):
+        _run(exp, tmp_path / "run")
