@@ -132,6 +132,18 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return f"{source}: " + "; ".join(parts)
 
 
+def _load_preset(preset: Path, section: str) -> dict:
+    if not preset.is_file():
+        raise ConfigError(f"{section}: preset file {str(preset)!r} not found (expected a YAML mapping)")
+    try:
+        data = yaml.safe_load(preset.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{section}: preset {preset} is not valid YAML: {e}".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{section}: preset {preset} must be a YAML mapping")
+    return data
+
+
 def load_experiment(path: str | Path) -> tuple[ExperimentConfig, Path]:
     """Parse and validate an experiment file; returns the config and the directory paths are relative to."""
     path = Path(path)
@@ -143,6 +155,9 @@ def load_experiment(path: str | Path) -> tuple[ExperimentConfig, Path]:
         raise ConfigError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of fields at the top level")
+    for section in ("space", "fitness"):  # a section may name a preset file instead of spelling it out
+        if isinstance(raw.get(section), str):
+            raw[section] = _load_preset(path.parent / raw[section], section)
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:

@@ -66,3 +66,21 @@ def test_quickstart_is_valid():
 
     code, _ = _cli("validate", str(REPO / "experiments" / "quickstart.yaml"))
     assert code == 0
+
+
+def test_every_shipped_experiment_and_preset_validates():
+    from evomerge.config import load_experiment
+    from tests.conftest import REPO
+
+    for exp in sorted((REPO / "experiments").glob("*.yaml")):
+        load_experiment(exp)
+    for preset in sorted((REPO / "search_spaces").glob("*.yaml")):
+        from evomerge.config import SpaceConfig, _load_preset
+
+        SpaceConfig.model_validate(_load_preset(preset, "space"))
+
+
+def test_missing_preset_is_named(tmp_path, tiny_task_dir):
+    exp = write_experiment(tmp_path / "e.yaml", tiny_task_dir, space="nope.yaml")
+    code, err = _cli("validate", str(exp))
+    assert code == 2 and "space: preset file" in err and "not found" in err

@@ -40,7 +40,7 @@ def test_two_generation_search_records_everything(tmp_path, tiny_zoo, tiny_task_
     assert labels[:5] == [labels[0], "base", "add", "cipher", "reverse"] and labels[0].startswith("evolved")
     assert any(lbl.startswith("TIES") for lbl in labels) and any(lbl.startswith("DARE-TIES") for lbl in labels)
     evolved = results["rows"][0]
-    assert evolved["recipe"]["operator"] == "ties" and len(evolved["recipe"]["groups"]) == 6
+    assert evolved["recipe"]["operator"] == "ties" and len(evolved["recipe"]["groups"]) == 4  # embed, 2 blocks, head
     for r in results["rows"]:
         assert 0 <= r["average"] <= 1
         assert r["average"] == pytest.approx(sum(r["per_task"].values()) / 3)

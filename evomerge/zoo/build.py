@@ -40,11 +40,11 @@ class ZooSpec(BaseModel):
     # so that its competence — and the room left for merging — does not depend on the seed's luck.
     base_lr: float = 2e-3
     base_max_steps: int = 2000
-    base_target: float = 0.45
+    base_target: float = 0.35
     check_every: int = 100
     # Addition is learned last; oversampling it keeps the base balanced across skills.
-    mixture_weights: tuple[float, ...] = (3.0, 1.0, 1.0)
-    expert_lr: float = 3e-4
+    mixture_weights: tuple[float, ...] = (4.0, 1.0, 1.0)
+    expert_lr: float = 2e-4
     expert_steps: int = 300
     sizes: dict[str, int] = {"train": 4000, "search": 300, "heldout": 300}
 
@@ -56,8 +56,9 @@ class ZooSpec(BaseModel):
 PROFILES = {
     "default": ZooSpec(),
     # A much smaller, faster zoo for tests: same pipeline, weaker models.
-    "tiny": ZooSpec(hidden=64, intermediate=128, base_max_steps=300, base_target=0.2, expert_steps=80,
-                    sizes={"train": 1500, "search": 60, "heldout": 60}),
+    "tiny": ZooSpec(hidden=96, intermediate=192, layers=2, base_lr=3e-3, base_max_steps=800, base_target=0.3,
+                    expert_lr=1e-3, expert_steps=100, check_every=50,
+                    sizes={"train": 2000, "search": 60, "heldout": 60}),
 }
 
 
