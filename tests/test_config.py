@@ -84,3 +84,11 @@ def test_missing_preset_is_named(tmp_path, tiny_task_dir):
     exp = write_experiment(tmp_path / "e.yaml", tiny_task_dir, space="nope.yaml")
     code, err = _cli("validate", str(exp))
     assert code == 2 and "space: preset file" in err and "not found" in err
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    from tests.conftest import REPO
+
+    ci = (REPO / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert ci.startswith("python3.11 -m venv .venv") and "pytest" in ci
+    assert ci in (REPO / "README.md").read_text()
