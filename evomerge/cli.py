@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from evomerge.errors import EvomergeError
+from evomerge.errors import EvomergeError, RunError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Evolutionary search for model-merge recipes.")
 zoo_app = typer.Typer(no_args_is_help=True, help="The tiny model zoo built locally for demos and tests.")
@@ -20,8 +20,9 @@ err_console = Console(stderr=True)
 
 
 def _fail(e: Exception) -> None:
+    """User errors (bad config or sources) exit 2; a run that cannot go on exits 1."""
     err_console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+    raise typer.Exit(1 if isinstance(e, RunError) else 2)
 
 
 @app.command()
@@ -38,6 +39,10 @@ def run(
         runner.run()
     except EvomergeError as e:
         _fail(e)
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted; every completed evaluation is saved. Continue with: "
+                          f"evomerge run {experiment} --run-dir {runner.run_dir}", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
 
 
 @app.command()

@@ -132,32 +132,26 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return f"{source}: " + "; ".join(parts)
 
 
-def _load_preset(preset: Path, section: str) -> dict:
-    if not preset.is_file():
-        raise ConfigError(f"{section}: preset file {str(preset)!r} not found (expected a YAML mapping)")
+def _read_mapping(path: Path, what: str) -> dict:
+    """Read a YAML file that must hold a mapping; `what` prefixes every error (a field or the file itself)."""
+    if not path.is_file():
+        raise ConfigError(f"{what}: {str(path)!r} not found (expected a YAML file)")
     try:
-        data = yaml.safe_load(preset.read_text())
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{section}: preset {preset} is not valid YAML: {e}".replace("\n", " ")) from None
+        raise ConfigError(f"{what}: {path} is not valid YAML: {e}".replace("\n", " ")) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{section}: preset {preset} must be a YAML mapping")
+        raise ConfigError(f"{what}: {path} must hold a YAML mapping of fields")
     return data
 
 
 def load_experiment(path: str | Path) -> tuple[ExperimentConfig, Path]:
     """Parse and validate an experiment file; returns the config and the directory paths are relative to."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: experiment file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of fields at the top level")
+    raw = _read_mapping(path, "experiment file")
     for section in ("space", "fitness"):  # a section may name a preset file instead of spelling it out
         if isinstance(raw.get(section), str):
-            raw[section] = _load_preset(path.parent / raw[section], section)
+            raw[section] = _read_mapping(path.parent / raw[section], f"{section} (preset file)")
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:

@@ -15,3 +15,7 @@ class SourceError(EvomergeError):
 
 class MergeError(EvomergeError):
     """A recipe could not be materialized (unknown operator, missing group, non-finite weights)."""
+
+
+class RunError(EvomergeError):
+    """A run cannot go on (for example, every candidate of a generation failed). The store stays intact."""

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from evomerge.config import ExperimentConfig, load_experiment
-from evomerge.errors import ConfigError
+from evomerge.errors import ConfigError, RunError
 from evomerge.executors import Job, LocalExecutor, Worker
 from evomerge.fitness.tasks import load_split
 from evomerge.optim import OPTIMIZERS
@@ -153,7 +153,7 @@ class Runner:
                         self.console.print(f"[yellow]candidate {ev.label} failed: {ev.error.splitlines()[0]}[/]")
                 values = [evals[i].objective if evals[i].status == "ok" else 0.0 for i in range(len(genomes))]
                 if all(evals[i].status != "ok" for i in evals):
-                    raise RuntimeError(f"every candidate of generation {gen + 1} failed; first error: "
+                    raise RunError(f"every candidate of generation {gen + 1} failed; first error: "
                                        f"{evals[0].error.splitlines()[0]}")
                 opt.tell(genomes, values)
                 store.save_snapshot(gen, opt.state())
@@ -164,7 +164,7 @@ class Runner:
         rows: list[tuple[str, str, Recipe]] = []
         best = store.best("search")
         if best is None:
-            raise RuntimeError("no successful search evaluation to report")
+            raise RunError("no successful search evaluation to report")
         rows.append(("evolved", f"evolved merge ({best.label})", Recipe.from_json(best.recipe)))
         rows.append(("base", "base", Recipe.uniform("task_arithmetic", k, 0.0)))
         for i, name in enumerate(self.names):
@@ -203,7 +203,7 @@ class Runner:
         evals = [store.get("heldout", -1, i, label) for i, (_, label, _) in enumerate(rows)]
         failed = [e for e in evals if e.status != "ok"]
         if failed:
-            raise RuntimeError(f"held-out scoring failed for {failed[0].label}: {failed[0].error.splitlines()[0]}")
+            raise RunError(f"held-out scoring failed for {failed[0].label}: {failed[0].error.splitlines()[0]}")
         results = _results(self.cfg, split, rows, evals, store)
         (self.run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
         self.console.print(render_table(results))

@@ -58,7 +58,7 @@ def test_unknown_zoo_model_and_missing_file(tmp_path, tiny_task_dir):
     code, err = _cli("run", str(exp), "--run-dir", str(tmp_path / "r"))
     assert code == 2 and "sources.base: unknown zoo model 'zoo:bass'" in err
     code, err = _cli("validate", str(tmp_path / "nope.yaml"))
-    assert code == 2 and "experiment file not found" in err
+    assert code == 2 and "experiment file:" in err and "not found" in err
 
 
 def test_quickstart_is_valid():
@@ -75,15 +75,15 @@ def test_every_shipped_experiment_and_preset_validates():
     for exp in sorted((REPO / "experiments").glob("*.yaml")):
         load_experiment(exp)
     for preset in sorted((REPO / "search_spaces").glob("*.yaml")):
-        from evomerge.config import SpaceConfig, _load_preset
+        from evomerge.config import SpaceConfig, _read_mapping
 
-        SpaceConfig.model_validate(_load_preset(preset, "space"))
+        SpaceConfig.model_validate(_read_mapping(preset, "space"))
 
 
 def test_missing_preset_is_named(tmp_path, tiny_task_dir):
     exp = write_experiment(tmp_path / "e.yaml", tiny_task_dir, space="nope.yaml")
     code, err = _cli("validate", str(exp))
-    assert code == 2 and "space: preset file" in err and "not found" in err
+    assert code == 2 and "space (preset file):" in err and "not found" in err
 
 
 def test_ci_runs_the_readme_test_command_verbatim():

@@ -11,10 +11,6 @@ from evomerge.merge.sparsify import magnitude_order
 from evomerge.recipe import GroupParams, Recipe
 from evomerge.sources import SourcePool, load_state_dict
 
-MERGEKIT_NAMES = {"task_arithmetic": "task_arithmetic", "ties": "ties", "dare_ties": "dare_ties",
-                  "dare_linear": "dare_linear"}
-
-
 def _merged(pool: SourcePool, recipe: Recipe) -> dict[str, torch.Tensor]:
     m = Merger(pool)
     return {k: m.merged_tensor(recipe, k) for k in pool.base}

@@ -91,3 +91,31 @@ def test_changed_config_on_existing_run_is_refused(tmp_path, tiny_zoo, tiny_task
     write_experiment(exp, tiny_task_dir, optimizer={"type": "cma", "generations": 1, "popsize": 3})
     with pytest.raises(ConfigError, match="different experiment config"):
         _run(exp, tmp_path / "run")
+
+
+def test_non_finite_merge_is_a_failed_evaluation_and_the_run_goes_on(tmp_path, tiny_zoo, tiny_task_dir):
+    from evomerge.config import FitnessConfig
+    from evomerge.executors import Job
+    from evomerge.recipe import Recipe
+
+    worker = Worker(tiny_zoo / "base", [tiny_zoo / "add"], {"search": {"add": [{"prompt": "1+1=", "answer": "2"}]}},
+                    FitnessConfig(tasks={"add": "x"}))
+    bad = worker.evaluate(Job("search", 0, 0, "bad", "search", Recipe.uniform("task_arithmetic", 1, 1e39)))
+    assert bad.status == "failed" and "NaN/Inf" in bad.error and bad.objective is None
+    good = worker.evaluate(Job("search", 0, 1, "good", "search", Recipe.uniform("task_arithmetic", 1, 1.0)))
+    assert good.status == "ok"  # the live model is usable again after a failed merge
+
+
+def test_a_run_where_every_candidate_fails_stops_with_a_clear_message(tmp_path, tiny_zoo, tiny_task_dir):
+    from typer.testing import CliRunner
+
+    from evomerge.cli import app
+
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_task_dir,
+                           space={"type": "layer_weights", "operator": "task_arithmetic", "granularity": "model",
+                                  "weight_range": [1e39, 2e39]})
+    result = CliRunner().invoke(app, ["run", str(exp), "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert "every candidate of generation 1 failed" in result.stderr and "NaN/Inf" in result.stderr
+    rows = _search_rows(tmp_path / "run")
+    assert len(rows) == 4 and all(r[4] == "failed" for r in rows)  # the failures are recorded, not lost
