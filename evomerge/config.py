@@ -80,7 +80,7 @@ class FitnessConfig(_Strict):
     heldout_split: str = "heldout"
     max_examples: PositiveInt | None = None  # per task, on the search split
     mode: Literal["teacher_forced", "generate"] = "teacher_forced"
-    batch_size: PositiveInt = 256
+    batch_size: PositiveInt = 128
     max_new_tokens: PositiveInt = 16
 
     @model_validator(mode="after")
@@ -102,7 +102,7 @@ class ExperimentConfig(_Strict):
     name: str
     seed: int = 0
     zoo: Literal["default", "tiny"] = "default"  # which zoo `zoo:NAME` references resolve to
-    threads: PositiveInt = 1  # torch threads per worker; one is fastest for tiny models (DESIGN §8)
+    threads: PositiveInt = 1  # torch threads per worker: 1 when workers share cores (DESIGN §8); see quickstart
     sources: SourcesConfig
     space: SpaceConfig = SpaceConfig()
     optimizer: OptimizerConfig = OptimizerConfig()

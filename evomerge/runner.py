@@ -165,20 +165,20 @@ class Runner:
         best = store.best("search")
         if best is None:
             raise RunError("no successful search evaluation to report")
-        rows.append(("evolved", f"evolved merge ({best.label})", Recipe.from_json(best.recipe)))
+        rows.append(("evolved", f"evolved ({best.label})", Recipe.from_json(best.recipe)))
         rows.append(("base", "base", Recipe.uniform("task_arithmetic", k, 0.0)))
         for i, name in enumerate(self.names):
             w = tuple(1.0 if j == i else 0.0 for j in range(k))
             rows.append(("source", name, Recipe(operator="task_arithmetic", groups={"all": {"weights": w}})))
         if b.enabled:
-            rows.append(("baseline", f"task arithmetic (uniform 1/{k})", Recipe.uniform("task_arithmetic", k, 1 / k)))
-            rows.append(("baseline", f"TIES (density {b.ties_density}, weight 1)",
+            rows.append(("baseline", f"task arithmetic 1/{k}", Recipe.uniform("task_arithmetic", k, 1 / k)))
+            rows.append(("baseline", f"TIES d={b.ties_density}",
                          Recipe.uniform("ties", k, 1.0, b.ties_density)))
-            rows.append(("baseline", f"DARE-TIES (density {b.dare_density}, weight 1)",
+            rows.append(("baseline", f"DARE-TIES d={b.dare_density}",
                          Recipe.uniform("dare_ties", k, 1.0, b.dare_density, normalize=True, seed=self.cfg.seed)))
             if b.tuned_weights:
                 w, _ = self._tune_single_weight(store)
-                rows.append(("tuned", f"task arithmetic (one weight tuned on search: {w:g})",
+                rows.append(("tuned", f"task arithmetic w={w:g} (tuned)",
                              Recipe.uniform("task_arithmetic", k, w)))
         return rows
 

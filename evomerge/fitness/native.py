@@ -42,7 +42,7 @@ def encode_teacher_forced(tokenizer, examples: list[dict], device: str | torch.d
 
 
 @torch.no_grad()
-def exact_match_teacher_forced(model, enc: EncodedBatch, batch_size: int = 256) -> torch.Tensor:
+def exact_match_teacher_forced(model, enc: EncodedBatch, batch_size: int = 128) -> torch.Tensor:
     """Per-example exact match (bool tensor) of greedy decoding, in one forward pass per batch."""
     out = []
     for i in range(0, enc.input_ids.shape[0], batch_size):

@@ -20,7 +20,7 @@ class NativeScorer:
     worst = 0.0  # the objective a failed evaluation is given
 
     def __init__(self, tokenizer, tasks: dict[str, list[dict]], mode: str = "teacher_forced",
-                 batch_size: int = 256, max_new_tokens: int = 16):
+                 batch_size: int = 128, max_new_tokens: int = 16):
         self.tokenizer, self.tasks, self.mode = tokenizer, tasks, mode
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self._encoded = {t: encode_teacher_forced(tokenizer, ex) for t, ex in tasks.items()} if mode == "teacher_forced" else None
