@@ -57,6 +57,23 @@ def validate(experiment: Annotated[Path, typer.Argument(help="experiment YAML fi
     console.print(f"{experiment}: ok ({cfg.name})")
 
 
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="run directory")],
+    out: Annotated[Path, typer.Option(help="where to write the model directory")],
+    rank: Annotated[int, typer.Option(help="export the candidate with this rank by search score")] = 1,
+    candidate: Annotated[str | None, typer.Option(help="export this candidate id instead (e.g. g14-8)")] = None,
+) -> None:
+    """Export a run's candidate as a Hugging Face model directory (+ model card, recipe, mergekit YAML)."""
+    from evomerge.export import export_from_run
+
+    try:
+        path, label = export_from_run(run_dir, out, rank, candidate)
+    except EvomergeError as e:
+        _fail(e)
+    console.print(f"exported {label} to {path}")
+
+
 @zoo_app.command("build")
 def zoo_build(
     profile: Annotated[str, typer.Option(help="zoo profile: default | tiny")] = "default",

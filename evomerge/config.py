@@ -28,7 +28,9 @@ class SpaceConfig(_Strict):
     density_range: tuple[float, float] = (0.1, 1.0)
     normalize: bool | None = None
     lam: float = 1.0
-    rescale: Literal["inverse", "l1", "none"] = "inverse"
+    gamma: float = Field(0.01, ge=0, lt=1)
+    epsilon: float = Field(0.15, gt=0, lt=0.5)
+    rescale: Literal["inverse", "l1", "none"] | None = None  # None: the operator's default
 
     @field_validator("type")
     @classmethod
@@ -109,6 +111,13 @@ class ExperimentConfig(_Strict):
     fitness: FitnessConfig
     baselines: BaselinesConfig = BaselinesConfig()
 
+    @model_validator(mode="after")
+    def _operator_fits_sources(self) -> ExperimentConfig:
+        if self.space.operator == "slerp" and len(self.sources.models) != 1:
+            raise ValueError(f"space.operator: slerp interpolates between the base and exactly one source; "
+                             f"sources.models lists {len(self.sources.models)}")
+        return self
+
 
 def _loc(loc: tuple) -> str:
     out = ""
@@ -121,14 +130,14 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     parts = []
     for e in err.errors():
         msg = e["msg"].removeprefix("Value error, ")
-        where = _loc(e["loc"]) or "(top level)"
+        where = _loc(e["loc"])
         if e["type"] == "missing":
             msg = "required field is missing"
         elif e["type"] == "extra_forbidden":
             msg = "unknown field"
         elif "input" in e and e["type"] not in ("value_error",):
             msg += f" (got {e['input']!r})"
-        parts.append(f"{where}: {msg}")
+        parts.append(f"{where}: {msg}" if e["loc"] else msg)  # model-level checks name their fields themselves
     return f"{source}: " + "; ".join(parts)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -28,7 +30,9 @@ class Recipe(BaseModel):
     groups: dict[str, GroupParams]
     lam: float = Field(1.0, description="global scale λ applied to the merged task vector")
     normalize: bool | None = None  # None: the operator's default (see evomerge.merge.OPERATORS)
-    rescale: str = "inverse"  # DARE rescaling: "inverse" (paper), "l1" (mergekit), "none"
+    rescale: Literal["inverse", "l1", "none"] | None = None  # None: the operator's default (see OPERATORS)
+    gamma: float = 0.01  # Breadcrumbs: fraction of largest-magnitude outliers dropped
+    epsilon: float = 0.15  # DELLA: half-width of the keep-probability range
     seed: int = 0
 
     def to_json(self) -> str:

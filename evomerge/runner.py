@@ -98,6 +98,8 @@ class Runner:
         base, models = resolve_models(cfg, self.base_dir, console)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         store = _open_store(self.run_dir, cfg, self.experiment)
+        # absolute source paths, so that `evomerge export RUN` needs nothing but the run directory
+        store.set_meta("sources", json.dumps({"base": str(base), "models": [str(m) for m in models]}))
         try:
             worker = Worker(base, models, tasks, cfg.fitness, threads=cfg.threads)
             self.executor = LocalExecutor(worker)
@@ -248,7 +250,7 @@ def render_table(results: dict) -> Table:
     tasks = list(results["rows"][0]["per_task"])
     table = Table(title=f"{results['experiment']}: accuracy on the {results['split']!r} split "
                         f"({results['examples']} examples)")
-    table.add_column("model")
+    table.add_column("model", no_wrap=True)
     for t in tasks:
         table.add_column(t, justify="right")
     table.add_column("average", justify="right")

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from evomerge.errors import SourceError
-from evomerge.merge.sparsify import magnitude_order
+from evomerge.merge.sparsify import magnitude_ranks
 
 _BLOCK = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 _EMBED = re.compile(r"embed|wte|wpe")
@@ -73,30 +73,48 @@ class SourcePool:
     def __init__(self, base: Path, sources: list[Path], device: str | torch.device = "cpu"):
         self.base_path, self.source_paths = Path(base), [Path(s) for s in sources]
         base_sd = load_state_dict(self.base_path)
-        self.base = {k: v.to(device) for k, v in base_sd.items()}
+        self.base = {k: v.to(device) for k, v in base_sd.items() if v.is_floating_point()}
         self.deltas: list[dict[str, torch.Tensor]] = []
         for src in self.source_paths:
             sd = load_state_dict(src)
             check_compatible(self.base_path, base_sd, src, sd)
             self.deltas.append({k: (sd[k].to(device) - self.base[k]) for k in self.base})
+            del sd
         self.n_blocks = 1 + max((block_index(k) or 0) for k in self.base)
-        self._order: dict[tuple[int, str], torch.Tensor] = {}
+        self._ranks: dict[tuple[int, str, str], torch.Tensor] = {}
 
     @property
     def n_sources(self) -> int:
         return len(self.deltas)
 
-    def magnitude_order(self, i: int, name: str) -> torch.Tensor:
-        """Indices of τᵢ[name] by descending magnitude, computed once: the sources never change during a search."""
-        key = (i, name)
-        if key not in self._order:
-            self._order[key] = magnitude_order(self.deltas[i][name])
-        return self._order[key]
+    def magnitude_ranks(self, i: int, name: str, kind: str) -> torch.Tensor:
+        """Magnitude ranks of τᵢ[name], computed once: the sources never change during a search."""
+        key = (i, name, kind)
+        if key not in self._ranks:
+            self._ranks[key] = magnitude_ranks(self.deltas[i][name], kind)
+        return self._ranks[key]
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _vocab(path: Path) -> dict | None:
+    return _json(path / "tokenizer.json").get("model", {}).get("vocab") or None
 
 
 def check_compatible(base_path: Path, base: dict, path: Path, sd: dict) -> None:
-    """Raise SourceError listing every tensor that is missing, extra, or of another shape."""
+    """Raise SourceError listing every difference that makes `path` unmergeable with the base: architecture,
+    vocabulary and tokenizer, and per tensor name: missing, extra, shape, dtype."""
     problems = []
+    bc, sc = _json(base_path / "config.json"), _json(path / "config.json")
+    for key in ("model_type", "vocab_size"):
+        if key in bc and key in sc and bc[key] != sc[key]:
+            problems.append(f"config {key} {sc[key]!r} != base {bc[key]!r}")
+    bv, sv = _vocab(base_path), _vocab(path)
+    if bv is not None and sv is not None and bv != sv:
+        differ = sum(1 for t in set(bv) | set(sv) if bv.get(t) != sv.get(t))
+        problems.append(f"tokenizer vocabulary differs from the base's ({differ} tokens differ)")
     for k in sorted(set(base) - set(sd)):
         problems.append(f"{k}: missing")
     for k in sorted(set(sd) - set(base)):
@@ -104,5 +122,7 @@ def check_compatible(base_path: Path, base: dict, path: Path, sd: dict) -> None:
     for k in sorted(set(base) & set(sd)):
         if base[k].shape != sd[k].shape:
             problems.append(f"{k}: shape {tuple(sd[k].shape)} != base {tuple(base[k].shape)}")
+        elif base[k].dtype != sd[k].dtype:
+            problems.append(f"{k}: dtype {sd[k].dtype} != base {base[k].dtype}")
     if problems:
-        raise SourceError(f"{path} is not compatible with base {base_path}:\n  " + "\n  ".join(problems))
+        raise SourceError(f"{path} is not compatible with base {base_path}: " + "; ".join(problems))

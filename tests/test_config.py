@@ -92,3 +92,10 @@ def test_ci_runs_the_readme_test_command_verbatim():
     ci = (REPO / ".ci" / "run").read_text().strip().splitlines()[-1]
     assert ci.startswith("python3.11 -m venv .venv") and "pytest" in ci
     assert ci in (REPO / "README.md").read_text()
+
+
+def test_slerp_needs_exactly_one_source(tmp_path, tiny_task_dir):
+    exp = write_experiment(tmp_path / "e.yaml", tiny_task_dir,
+                           space={"type": "layer_weights", "operator": "slerp", "granularity": "model"})
+    code, err = _cli("validate", str(exp))
+    assert code == 2 and "space.operator: slerp interpolates between the base and exactly one source" in err

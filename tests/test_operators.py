@@ -5,9 +5,9 @@ import torch
 from mergekit.merge_methods.api import merge_tensors
 
 from evomerge.merge import OPERATORS
-from evomerge.merge.generalized import TensorInputs
+from evomerge.merge.generalized import MergeParams, TensorInputs
 from evomerge.merge.materialize import Merger, tensor_seed
-from evomerge.merge.sparsify import magnitude_order
+from evomerge.merge.sparsify import magnitude_ranks
 from evomerge.recipe import GroupParams, Recipe
 from evomerge.sources import SourcePool, load_state_dict
 
@@ -16,22 +16,31 @@ def _merged(pool: SourcePool, recipe: Recipe) -> dict[str, torch.Tensor]:
     return {k: m.merged_tensor(recipe, k) for k in pool.base}
 
 
+def _density(operator):
+    return 1.0 if OPERATORS[operator].uses_density else None
+
+
 @pytest.mark.parametrize("operator", sorted(OPERATORS))
 def test_merging_a_model_with_itself_is_identity(tiny_zoo, operator):
     expert = load_state_dict(tiny_zoo / "add")
-    pool = SourcePool(tiny_zoo / "base", [tiny_zoo / "add", tiny_zoo / "add"])
-    recipe = Recipe.uniform(operator, 2, 0.5, 1.0 if OPERATORS[operator].uses_density else None, normalize=False)
+    copies = 1 if operator == "slerp" else 2  # slerp: base → one source; t = 1 is the source
+    pool = SourcePool(tiny_zoo / "base", [tiny_zoo / "add"] * copies)
+    weight = 1.0 if copies == 1 else 0.5
+    normalize = True if operator == "linear" else False
+    recipe = Recipe.uniform(operator, copies, weight, _density(operator), normalize=normalize)
     for k, v in _merged(pool, recipe).items():
-        torch.testing.assert_close(v, expert[k], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(v, expert[k], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("operator", sorted(OPERATORS))
+@pytest.mark.parametrize("operator", sorted(op for op in OPERATORS if OPERATORS[op].uses_base))
 def test_weight_zero_gives_the_base(tiny_zoo, operator):
     base = load_state_dict(tiny_zoo / "base")
-    pool = SourcePool(tiny_zoo / "base", [tiny_zoo / "add", tiny_zoo / "cipher"])
-    recipe = Recipe.uniform(operator, 2, 0.0, 0.7 if OPERATORS[operator].uses_density else None, normalize=False)
+    n = 1 if operator == "slerp" else 2
+    pool = SourcePool(tiny_zoo / "base", [tiny_zoo / "add", tiny_zoo / "cipher"][:n])
+    density = 0.7 if OPERATORS[operator].uses_density else None
+    recipe = Recipe.uniform(operator, n, 0.0, density, normalize=False)
     for k, v in _merged(pool, recipe).items():
-        assert torch.equal(v, base[k]), k
+        torch.testing.assert_close(v, base[k], rtol=0, atol=1e-6)
 
 
 def test_ties_density_one_single_source_equals_task_arithmetic(tiny_zoo):
@@ -72,15 +81,11 @@ def _random_inputs(shape, k, dtype, seed):
     return base, models
 
 
-def _ours(operator, base, models, weights, densities, *, seed=None, rescale="inverse", normalize=None, lam=1.0):
+def _ours(operator, base, models, weights, densities, *, seed=None, **params):
     deltas = [m - base for m in models]
-    x = TensorInputs(
-        base=base, deltas=deltas,
-        order=[magnitude_order(d) for d in deltas],
-        generator=None if seed is None else torch.Generator().manual_seed(seed),
-    )
-    return OPERATORS[operator].merge(x, tuple(weights), tuple(densities), lam=lam, normalize=normalize,
-                                     rescale=rescale)
+    x = TensorInputs(base=base, deltas=deltas, ranks=lambda i, kind: magnitude_ranks(deltas[i], kind),
+                     generator=None if seed is None else torch.Generator().manual_seed(seed))
+    return OPERATORS[operator].merge(x, MergeParams(weights=tuple(weights), densities=tuple(densities), **params))
 
 
 def _mergekit(method, base, models, weights, densities, **params):
@@ -135,3 +140,60 @@ def test_dare_inverse_rescale_is_paper_exact():
     kept = got != 0
     torch.testing.assert_close(got[kept], delta[kept] / 0.25)
     assert 0.15 < kept.float().mean() < 0.35
+
+
+def _tol(dtype):
+    return 1e-6 if dtype == torch.float32 else 1e-2
+
+
+@pytest.mark.parametrize("method", ["breadcrumbs", "breadcrumbs_ties"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("densities", [(0.5, 0.3, 0.8), (0.9, 0.95, 0.99)])
+def test_breadcrumbs_equals_mergekit(method, dtype, shape, densities):
+    base, models = _random_inputs(shape, 3, dtype, seed=4)
+    weights = (0.5, 1.2, 0.7)
+    ours = _ours(method, base, models, weights, densities, gamma=0.05, normalize=True)
+    ref = _mergekit(method, base, models, weights, densities, gamma=0.05, normalize=True)
+    torch.testing.assert_close(ours, ref.to(dtype), rtol=_tol(dtype), atol=_tol(dtype))
+
+
+@pytest.mark.parametrize("method", ["della", "della_linear"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(16, 24), (3, 5, 11)])
+def test_della_equals_mergekit_with_a_shared_mask(method, dtype, shape):
+    base, models = _random_inputs(shape, 3, dtype, seed=5)
+    weights, densities = (0.6, 1.0, 0.3), (0.5, 0.6, 0.4)
+    seed = tensor_seed(3, "della.tensor")
+    ours = _ours(method, base, models, weights, densities, seed=seed, epsilon=0.1, rescale="l1")
+    torch.manual_seed(seed)
+    ref = _mergekit(method, base, models, weights, densities, epsilon=0.1, rescale=True)
+    torch.testing.assert_close(ours, ref.to(dtype), rtol=_tol(dtype), atol=_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_linear_equals_mergekit(dtype, shape, normalize):
+    base, models = _random_inputs(shape, 3, dtype, seed=6)
+    weights = (0.2, 0.9, 0.5)
+    ours = _ours("linear", base, models, weights, (1.0,) * 3, normalize=normalize)
+    ref = merge_tensors(models, "linear", parameters={"weight": list(weights), "normalize": normalize})
+    torch.testing.assert_close(ours, ref.to(dtype), rtol=_tol(dtype) * 10, atol=_tol(dtype) * 10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("t", [0.0, 0.3, 1.0])
+def test_slerp_equals_mergekit(dtype, shape, t):
+    base, (other,) = _random_inputs(shape, 1, dtype, seed=7)
+    other = (other.float() + torch.randn(shape)).to(dtype)  # a real angle, not the parallel fallback
+    ours = _ours("slerp", base, [other], (t,), (1.0,))
+    ref = merge_tensors([base, other], "slerp", base_index=0, parameters={"t": t})
+    torch.testing.assert_close(ours, ref.to(dtype), rtol=_tol(dtype) * 10, atol=_tol(dtype) * 10)
+
+
+def test_slerp_falls_back_to_linear_for_parallel_tensors():
+    base = torch.randn(50)
+    out = _ours("slerp", base, [2 * base], (0.25,), (1.0,))
+    torch.testing.assert_close(out, 1.25 * base)

@@ -8,7 +8,7 @@ import torch
 
 from evomerge.errors import MergeError
 from evomerge.merge import OPERATORS
-from evomerge.merge.generalized import TensorInputs
+from evomerge.merge.generalized import MergeParams, TensorInputs
 from evomerge.recipe import Recipe
 from evomerge.sources import SourcePool, layer_group
 
@@ -39,11 +39,12 @@ class Merger:
         inputs = TensorInputs(
             base=pool.base[name],
             deltas=[d[name] for d in pool.deltas],
-            order=[pool.magnitude_order(i, name) for i in range(pool.n_sources)] if op.sparsify == "magnitude" else None,
-            generator=self._generator(recipe.seed, name) if op.sparsify == "random" else None,
+            ranks=lambda i, kind: pool.magnitude_ranks(i, name, kind),
+            generator=self._generator(recipe.seed, name) if op.sparsify in ("random", "della") else None,
         )
-        return op.merge(inputs, params.weights, params.densities, lam=recipe.lam, normalize=recipe.normalize,
-                        rescale=recipe.rescale)
+        return op.merge(inputs, MergeParams(
+            weights=params.weights, densities=params.densities, lam=recipe.lam, normalize=recipe.normalize,
+            rescale=recipe.rescale, gamma=recipe.gamma, epsilon=recipe.epsilon))
 
     def _generator(self, seed: int, name: str) -> torch.Generator:
         device = self.pool.base[name].device

@@ -1,49 +1,101 @@
-"""Sparsification of one task-vector tensor: magnitude trim (TIES) and random drop (DARE)."""
+"""Sparsification of one task-vector tensor: magnitude trim (TIES), outlier trim (Breadcrumbs), random drop (DARE),
+magnitude-ranked random drop (DELLA).
+
+The magnitude-based methods select by *rank*. Ranks depend only on the source, which never changes during a
+search, so they are computed once per source and tensor (`magnitude_ranks`) and stored as int32; a candidate's
+trim at any density is then one compare and one multiply — no sort. Ranks come from the same torch sort calls
+mergekit makes, so ties (common in bf16) break the same way and results are equal to mergekit's.
+"""
 
 from __future__ import annotations
 
 import torch
 
-
-def magnitude_order(delta: torch.Tensor) -> torch.Tensor:
-    """Flat indices of `delta` by descending magnitude — computed once per source and tensor."""
-    # Ranked in fp32 with torch.argsort exactly as mergekit does, so ties (common in bf16) break the same way.
-    return torch.argsort(delta.abs().reshape(-1).float(), descending=True)
+RANK_KINDS = ("desc", "asc", "row_asc")
 
 
-def magnitude_trim(delta: torch.Tensor, density: float, order: torch.Tensor) -> torch.Tensor:
-    """Keep the top `density` fraction of |delta| (at least one entry when density > 0), no rescale.
+def magnitude_ranks(delta: torch.Tensor, kind: str) -> torch.Tensor:
+    """int32 rank of each entry of |delta|: 'desc' / 'asc' over the whole tensor, 'row_asc' within each row."""
+    w = delta.abs()
+    if kind == "row_asc":
+        w = w.unsqueeze(0) if w.dim() < 2 else w
+        return torch.argsort(w, dim=1).argsort(dim=1).to(torch.int32)  # in the tensor's dtype, as mergekit's DELLA
+    w = w.reshape(-1)
+    if w.device.type == "cpu":
+        w = w.float()
+    order = torch.argsort(w, descending=True) if kind == "desc" else torch.sort(w, descending=False).indices
+    ranks = torch.empty(w.numel(), dtype=torch.int32, device=w.device)
+    ranks[order] = torch.arange(w.numel(), dtype=torch.int32, device=w.device)
+    return ranks.view(delta.shape)
 
-    With `order` precomputed, one candidate's trim is a scatter and a multiply instead of a sort.
-    """
+
+def _rescaled(delta: torch.Tensor, kept: torch.Tensor, mode: str, keep_prob) -> torch.Tensor:
+    """'inverse': divide by the keep probability (DARE/DELLA papers); 'l1': match the original L1 norm (mergekit);
+    'none': as kept."""
+    if mode == "none":
+        return kept
+    if mode == "inverse":
+        return kept / keep_prob
+    if mode == "l1":
+        before, after = delta.abs().sum(), kept.abs().sum()
+        if before < 1e-7 or after < 1e-7:
+            return kept
+        return kept * (before / after)
+    raise ValueError(f"rescale must be 'inverse', 'l1' or 'none', got {mode!r}")
+
+
+def magnitude_trim(delta: torch.Tensor, density: float, rank_desc: torch.Tensor, rescale: str = "none") -> torch.Tensor:
+    """TIES trim: keep the top `density` fraction of |delta| (at least one entry when density > 0)."""
     if density >= 1:
         return delta
     if density <= 0 or delta.numel() == 0:
         return torch.zeros_like(delta)
     k = max(1, int(density * delta.numel()))  # mergekit's rule, so results match it exactly
-    mask = torch.zeros(delta.numel(), dtype=delta.dtype, device=delta.device)
-    mask[order[:k]] = 1
-    return delta * mask.view_as(delta)
+    return _rescaled(delta, delta * (rank_desc < k), rescale, density)
 
 
-def random_drop(delta: torch.Tensor, density: float, generator: torch.Generator, rescale: str) -> torch.Tensor:
-    """DARE: keep each entry with probability `density`.
-
-    rescale: "inverse" multiplies kept entries by 1/density (the DARE paper); "l1" rescales to the tensor's
-    original L1 norm (mergekit ≥ 2025); "none" keeps them as they are.
-    """
+def outlier_trim(delta: torch.Tensor, density: float, gamma: float, rank_asc: torch.Tensor,
+                 rescale: str = "none") -> torch.Tensor:
+    """Breadcrumbs: drop the `gamma` fraction of largest magnitudes, then the smallest, keeping `density`."""
     if density >= 1:
         return delta
+    n = delta.numel()
+    target, n_top = int(density * n), int(gamma * n)
+    n_bot = max(0, n - target - n_top)  # less outlier removal when needed to retain the target density
+    keep = (rank_asc >= n_bot) & (rank_asc < n_bot + target)
+    return _rescaled(delta, delta * keep, rescale, density)
+
+
+def _work_dtype(delta: torch.Tensor) -> torch.dtype:
     # torch.bernoulli lacks fp16 on CPU; mergekit draws in fp32 there, and so do we so that masks agree.
-    work = delta.dtype if delta.device.type != "cpu" or delta.dtype == torch.bfloat16 else torch.float32
+    return delta.dtype if delta.device.type != "cpu" or delta.dtype == torch.bfloat16 else torch.float32
+
+
+def random_drop(delta: torch.Tensor, density: float, generator: torch.Generator, rescale: str = "inverse") -> torch.Tensor:
+    """DARE: keep each entry with probability `density`."""
+    if density >= 1:
+        return delta
+    work = _work_dtype(delta)
     mask = torch.bernoulli(torch.full(delta.shape, density, dtype=work, device=delta.device), generator=generator)
-    kept = delta.to(work) * mask
-    if rescale == "inverse":
-        kept = kept / density
-    elif rescale == "l1":
-        before, after = delta.to(work).abs().sum(), kept.abs().sum()
-        if before >= 1e-7 and after >= 1e-7:
-            kept = kept * (before / after)
-    elif rescale != "none":
-        raise ValueError(f"rescale must be 'inverse', 'l1' or 'none', got {rescale!r}")
-    return kept.to(delta.dtype)
+    d = delta.to(work)
+    return _rescaled(d, d * mask, rescale, density).to(delta.dtype)
+
+
+def della_drop(delta: torch.Tensor, density: float, epsilon: float, row_rank_asc: torch.Tensor,
+               generator: torch.Generator, rescale: str = "inverse") -> torch.Tensor:
+    """DELLA MagPrune: keep probability rises linearly with the magnitude rank within each row, from
+    density − ε (smallest) to density + ε (largest)."""
+    if density >= 1:
+        return delta
+    if density <= 0:
+        return torch.zeros_like(delta)
+    if density + epsilon >= 1 or density - epsilon <= 0:
+        raise ValueError(f"DELLA needs density ± epsilon inside (0, 1); got density {density}, epsilon {epsilon}")
+    work = _work_dtype(delta)
+    d = delta.to(work)
+    d2 = d.unsqueeze(0) if d.dim() < 2 else d
+    ranks = row_rank_asc.to(work) + 1
+    lo, hi = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
+    probs = (density - epsilon) + ((ranks - lo) / (hi - lo)).clamp(0, 1) * 2 * epsilon
+    mask = torch.bernoulli(probs, generator=generator).to(work)
+    return _rescaled(d2, d2 * mask, rescale, probs).to(delta.dtype).reshape(delta.shape)

@@ -35,4 +35,5 @@ class LayerWeightsSpace:
             dens = tuple(float(dlo + v * (dhi - dlo)) for v in chunk[self.k :]) or None
             groups[name] = GroupParams(weights=weights, densities=dens)
         return Recipe(operator=self.cfg.operator, granularity=self.cfg.granularity, groups=groups, lam=self.cfg.lam,
-                      normalize=self.cfg.normalize, rescale=self.cfg.rescale, seed=seed)
+                      normalize=self.cfg.normalize, rescale=self.cfg.rescale, gamma=self.cfg.gamma,
+                      epsilon=self.cfg.epsilon, seed=seed)

@@ -1,0 +1,131 @@
+"""Export a recipe as a standard Hugging Face model directory, with a model card and (when mergekit can express
+the recipe) a mergekit YAML that reproduces it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from evomerge.merge import OPERATORS
+from evomerge.merge.materialize import Merger
+from evomerge.recipe import Recipe
+from evomerge.sources import SourcePool
+
+# Operators whose mergekit method has the same name and meaning, and the rescale values mergekit can express.
+_MERGEKIT_RESCALE = {"l1": True, "none": False}
+
+
+def mergekit_config(recipe: Recipe, base: Path, sources: list[Path]) -> dict | None:
+    """The mergekit 0.1.5 YAML config equal to `recipe`, or None when mergekit cannot express it.
+
+    Expressible: one group for the whole model (per-layer groups would need mergekit gradients that interpolate),
+    and for random drops a rescale mergekit has (l1 or none; its masks still come from its own RNG)."""
+    if recipe.granularity != "model" or len(recipe.groups) != 1 or recipe.operator not in OPERATORS:
+        return None
+    op = OPERATORS[recipe.operator]
+    (params,) = recipe.groups.values()
+    if recipe.operator == "slerp":
+        return {"merge_method": "slerp", "base_model": str(base),
+                "models": [{"model": str(base)}, {"model": str(sources[0])}],
+                "parameters": {"t": params.weights[0]}, "dtype": "float32"}
+    models = []
+    for i, src in enumerate(sources):
+        p = {"weight": params.weights[i]}
+        if op.uses_density:
+            p["density"] = params.densities[i] if params.densities else 1.0
+            if op.sparsify == "outliers":
+                p["gamma"] = recipe.gamma
+            if op.sparsify == "della":
+                p["epsilon"] = recipe.epsilon
+        models.append({"model": str(src), "parameters": p})
+    cfg: dict = {"merge_method": recipe.operator, "models": models, "dtype": "float32"}
+    shared: dict = {}
+    if recipe.normalize is not None:
+        shared["normalize"] = recipe.normalize
+    if op.uses_base:
+        cfg["base_model"] = str(base)
+        if recipe.lam != 1:
+            shared["lambda"] = recipe.lam
+        if op.sparsify is not None:
+            rescale = recipe.rescale or op.default_rescale
+            if rescale not in _MERGEKIT_RESCALE:
+                return None  # the papers' 1/p rescaling is not a mergekit option
+            shared["rescale"] = _MERGEKIT_RESCALE[rescale]
+    elif recipe.lam != 1:
+        return None
+    if shared:
+        cfg["parameters"] = shared
+    return cfg
+
+
+def _model_card(recipe: Recipe, base: Path, sources: list[Path], provenance: dict) -> str:
+    front = {"library_name": "transformers", "tags": ["merge", "evomerge"], "base_model": str(base)}
+    lines = [
+        "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
+        f"# Merged model ({recipe.operator})", "",
+        "Made by evomerge from these sources:", "",
+        f"- base: `{base}`", *[f"- `{s}`" for s in sources], "",
+        "## How it was found", "",
+        *[f"- {k}: {v}" for k, v in provenance.items()], "",
+        "## Recipe", "", "Materialize it again with `evomerge` from `evomerge_recipe.json`:", "",
+        "```json", json.dumps(json.loads(recipe.to_json()), indent=2), "```", "",
+    ]
+    return "\n".join(lines)
+
+
+def export_recipe(recipe: Recipe, base: Path, sources: list[Path], out: Path, provenance: dict | None = None) -> Path:
+    """Materialize `recipe` and save it, with tokenizer, generation config, model card and recipe, under `out`."""
+    out = Path(out)
+    pool = SourcePool(base, sources)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=next(iter(pool.base.values())).dtype)
+    with torch.no_grad():
+        Merger(pool).materialize(recipe, model)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base).save_pretrained(out)
+    (out / "evomerge_recipe.json").write_text(recipe.model_dump_json(indent=2))
+    (out / "README.md").write_text(_model_card(recipe, Path(base), [Path(s) for s in sources], provenance or {}))
+    mk = mergekit_config(recipe, Path(base), [Path(s) for s in sources])
+    if mk is not None:
+        (out / "mergekit_config.yml").write_text(yaml.safe_dump(mk, sort_keys=False))
+    return out
+
+
+def export_from_run(run_dir: Path, out: Path, rank: int = 1, candidate: str | None = None) -> tuple[Path, str]:
+    """Export the rank-`rank` search candidate of a run (by search objective), or the one labelled `candidate`."""
+    from evomerge.errors import ConfigError
+    from evomerge.store import RunStore
+
+    db = Path(run_dir) / "run.db"
+    if not db.is_file():
+        raise ConfigError(f"{run_dir}: not a run directory (no run.db)")
+    store = RunStore(db)
+    try:
+        meta = store.get_meta("sources")
+        ranked = sorted((e for e in store.evaluations("search") if e.status == "ok"), key=lambda e: -e.objective)
+        name = store.get_meta("config")
+    finally:
+        store.close()
+    if meta is None or not ranked:
+        raise ConfigError(f"{run_dir}: the run has no successful search evaluation to export yet")
+    if candidate is not None:
+        chosen = [e for e in ranked if e.label == candidate]
+        if not chosen:
+            raise ConfigError(f"--candidate: no successful candidate {candidate!r} in {run_dir}")
+        ev = chosen[0]
+    else:
+        if not 1 <= rank <= len(ranked):
+            raise ConfigError(f"--rank: expected 1..{len(ranked)}, got {rank}")
+        ev = ranked[rank - 1]
+    src = json.loads(meta)
+    provenance = {
+        "experiment": json.loads(name)["name"], "run directory": str(Path(run_dir).resolve()),
+        "candidate": f"{ev.label} (rank {ranked.index(ev) + 1} of {len(ranked)} by search score)",
+        "search score": f"{ev.objective:.4f} on the {ev.split!r} split, per task {ev.per_task}",
+    }
+    path = export_recipe(Recipe.from_json(ev.recipe), Path(src["base"]), [Path(m) for m in src["models"]], out,
+                         provenance)
+    return path, ev.label

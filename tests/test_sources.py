@@ -1,0 +1,86 @@
+"""Loading sources of several architectures by tensor names, sharded checkpoints, and compatibility errors."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from evomerge.errors import SourceError
+from evomerge.merge.materialize import Merger
+from evomerge.recipe import Recipe
+from evomerge.sources import SourcePool, group_names, layer_group
+
+ARCHS = {
+    "llama": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2),
+    "mistral": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2),
+    "qwen2": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2),
+    "gemma": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=1, head_dim=8),
+    "gpt2": dict(n_embd=32, n_head=4, n_positions=64),
+}
+N_LAYERS = 3
+
+
+def _make(arch: str, path, seed: int, **kw):
+    torch.manual_seed(seed)
+    layers = {"n_layer": N_LAYERS} if arch == "gpt2" else {"num_hidden_layers": N_LAYERS}
+    cfg = AutoConfig.for_model(arch, vocab_size=50, **layers, **ARCHS[arch])
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.save_pretrained(path, **kw)
+    return model
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_any_architecture_loads_groups_and_merges(tmp_path, arch):
+    _make(arch, tmp_path / "base", 0)
+    expert = _make(arch, tmp_path / "expert", 1, max_shard_size="20KB")  # sharded safetensors
+    assert (tmp_path / "expert" / "model.safetensors.index.json").exists()
+    pool = SourcePool(tmp_path / "base", [tmp_path / "expert"])
+    assert pool.n_blocks == N_LAYERS
+    groups = {layer_group(n, "layer", pool.n_blocks) for n in pool.base}
+    assert groups == set(group_names("layer", N_LAYERS))  # embed, each block, head — found from names alone
+    live = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    Merger(pool).materialize(Recipe.uniform("task_arithmetic", 1, 1.0), live)
+    for name, p in live.state_dict().items():
+        if name in pool.base:
+            torch.testing.assert_close(p, expert.state_dict()[name], rtol=1e-5, atol=1e-6)
+
+
+def test_mismatches_are_reported_by_tensor_name(tmp_path):
+    _make("llama", tmp_path / "base", 0)
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model("llama", vocab_size=50, num_hidden_layers=N_LAYERS + 1, **ARCHS["llama"])
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "deeper")
+    with pytest.raises(SourceError) as e:
+        SourcePool(tmp_path / "base", [tmp_path / "deeper"])
+    assert f"model.layers.{N_LAYERS}.mlp.up_proj.weight: not in base" in str(e.value)
+    cfg = AutoConfig.for_model("llama", vocab_size=60, num_hidden_layers=N_LAYERS, **ARCHS["llama"])
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "vocab")
+    with pytest.raises(SourceError) as e:
+        SourcePool(tmp_path / "base", [tmp_path / "vocab"])
+    assert "model.embed_tokens.weight: shape (60, 32) != base (50, 32)" in str(e.value)
+    assert "vocab_size 60 != base 50" in str(e.value)
+
+
+def test_architecture_and_dtype_mismatch(tmp_path):
+    _make("llama", tmp_path / "base", 0)
+    _make("mistral", tmp_path / "mistral", 1)
+    with pytest.raises(SourceError, match="model_type 'mistral' != base 'llama'"):
+        SourcePool(tmp_path / "base", [tmp_path / "mistral"])
+    m = _make("llama", tmp_path / "half", 2)
+    m.to(torch.bfloat16).save_pretrained(tmp_path / "half")
+    with pytest.raises(SourceError, match=r"lm_head.weight: dtype torch.bfloat16 != base torch.float32"):
+        SourcePool(tmp_path / "base", [tmp_path / "half"])
+
+
+def test_pickle_checkpoints_are_refused_with_a_reason(tmp_path):
+    _make("llama", tmp_path / "base", 0)
+    d = tmp_path / "pickled"
+    d.mkdir()
+    sd = load_file(tmp_path / "base" / "model.safetensors")
+    torch.save(sd, d / "pytorch_model.bin")
+    (d / "config.json").write_text((tmp_path / "base" / "config.json").read_text())
+    with pytest.raises(SourceError, match="only pickle weights.*arbitrary code"):
+        SourcePool(tmp_path / "base", [d])
+    assert json.loads((d / "config.json").read_text())["model_type"] == "llama"
