@@ -74,24 +74,31 @@ class SourcePool:
         self.base_path, self.source_paths = Path(base), [Path(s) for s in sources]
         base_sd = load_state_dict(self.base_path)
         self.base = {k: v.to(device) for k, v in base_sd.items() if v.is_floating_point()}
-        self.deltas: list[dict[str, torch.Tensor]] = []
-        for src in self.source_paths:
+        # Task vectors stacked per tensor, [K, *shape]: a weighted sum over sources is then one BLAS pass, and
+        # source i's task vector is the contiguous view stacked[name][i].
+        self.stacked: dict[str, torch.Tensor] = {}
+        for i, src in enumerate(self.source_paths):
             sd = load_state_dict(src)
             check_compatible(self.base_path, base_sd, src, sd)
-            self.deltas.append({k: (sd[k].to(device) - self.base[k]) for k in self.base})
+            for k, b in self.base.items():
+                if i == 0:
+                    self.stacked[k] = torch.empty((len(sources), *b.shape), dtype=b.dtype, device=device)
+                torch.sub(sd[k].to(device), b, out=self.stacked[k][i])
             del sd
+        self.deltas = [{k: v[i] for k, v in self.stacked.items()} for i in range(len(sources))]
         self.n_blocks = 1 + max((block_index(k) or 0) for k in self.base)
-        self._ranks: dict[tuple[int, str, str], torch.Tensor] = {}
+        self._ranks: dict[tuple[str, str], torch.Tensor] = {}
 
     @property
     def n_sources(self) -> int:
         return len(self.deltas)
 
-    def magnitude_ranks(self, i: int, name: str, kind: str) -> torch.Tensor:
-        """Magnitude ranks of τᵢ[name], computed once: the sources never change during a search."""
-        key = (i, name, kind)
+    def magnitude_ranks(self, name: str, kind: str) -> torch.Tensor:
+        """Magnitude ranks of every source's τ[name], stacked [K, *shape], computed once: the sources never change
+        during a search."""
+        key = (name, kind)
         if key not in self._ranks:
-            self._ranks[key] = magnitude_ranks(self.deltas[i][name], kind)
+            self._ranks[key] = torch.stack([magnitude_ranks(d[name], kind) for d in self.deltas])
         return self._ranks[key]
 
 

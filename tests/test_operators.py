@@ -48,7 +48,7 @@ def test_ties_density_one_single_source_equals_task_arithmetic(tiny_zoo):
     ties = _merged(pool, Recipe.uniform("ties", 1, 0.8, 1.0, normalize=False, lam=1.3))
     ta = _merged(pool, Recipe.uniform("task_arithmetic", 1, 0.8, lam=1.3))
     for k in ties:
-        torch.testing.assert_close(ties[k], ta[k], rtol=0, atol=0)
+        torch.testing.assert_close(ties[k], ta[k], rtol=1e-6, atol=1e-6)  # BLAS vs fused: rounding only
 
 
 def test_materialize_writes_in_place_and_is_deterministic(tiny_zoo):
@@ -82,8 +82,8 @@ def _random_inputs(shape, k, dtype, seed):
 
 
 def _ours(operator, base, models, weights, densities, *, seed=None, **params):
-    deltas = [m - base for m in models]
-    x = TensorInputs(base=base, deltas=deltas, ranks=lambda i, kind: magnitude_ranks(deltas[i], kind),
+    deltas = torch.stack([m - base for m in models])
+    x = TensorInputs(base=base, deltas=deltas, ranks=lambda kind: torch.stack([magnitude_ranks(d, kind) for d in deltas]),
                      generator=None if seed is None else torch.Generator().manual_seed(seed))
     return OPERATORS[operator].merge(x, MergeParams(weights=tuple(weights), densities=tuple(densities), **params))
 

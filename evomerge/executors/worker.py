@@ -33,7 +33,8 @@ class Worker:
                  threads: int = 1, device: str = "cpu"):
         torch.set_num_threads(threads)
         self.pool = SourcePool(base, sources, device=device)
-        self.model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(device).eval()
+        dtype = next(iter(self.pool.base.values())).dtype  # the live model holds merges in the sources' dtype
+        self.model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to(device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(base)
         self.merger = Merger(self.pool)
         self.scorers = {
@@ -48,10 +49,16 @@ class Worker:
                         status="failed", genome=job.genome, recipe=job.recipe.to_json())
         t0 = time.perf_counter()
         try:
-            self.merger.materialize(job.recipe, self.model)
+            scorer = self.scorers[job.split]
+            # teacher-forced scoring checks the logits for NaN/Inf, which is cheaper than scanning every weight
+            self.merger.materialize(job.recipe, self.model, check_finite=scorer.mode != "teacher_forced")
             t1 = time.perf_counter()
             ev.merge_seconds = t1 - t0
-            score = self.scorers[job.split].score(self.model)
+            try:
+                score = scorer.score(self.model)
+            except FloatingPointError:
+                self.merger.check_finite(self.model)  # names the first non-finite tensor, if a weight is one
+                raise
             ev.eval_seconds = time.perf_counter() - t1
         except Exception as e:  # noqa: BLE001 — failures are data; the run goes on
             ev.error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"

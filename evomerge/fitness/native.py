@@ -48,6 +48,8 @@ def exact_match_teacher_forced(model, enc: EncodedBatch, batch_size: int = 128) 
     for i in range(0, enc.input_ids.shape[0], batch_size):
         ids = enc.input_ids[i : i + batch_size]
         logits = model(input_ids=ids, attention_mask=enc.attention_mask[i : i + batch_size]).logits
+        if not torch.isfinite(logits).all():  # NaN/Inf weights show here; cheaper than scanning every weight
+            raise FloatingPointError("the model produced non-finite logits")
         pred = logits[:, :-1].argmax(-1)
         ok = (pred == ids[:, 1:]) | ~enc.target_mask[i : i + batch_size]
         out.append(ok.all(-1))

@@ -20,8 +20,8 @@ class TensorInputs:
     """What one output tensor is merged from."""
 
     base: torch.Tensor
-    deltas: list[torch.Tensor]
-    ranks: Callable[[int, str], torch.Tensor] | None = None  # (source, kind) → cached magnitude ranks
+    deltas: torch.Tensor  # [K, *shape]: the sources' task vectors, stacked
+    ranks: Callable[[str], torch.Tensor] | None = None  # kind → cached stacked magnitude ranks [K, *shape]
     generator: torch.Generator | None = None  # seeded per (recipe, tensor) for random drops
 
 
@@ -38,6 +38,28 @@ class MergeParams:
     epsilon: float = 0.15  # DELLA: half-width of the keep-probability range
 
 
+CHUNK = 1 << 16  # elements per source in one step of the fused path: its temporaries stay in cache
+
+
+def _into(result: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    if out is None:
+        return result
+    out.copy_(result)
+    return out
+
+
+def weighted_sum(base: torch.Tensor, deltas: torch.Tensor, coef: list[float], beta: float = 1.0,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    """beta·base + Σᵢ coefᵢ·deltasᵢ in one streaming pass (a BLAS matrix-vector product) where the dtype allows."""
+    if base.dtype in (torch.float32, torch.float64):
+        target = out if out is not None and out.is_contiguous() else torch.empty_like(base)
+        c = torch.tensor(coef, dtype=base.dtype, device=base.device)
+        torch.addmv(base.reshape(-1), deltas.reshape(len(coef), -1).t(), c, beta=beta, out=target.view(-1))
+        return target if target is out else _into(target, out)
+    c = torch.tensor(coef, dtype=deltas.dtype, device=deltas.device).view(-1, *([1] * base.dim()))
+    return _into((beta * base + (deltas * c).sum(dim=0)).to(base.dtype), out)
+
+
 @dataclass(frozen=True)
 class GeneralizedMerge:
     sparsify: str | None  # None | "magnitude" | "outliers" | "random" | "della"
@@ -50,26 +72,95 @@ class GeneralizedMerge:
     def uses_density(self) -> bool:
         return self.sparsify is not None
 
+    def merge(self, x: TensorInputs, p: MergeParams, out: torch.Tensor | None = None) -> torch.Tensor:
+        normalize = self.default_normalize if p.normalize is None else p.normalize
+        rescale = self.default_rescale if p.rescale is None else p.rescale
+        if self.sparsify is None and not self.consensus:
+            total = sum(p.weights)
+            scale = p.lam / total if normalize and abs(total) >= 1e-8 else p.lam
+            return weighted_sum(x.base, x.deltas, [w * scale for w in p.weights], out=out)
+        if self.sparsify in (None, "magnitude", "outliers", "random") and rescale in ("none", "inverse"):
+            return self._fused(x, p, normalize, rescale, out)
+        return _into(self._reference(x, p, normalize, rescale), out)
+
+    # -- the fused path: one read of the inputs, one write of the output, everything else in cache -------------
+    def _fused(self, x: TensorInputs, p: MergeParams, normalize: bool, rescale: str, out) -> torch.Tensor:
+        k = x.deltas.shape[0]
+        dens = p.densities or (1.0,) * k
+        dt, dev = x.deltas.dtype, x.deltas.device
+        deltas = x.deltas.reshape(k, -1)
+        n = deltas.shape[1]
+        weights = torch.tensor(p.weights, dtype=dt, device=dev).view(k, 1)
+        # rescale by 1/density folded into the weights (only sources that are actually sparsified)
+        inv = [1 / d if rescale == "inverse" and self.sparsify and 0 < d < 1 else 1.0 for d in dens]
+        factors = weights * torch.tensor(inv, dtype=dt, device=dev).view(k, 1) if rescale == "inverse" else weights
+        keep_lo = keep_hi = masks = None
+        if self.sparsify == "magnitude":
+            ranks = x.ranks("desc").reshape(k, -1)
+            keep_hi = torch.tensor([n if d >= 1 else (0 if d <= 0 else max(1, int(d * n))) for d in dens],
+                                   dtype=torch.int32, device=dev).view(k, 1)
+        elif self.sparsify == "outliers":
+            ranks = x.ranks("asc").reshape(k, -1)
+            lo, hi = [], []
+            for d in dens:
+                target, top = int(d * n), int(p.gamma * n)
+                bot = max(0, n - target - top)
+                lo.append(0 if d >= 1 else bot)
+                hi.append(n if d >= 1 else bot + target)
+            keep_lo = torch.tensor(lo, dtype=torch.int32, device=dev).view(k, 1)
+            keep_hi = torch.tensor(hi, dtype=torch.int32, device=dev).view(k, 1)
+        elif self.sparsify == "random":
+            # drawn per source over the whole tensor, in source order, exactly as mergekit draws them
+            masks = torch.stack([random_drop(torch.ones_like(x.deltas[i]), d, x.generator, "none").reshape(-1)
+                                 for i, d in enumerate(dens)]).to(dt)
+        base = x.base.reshape(-1)
+        result = out.view(-1) if out is not None and out.is_contiguous() else torch.empty_like(base)
+        for s in range(0, n, CHUNK):
+            e = min(s + CHUNK, n)
+            t = deltas[:, s:e] * factors
+            if keep_hi is not None:
+                r = ranks[:, s:e]
+                t *= (r < keep_hi) if keep_lo is None else ((r >= keep_lo) & (r < keep_hi))
+            if masks is not None:
+                t *= masks[:, s:e]
+            if self.consensus:
+                majority = t.sum(dim=0) >= 0
+                agree = torch.where(majority, t > 0, t < 0)  # sign(t) == majority sign; zeros never agree
+                mixed = (t * agree).sum(dim=0)
+                if normalize:
+                    divisor = (weights * agree).sum(dim=0)
+                    divisor[divisor == 0] = 1
+                    mixed /= divisor
+            else:
+                mixed = t.sum(dim=0)
+                if normalize:
+                    total = float(weights.sum())
+                    mixed /= total if abs(total) >= 1e-8 else 1.0
+            if p.lam != 1:
+                mixed *= p.lam
+            torch.add(base[s:e], mixed, out=result[s:e])
+        result = result.view(x.base.shape)
+        return result if out is None or result.data_ptr() == out.data_ptr() else _into(result, out)
+
+    # -- the reference path: whole tensors, exactly mergekit's sequence of operations -----------------------------
     def _sparsified(self, x: TensorInputs, i: int, density: float, p: MergeParams, rescale: str) -> torch.Tensor:
         delta = x.deltas[i]
         if self.sparsify == "magnitude":
-            return magnitude_trim(delta, density, x.ranks(i, "desc"), rescale)
+            return magnitude_trim(delta, density, x.ranks("desc")[i], rescale)
         if self.sparsify == "outliers":
-            return outlier_trim(delta, density, p.gamma, x.ranks(i, "asc"), rescale)
+            return outlier_trim(delta, density, p.gamma, x.ranks("asc")[i], rescale)
         if self.sparsify == "random":
             return random_drop(delta, density, x.generator, rescale)
         if self.sparsify == "della":
-            return della_drop(delta, density, p.epsilon, x.ranks(i, "row_asc"), x.generator, rescale)
+            return della_drop(delta, density, p.epsilon, x.ranks("row_asc")[i], x.generator, rescale)
         return delta
 
-    def merge(self, x: TensorInputs, p: MergeParams) -> torch.Tensor:
-        normalize = self.default_normalize if p.normalize is None else p.normalize
-        rescale = self.default_rescale if p.rescale is None else p.rescale
+    def _reference(self, x: TensorInputs, p: MergeParams, normalize: bool, rescale: str) -> torch.Tensor:
         # One [K, ...] stack of this tensor's sparsified task vectors — a small multiple of one tensor, never a
         # model — reduced along dim 0 exactly as mergekit does, so low-precision sums round the same way.
         deltas = torch.stack([
             self._sparsified(x, i, 1.0 if p.densities is None else p.densities[i], p, rescale)
-            for i in range(len(x.deltas))
+            for i in range(x.deltas.shape[0])
         ])
         weights = torch.tensor(p.weights, dtype=deltas.dtype, device=deltas.device)
         weights = weights.view(-1, *([1] * (deltas.dim() - 1)))
@@ -100,13 +191,12 @@ class Linear:
     uses_density = False
     uses_base = False
 
-    def merge(self, x: TensorInputs, p: MergeParams) -> torch.Tensor:
-        out = sum(w * (x.base + d) for w, d in zip(p.weights, x.deltas, strict=True))
+    def merge(self, x: TensorInputs, p: MergeParams, out: torch.Tensor | None = None) -> torch.Tensor:
+        # Σ wᵢθᵢ = (Σ wᵢ)·θ₀ + Σ wᵢτᵢ: one streaming pass over the stacked task vectors
         normalize = self.default_normalize if p.normalize is None else p.normalize
         total = sum(p.weights)
-        if normalize and abs(total) >= 1e-8:
-            out = out / total
-        return out.to(x.base.dtype)
+        scale = 1 / total if normalize and abs(total) >= 1e-8 else 1.0
+        return weighted_sum(x.base, x.deltas, [w * scale for w in p.weights], beta=total * scale, out=out)
 
 
 @dataclass(frozen=True)
@@ -120,7 +210,10 @@ class Slerp:
     uses_density = False
     uses_base = True
 
-    def merge(self, x: TensorInputs, p: MergeParams) -> torch.Tensor:
+    def merge(self, x: TensorInputs, p: MergeParams, out: torch.Tensor | None = None) -> torch.Tensor:
+        return _into(self._slerp(x, p), out)
+
+    def _slerp(self, x: TensorInputs, p: MergeParams) -> torch.Tensor:
         if len(x.deltas) != 1:
             raise ValueError(f"slerp merges the base with exactly one source, got {len(x.deltas)} sources")
         dtype = torch.float64 if x.base.dtype == torch.float64 else torch.float32

@@ -25,7 +25,8 @@ class Merger:
     def __init__(self, pool: SourcePool):
         self.pool = pool
 
-    def merged_tensor(self, recipe: Recipe, name: str) -> torch.Tensor:
+    def merged_tensor(self, recipe: Recipe, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The merged value of one tensor, written into `out` when given (the live parameter, in place)."""
         try:
             op = OPERATORS[recipe.operator]
         except KeyError:
@@ -38,24 +39,35 @@ class Merger:
         pool = self.pool
         inputs = TensorInputs(
             base=pool.base[name],
-            deltas=[d[name] for d in pool.deltas],
-            ranks=lambda i, kind: pool.magnitude_ranks(i, name, kind),
+            deltas=pool.stacked[name],
+            ranks=lambda kind: pool.magnitude_ranks(name, kind),
             generator=self._generator(recipe.seed, name) if op.sparsify in ("random", "della") else None,
         )
-        return op.merge(inputs, MergeParams(
-            weights=params.weights, densities=params.densities, lam=recipe.lam, normalize=recipe.normalize,
-            rescale=recipe.rescale, gamma=recipe.gamma, epsilon=recipe.epsilon))
+        params = MergeParams(weights=params.weights, densities=params.densities, lam=recipe.lam,
+                             normalize=recipe.normalize, rescale=recipe.rescale, gamma=recipe.gamma,
+                             epsilon=recipe.epsilon)
+        return op.merge(inputs, params, out=out)
 
     def _generator(self, seed: int, name: str) -> torch.Generator:
         device = self.pool.base[name].device
         return torch.Generator(device=device).manual_seed(tensor_seed(seed, name))
 
     @torch.no_grad()
-    def materialize(self, recipe: Recipe, model: torch.nn.Module) -> None:
-        """Write the merge into `model`'s parameters in place. Raises MergeError on NaN/Inf."""
+    def materialize(self, recipe: Recipe, model: torch.nn.Module, check_finite: bool = True) -> None:
+        """Write the merge into `model`'s parameters in place. Raises MergeError naming the first tensor with
+        NaN/Inf; a search passes check_finite=False and checks the logits instead, which costs no extra pass."""
         live = model.state_dict(keep_vars=True)
         for name in self.pool.base:
-            merged = self.merged_tensor(recipe, name)
-            if not torch.isfinite(merged).all():
+            target = live[name].data
+            if target.dtype == self.pool.base[name].dtype:
+                self.merged_tensor(recipe, name, out=target)
+            else:
+                target.copy_(self.merged_tensor(recipe, name))
+        if check_finite:
+            self.check_finite(model)
+
+    def check_finite(self, model: torch.nn.Module) -> None:
+        live = model.state_dict()
+        for name in self.pool.base:
+            if not torch.isfinite(live[name]).all():
                 raise MergeError(f"merge produced NaN/Inf in tensor {name}")
-            live[name].data.copy_(merged)
