@@ -7,7 +7,7 @@ from mergekit.merge_methods.api import merge_tensors
 from evomerge.merge import OPERATORS
 from evomerge.merge.generalized import MergeParams, TensorInputs
 from evomerge.merge.materialize import Merger, tensor_seed
-from evomerge.merge.sparsify import magnitude_ranks
+from evomerge.merge.sparsify import keep_mask, magnitude_ranks, source_seed
 from evomerge.recipe import GroupParams, Recipe
 from evomerge.sources import SourcePool, load_state_dict
 
@@ -84,8 +84,14 @@ def _random_inputs(shape, k, dtype, seed):
 def _ours(operator, base, models, weights, densities, *, seed=None, **params):
     deltas = torch.stack([m - base for m in models])
     x = TensorInputs(base=base, deltas=deltas, ranks=lambda kind: torch.stack([magnitude_ranks(d, kind) for d in deltas]),
-                     generator=None if seed is None else torch.Generator().manual_seed(seed))
+                     seed=seed or 0, generator=None if seed is None else torch.Generator().manual_seed(seed))
     return OPERATORS[operator].merge(x, MergeParams(weights=tuple(weights), densities=tuple(densities), **params))
+
+
+def _share_masks(monkeypatch, shape, densities, seed):
+    """mergekit draws each DARE mask with one torch.bernoulli call per source, in source order: hand it ours."""
+    masks = iter([keep_mask(shape, d, source_seed(seed, i)) for i, d in enumerate(densities) if d < 1])
+    monkeypatch.setattr(torch, "bernoulli", lambda p, *a, **k: next(masks).to(p.dtype))
 
 
 def _mergekit(method, base, models, weights, densities, **params):
@@ -121,13 +127,12 @@ def test_task_arithmetic_equals_mergekit(dtype, shape):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("rescale", ["l1", "none"])
-def test_dare_equals_mergekit_with_a_shared_mask(method, dtype, shape, rescale):
-    """Both draw their Bernoulli masks with torch.bernoulli in source order; a shared seed gives a shared mask."""
+def test_dare_equals_mergekit_with_a_shared_mask(method, dtype, shape, rescale, monkeypatch):
     base, models = _random_inputs(shape, 3, dtype, seed=2)
     weights, densities = (0.6, 1.0, 0.3), (0.5, 0.9, 0.2)
     seed = tensor_seed(11, "some.tensor")
     ours = _ours(method, base, models, weights, densities, seed=seed, rescale=rescale, normalize=True)
-    torch.manual_seed(seed)
+    _share_masks(monkeypatch, shape, densities, seed)
     ref = _mergekit(method, base, models, weights, densities, rescale=(rescale == "l1"), normalize=True)
     tol = 1e-6 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(ours, ref.to(dtype), rtol=tol, atol=tol)
@@ -197,3 +202,33 @@ def test_slerp_falls_back_to_linear_for_parallel_tensors():
     base = torch.randn(50)
     out = _ours("slerp", base, [2 * base], (0.25,), (1.0,))
     torch.testing.assert_close(out, 1.25 * base)
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "breadcrumbs_ties", "dare_linear"])
+def test_compiled_kernel_equals_mergekit(method, monkeypatch):
+    """Large tensors go through the torch.compile'd kernel; it must give mergekit's numbers too."""
+    from evomerge.merge import kernels
+
+    monkeypatch.setattr(kernels, "COMPILE_MIN", 1)
+    monkeypatch.setattr(kernels, "_compile_failed", False)
+    base, models = _random_inputs((96, 80), 3, torch.float32, seed=8)
+    weights, densities = (0.6, 1.1, -0.3), (0.5, 0.3, 0.9)
+    seed = tensor_seed(1, "big")
+    ours = _ours(method, base, models, weights, densities, seed=seed, rescale="none", gamma=0.05, normalize=True)
+    assert not kernels._compile_failed, "the compiled kernel fell back to eager"
+    _share_masks(monkeypatch, (96, 80), densities, seed)
+    params = {"rescale": False, "normalize": True, **({"gamma": 0.05} if "breadcrumbs" in method else {})}
+    ref = _mergekit(method, base, models, weights, densities, **params)
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_hash_masks_are_bernoulli_and_independent_across_seeds():
+    n, d = 1_000_000, 0.3
+    a = keep_mask((n,), d, source_seed(tensor_seed(1, "t"), 0))
+    b = keep_mask((n,), d, source_seed(tensor_seed(2, "t"), 0))
+    c = keep_mask((n,), d, source_seed(tensor_seed(1, "t"), 1))
+    for m in (a, b, c):
+        assert abs(m.float().mean().item() - d) < 0.003  # ±6 standard errors
+    for x, y in ((a, b), (a, c)):
+        assert abs((x & y).float().mean().item() - d * d) < 0.003  # joint keep rate of independent masks
+    assert torch.equal(a, keep_mask((n,), d, source_seed(tensor_seed(1, "t"), 0)))  # a pure function of the seed

@@ -12,7 +12,15 @@ from dataclasses import dataclass
 
 import torch
 
-from evomerge.merge.sparsify import della_drop, magnitude_trim, outlier_trim, random_drop
+from evomerge.merge import kernels
+from evomerge.merge.sparsify import (
+    della_drop,
+    keep_threshold,
+    magnitude_trim,
+    outlier_trim,
+    random_drop,
+    source_seed,
+)
 
 
 @dataclass(frozen=True)
@@ -22,7 +30,8 @@ class TensorInputs:
     base: torch.Tensor
     deltas: torch.Tensor  # [K, *shape]: the sources' task vectors, stacked
     ranks: Callable[[str], torch.Tensor] | None = None  # kind → cached stacked magnitude ranks [K, *shape]
-    generator: torch.Generator | None = None  # seeded per (recipe, tensor) for random drops
+    seed: int = 0  # per (recipe, tensor): random-drop masks and DELLA's generator derive from it
+    generator: torch.Generator | None = None  # DELLA's random draws
 
 
 @dataclass(frozen=True)
@@ -36,9 +45,6 @@ class MergeParams:
     rescale: str | None = None  # None: the operator's default
     gamma: float = 0.01  # Breadcrumbs: fraction of largest-magnitude outliers dropped
     epsilon: float = 0.15  # DELLA: half-width of the keep-probability range
-
-
-CHUNK = 1 << 16  # elements per source in one step of the fused path: its temporaries stay in cache
 
 
 def _into(result: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
@@ -87,60 +93,36 @@ class GeneralizedMerge:
     def _fused(self, x: TensorInputs, p: MergeParams, normalize: bool, rescale: str, out) -> torch.Tensor:
         k = x.deltas.shape[0]
         dens = p.densities or (1.0,) * k
-        dt, dev = x.deltas.dtype, x.deltas.device
-        deltas = x.deltas.reshape(k, -1)
-        n = deltas.shape[1]
-        weights = torch.tensor(p.weights, dtype=dt, device=dev).view(k, 1)
-        # rescale by 1/density folded into the weights (only sources that are actually sparsified)
+        dev = x.deltas.device
+        work = torch.float64 if x.base.dtype == torch.float64 else torch.float32
+        n = x.base.numel()
+        deltas = list(x.deltas.reshape(k, -1))
+        # mergekit multiplies by the weights in the tensors' dtype; rounding them the same way keeps results equal
+        wq = torch.tensor(p.weights, dtype=x.deltas.dtype).to(work)
         inv = [1 / d if rescale == "inverse" and self.sparsify and 0 < d < 1 else 1.0 for d in dens]
-        factors = weights * torch.tensor(inv, dtype=dt, device=dev).view(k, 1) if rescale == "inverse" else weights
-        keep_lo = keep_hi = masks = None
+        factors = (wq * torch.tensor(inv, dtype=work)).to(dev)
+        lo = torch.zeros(k, dtype=torch.int64)
+        hi = torch.full((k,), n, dtype=torch.int64)
+        ranks = seeds = None
         if self.sparsify == "magnitude":
-            ranks = x.ranks("desc").reshape(k, -1)
-            keep_hi = torch.tensor([n if d >= 1 else (0 if d <= 0 else max(1, int(d * n))) for d in dens],
-                                   dtype=torch.int32, device=dev).view(k, 1)
+            ranks = list(x.ranks("desc").reshape(k, -1))
+            for i, d in enumerate(dens):
+                hi[i] = n if d >= 1 else (0 if d <= 0 else max(1, int(d * n)))  # mergekit's rule
         elif self.sparsify == "outliers":
-            ranks = x.ranks("asc").reshape(k, -1)
-            lo, hi = [], []
-            for d in dens:
-                target, top = int(d * n), int(p.gamma * n)
-                bot = max(0, n - target - top)
-                lo.append(0 if d >= 1 else bot)
-                hi.append(n if d >= 1 else bot + target)
-            keep_lo = torch.tensor(lo, dtype=torch.int32, device=dev).view(k, 1)
-            keep_hi = torch.tensor(hi, dtype=torch.int32, device=dev).view(k, 1)
+            ranks = list(x.ranks("asc").reshape(k, -1))
+            for i, d in enumerate(dens):
+                if d < 1:
+                    target, top = int(d * n), int(p.gamma * n)
+                    lo[i] = max(0, n - target - top)  # less outlier removal when needed to keep the density
+                    hi[i] = lo[i] + target
         elif self.sparsify == "random":
-            # drawn per source over the whole tensor, in source order, exactly as mergekit draws them
-            masks = torch.stack([random_drop(torch.ones_like(x.deltas[i]), d, x.generator, "none").reshape(-1)
-                                 for i, d in enumerate(dens)]).to(dt)
-        base = x.base.reshape(-1)
-        result = out.view(-1) if out is not None and out.is_contiguous() else torch.empty_like(base)
-        for s in range(0, n, CHUNK):
-            e = min(s + CHUNK, n)
-            t = deltas[:, s:e] * factors
-            if keep_hi is not None:
-                r = ranks[:, s:e]
-                t *= (r < keep_hi) if keep_lo is None else ((r >= keep_lo) & (r < keep_hi))
-            if masks is not None:
-                t *= masks[:, s:e]
-            if self.consensus:
-                majority = t.sum(dim=0) >= 0
-                agree = torch.where(majority, t > 0, t < 0)  # sign(t) == majority sign; zeros never agree
-                mixed = (t * agree).sum(dim=0)
-                if normalize:
-                    divisor = (weights * agree).sum(dim=0)
-                    divisor[divisor == 0] = 1
-                    mixed /= divisor
-            else:
-                mixed = t.sum(dim=0)
-                if normalize:
-                    total = float(weights.sum())
-                    mixed /= total if abs(total) >= 1e-8 else 1.0
-            if p.lam != 1:
-                mixed *= p.lam
-            torch.add(base[s:e], mixed, out=result[s:e])
-        result = result.view(x.base.shape)
-        return result if out is None or result.data_ptr() == out.data_ptr() else _into(result, out)
+            seeds = torch.tensor([source_seed(x.seed, i) for i in range(k)], dtype=torch.int64, device=dev)
+            for i, d in enumerate(dens):
+                hi[i] = keep_threshold(d)
+        result = out if out is not None and out.is_contiguous() else torch.empty_like(x.base)
+        kernels.run(x.base.reshape(-1), deltas, ranks, seeds, factors, wq.to(dev), lo.to(dev), hi.to(dev),
+                    torch.tensor(p.lam, dtype=work, device=dev), self.consensus, normalize, result.view(-1))
+        return result if out is None or result is out else _into(result, out)
 
     # -- the reference path: whole tensors, exactly mergekit's sequence of operations -----------------------------
     def _sparsified(self, x: TensorInputs, i: int, density: float, p: MergeParams, rescale: str) -> torch.Tensor:
@@ -150,7 +132,7 @@ class GeneralizedMerge:
         if self.sparsify == "outliers":
             return outlier_trim(delta, density, p.gamma, x.ranks("asc")[i], rescale)
         if self.sparsify == "random":
-            return random_drop(delta, density, x.generator, rescale)
+            return random_drop(delta, density, source_seed(x.seed, i), rescale)
         if self.sparsify == "della":
             return della_drop(delta, density, p.epsilon, x.ranks("row_asc")[i], x.generator, rescale)
         return delta

@@ -41,7 +41,8 @@ class Merger:
             base=pool.base[name],
             deltas=pool.stacked[name],
             ranks=lambda kind: pool.magnitude_ranks(name, kind),
-            generator=self._generator(recipe.seed, name) if op.sparsify in ("random", "della") else None,
+            seed=tensor_seed(recipe.seed, name),
+            generator=self._generator(recipe.seed, name) if op.sparsify == "della" else None,
         )
         params = MergeParams(weights=params.weights, densities=params.densities, lam=recipe.lam,
                              normalize=recipe.normalize, rescale=recipe.rescale, gamma=recipe.gamma,

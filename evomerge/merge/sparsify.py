@@ -71,12 +71,47 @@ def _work_dtype(delta: torch.Tensor) -> torch.dtype:
     return delta.dtype if delta.device.type != "cpu" or delta.dtype == torch.bfloat16 else torch.float32
 
 
-def random_drop(delta: torch.Tensor, density: float, generator: torch.Generator, rescale: str = "inverse") -> torch.Tensor:
-    """DARE: keep each entry with probability `density`."""
+_M32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (two multiply-xorshift rounds) on int64 tensors holding uint32 values."""
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _M32
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _M32
+    return (x >> 16) ^ x
+
+
+def keep_threshold(density: float) -> int:
+    """Entries whose hash is below this are kept: probability density (2³² keeps everything)."""
+    return 1 << 32 if density >= 1 else max(0, round(density * (1 << 32)))
+
+
+def hash_keep(index: torch.Tensor, seed, threshold) -> torch.Tensor:
+    """DARE's Bernoulli keep mask as a pure function of (seed, flat index): identical on every worker and device,
+    computable in parallel inside the fused kernel, and far cheaper than drawing from a sequential RNG."""
+    return _mix32(_mix32(index & _M32) ^ seed) < threshold
+
+
+def source_seed(tensor_seed: int, source: int) -> int:
+    """The mask seed of one source for one tensor (tensor_seed is per recipe and tensor)."""
+    return _mix32(torch.tensor((tensor_seed ^ (0x9E3779B1 * (source + 1))) & _M32)).item()
+
+
+def keep_mask(shape, density: float, seed: int, device=None) -> torch.Tensor:
+    """The keep mask of a whole tensor (bool, `shape`)."""
+    n = 1
+    for s in shape:
+        n *= s
+    index = torch.arange(n, dtype=torch.int64, device=device)
+    return hash_keep(index, seed, keep_threshold(density)).view(shape)
+
+
+def random_drop(delta: torch.Tensor, density: float, seed: int, rescale: str = "inverse") -> torch.Tensor:
+    """DARE: keep each entry with probability `density` (mask from `hash_keep`)."""
     if density >= 1:
         return delta
     work = _work_dtype(delta)
-    mask = torch.bernoulli(torch.full(delta.shape, density, dtype=work, device=delta.device), generator=generator)
+    mask = keep_mask(delta.shape, density, seed, delta.device)
     d = delta.to(work)
     return _rescaled(d, d * mask, rescale, density).to(delta.dtype)
 

@@ -1,0 +1,94 @@
+"""The fused per-tensor kernel of the generalized merge (trim/drop → weight → sign election → mean → add).
+
+One function, used two ways: eagerly on cache-sized chunks (small tensors, tests, no compiler), and compiled by
+torch.compile (Inductor) for large tensors, where it becomes one loop that reads each input once and writes the
+output once — measured at 1.0–1.3× the time of a BLAS weighted sum (benchmarks/README.md). Shapes are dynamic
+and the weights are tensors, so a search compiles once per (number of sources, operator) and never again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from evomerge.merge.sparsify import hash_keep
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 16  # elements per eager step: the temporaries of one step stay in cache
+COMPILE_MIN = 1 << 18  # tensors at least this large use the compiled kernel
+
+
+def combine(base, deltas: list[torch.Tensor], ranks: list[torch.Tensor] | None, seeds: torch.Tensor | None,
+            offset: torch.Tensor, factors: torch.Tensor, weights: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+            lam: torch.Tensor, consensus: bool, normalize: bool) -> torch.Tensor:
+    """θ₀ + λ·Σ agreeing tᵢ / Σ agreeing wᵢ with tᵢ = factorᵢ·τᵢ·keepᵢ, computed in fp32 (or fp64).
+
+    keepᵢ: lo ≤ rankᵢ < hi when `ranks` is given (magnitude and outlier trims); for random drops (`seeds`),
+    hash(seedᵢ, offset + index) < hiᵢ — the mask is computed here, inside the one loop, not read from memory.
+    The entries agreeing with the majority sign are the positive ones when Σt ≥ 0, else the negative ones, so the
+    sums of clamped values add exactly the numbers mergekit's masked sum adds."""
+    work = torch.float64 if base.dtype == torch.float64 else torch.float32
+    ts = []
+    index = torch.arange(base.numel(), dtype=torch.int64, device=base.device) + offset if seeds is not None else None
+    for i, d in enumerate(deltas):
+        t = d.to(work) * factors[i]
+        if ranks is not None:
+            t = t * ((ranks[i] >= lo[i]) & (ranks[i] < hi[i]))
+        if seeds is not None:
+            t = t * hash_keep(index, seeds[i], hi[i])
+        ts.append(t)
+    total = ts[0]
+    for t in ts[1:]:
+        total = total + t
+    if consensus:
+        majority = total >= 0
+        pos, neg = ts[0].clamp(min=0), ts[0].clamp(max=0)
+        wpos, wneg = weights[0] * (ts[0] > 0), weights[0] * (ts[0] < 0)
+        for i in range(1, len(ts)):
+            pos, neg = pos + ts[i].clamp(min=0), neg + ts[i].clamp(max=0)
+            wpos, wneg = wpos + weights[i] * (ts[i] > 0), wneg + weights[i] * (ts[i] < 0)
+        mixed = torch.where(majority, pos, neg)
+        if normalize:
+            divisor = torch.where(majority, wpos, wneg)
+            mixed = mixed / torch.where(divisor == 0, 1.0, divisor)
+    else:
+        mixed = total
+        if normalize:
+            wsum = weights.sum()
+            mixed = mixed / torch.where(wsum.abs() < 1e-8, 1.0, wsum)
+    return (base.to(work) + mixed * lam).to(base.dtype)
+
+
+_compiled = None
+_compile_failed = False
+
+
+def _compile_enabled() -> bool:
+    return os.environ.get("EVOMERGE_COMPILE", "1") != "0" and not _compile_failed
+
+
+def run(base: torch.Tensor, deltas, ranks, seeds, factors, weights, lo, hi, lam, consensus, normalize,
+        out: torch.Tensor) -> torch.Tensor:
+    """Write combine(...) for the flat tensors into `out` (flat), compiled when large, else chunk by chunk."""
+    global _compiled, _compile_failed
+    n = base.numel()
+    args = (factors, weights, lo, hi, lam, consensus, normalize)
+    if n >= COMPILE_MIN and _compile_enabled():
+        try:
+            if _compiled is None:
+                _compiled = torch.compile(combine, dynamic=True)
+            zero = torch.zeros((), dtype=torch.int64, device=base.device)
+            out.copy_(_compiled(base, deltas, ranks, seeds, zero, *args))
+            return out
+        except Exception as e:  # noqa: BLE001 — no C++ compiler, unsupported device…: fall back, say so once
+            _compile_failed = True
+            log.warning("torch.compile of the merge kernel failed (%s); merging eagerly, which is slower", e)
+    for s in range(0, n, CHUNK):
+        e = min(s + CHUNK, n)
+        offset = torch.tensor(s, dtype=torch.int64, device=base.device)
+        out[s:e] = combine(base[s:e], [d[s:e] for d in deltas], None if ranks is None else [r[s:e] for r in ranks],
+                           seeds, offset, *args)
+    return out
