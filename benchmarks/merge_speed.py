@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import psutil
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -32,6 +34,29 @@ def _timed(fn, reps: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def peak_extra_bytes(fn) -> int:
+    """Peak resident memory above the starting level while `fn` runs (sampled every millisecond)."""
+    proc = psutil.Process()
+    start = proc.memory_info().rss
+    peak = start
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, proc.memory_info().rss)
+            time.sleep(0.001)
+
+    th = threading.Thread(target=sample)
+    th.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        th.join()
+    return max(0, peak - start)
 
 
 def build(tmp: Path, small: bool) -> tuple[LlamaConfig, list[dict[str, torch.Tensor]]]:
@@ -77,6 +102,10 @@ def main() -> None:
         ours = {name: _timed(lambda r=r: merger.materialize(r, live, check_finite=False), args.reps)
                 for name, r in recipes.items()}
 
+        largest = max(v.numel() * v.element_size() for v in pool.base.values())
+        extra = {name: peak_extra_bytes(lambda r=r: merger.materialize(r, live, check_finite=False))
+                 for name, r in recipes.items()}
+
         # The floor: one fused pass per tensor, base + Σ wᵢτᵢ written into a preallocated output.
         stacked = {k: torch.stack([pool.deltas[i][k].reshape(-1) for i in range(3)]) for k in pool.base}
         wt = torch.tensor(w)
@@ -117,6 +146,8 @@ def main() -> None:
             print(f"{name:16s} {ours[name]:11.3f} {mk if mk else float('nan'):11.3f} "
                   f"{(mk / ours[name]) if mk else float('nan'):8.1f}x {ours[name] / floor_s:7.2f}x")
         print(f"\nTIES / evomerge task arithmetic: {ours['ties'] / ours['task_arithmetic']:.2f}x")
+        print(f"extra peak memory during one materialization, in units of the largest tensor "
+              f"({largest / 1e6:.0f} MB): " + ", ".join(f"{k} {v / largest:.1f}" for k, v in extra.items()))
 
 
 if __name__ == "__main__":
