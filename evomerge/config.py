@@ -18,6 +18,8 @@ class _Strict(BaseModel):
 class SourcesConfig(_Strict):
     base: str = Field(description="base model directory, or zoo:NAME")
     models: list[str] = Field(min_length=1, description="source model directories (or zoo:NAME), merged onto base")
+    # auto: keep task vectors in memory when they fit, else read them from memory-mapped files for every merge
+    stream: Literal["auto"] | bool = "auto"
 
 
 class SpaceConfig(_Strict):

@@ -80,7 +80,7 @@ def _model_card(recipe: Recipe, base: Path, sources: list[Path], provenance: dic
 def export_recipe(recipe: Recipe, base: Path, sources: list[Path], out: Path, provenance: dict | None = None) -> Path:
     """Materialize `recipe` and save it, with tokenizer, generation config, model card and recipe, under `out`."""
     out = Path(out)
-    pool = SourcePool(base, sources)
+    pool = SourcePool(base, sources, stream=None)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=next(iter(pool.base.values())).dtype)
     with torch.no_grad():
         Merger(pool).materialize(recipe, model)

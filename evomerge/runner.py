@@ -101,7 +101,11 @@ class Runner:
         # absolute source paths, so that `evomerge export RUN` needs nothing but the run directory
         store.set_meta("sources", json.dumps({"base": str(base), "models": [str(m) for m in models]}))
         try:
-            worker = Worker(base, models, tasks, cfg.fitness, threads=cfg.threads)
+            stream = None if cfg.sources.stream == "auto" else cfg.sources.stream
+            worker = Worker(base, models, tasks, cfg.fitness, threads=cfg.threads, stream=stream)
+            if worker.pool.streaming:
+                console.print("[yellow]task vectors do not fit in memory: reading sources from memory-mapped files "
+                              "for every merge (slower)[/]")
             self.executor = LocalExecutor(worker)
             self.names = [Path(m).name for m in models]
             space = SPACES[cfg.space.type](cfg.space, worker.pool.n_sources, worker.pool.n_blocks)

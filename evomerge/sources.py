@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
+import psutil
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from evomerge.errors import SourceError
@@ -46,60 +51,154 @@ def group_names(granularity: str | int, n_blocks: int) -> list[str]:
     return ["embed", *blocks, "head"]
 
 
-def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Load a Hugging Face checkpoint directory (single or sharded safetensors)."""
+def _shards(path: Path) -> list[Path]:
+    """The safetensors files of a Hugging Face checkpoint directory; refuses pickle-only checkpoints."""
     path = Path(path)
     if not path.is_dir():
         raise SourceError(f"{path}: not a directory (expected a Hugging Face model directory)")
     index = path / "model.safetensors.index.json"
     if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        sd: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            sd.update(load_file(path / shard))
-        return sd
-    single = path / "model.safetensors"
-    if single.exists():
-        return load_file(single)
+        return [path / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    if (path / "model.safetensors").exists():
+        return [path / "model.safetensors"]
     if any(path.glob("*.bin")) or any(path.glob("*.pt")):
         raise SourceError(f"{path}: only pickle weights (.bin/.pt) found; evomerge loads safetensors only, "
                           "because unpickling can run arbitrary code. Convert the checkpoint to safetensors.")
     raise SourceError(f"{path}: no model.safetensors or model.safetensors.index.json found")
 
 
-class SourcePool:
-    """Base weights and task vectors τᵢ = θᵢ − θ₀, kept in the base's dtype on one device."""
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load a Hugging Face checkpoint directory (single or sharded safetensors) into memory."""
+    sd: dict[str, torch.Tensor] = {}
+    for shard in _shards(path):
+        sd.update(load_file(shard))
+    return sd
 
-    def __init__(self, base: Path, sources: list[Path], device: str | torch.device = "cpu"):
+
+@dataclass(frozen=True)
+class _Meta:
+    """Shape and dtype of a tensor that has not been read (for compatibility checks)."""
+
+    shape: tuple
+    dtype: torch.dtype | None
+
+    def is_floating_point(self) -> bool:
+        return self.dtype is not None and self.dtype.is_floating_point
+
+
+_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
+           "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+class MappedCheckpoint:
+    """A checkpoint read tensor by tensor from memory-mapped safetensors files, for sources that do not fit."""
+
+    def __init__(self, path: Path):
+        self._where = {}
+        for shard in _shards(path):
+            f = safe_open(shard, framework="pt")
+            for name in f.keys():
+                self._where[name] = f
+        self.meta = {n: _Meta(tuple(f.get_slice(n).get_shape()), _DTYPES.get(f.get_slice(n).get_dtype()))
+                     for n, f in self._where.items()}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._where[name].get_tensor(name)
+
+
+class _Lazy(Mapping):
+    """A read-only name → tensor mapping that computes each tensor when asked (streaming mode)."""
+
+    def __init__(self, names: list[str], load):
+        self._names, self._load = names, load
+
+    @cached_property
+    def _known(self) -> set[str]:
+        return set(self._names)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._known:
+            raise KeyError(name)
+        return self._load(name)
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def should_stream(paths: list[Path], available: int | None = None) -> bool:
+    """Stream when the cached task vectors and ranks (≈ 2 bytes of cache per source byte, plus the base) would
+    take more than 80% of the memory available now."""
+    sizes = [sum(f.stat().st_size for f in _shards(p)) for p in paths]
+    needed = sizes[0] + 2 * sum(sizes[1:])
+    if available is None:
+        available = psutil.virtual_memory().available
+    return needed > 0.8 * available
+
+
+class SourcePool:
+    """Base weights and task vectors τᵢ = θᵢ − θ₀, kept in the base's dtype on one device.
+
+    In memory by default. With `stream=True` (or `None` when they would not fit, see `should_stream`), nothing is
+    cached: each tensor is read from memory-mapped safetensors when a merge needs it — slower, within memory.
+    """
+
+    def __init__(self, base: Path, sources: list[Path], device: str | torch.device = "cpu",
+                 stream: bool | None = False):
         self.base_path, self.source_paths = Path(base), [Path(s) for s in sources]
+        self.device = device
+        self.streaming = should_stream([self.base_path, *self.source_paths]) if stream is None else stream
+        if self.streaming:
+            self._init_streaming()
+        else:
+            self._init_in_memory()
+        k = len(self.source_paths)
+        self.deltas = [_Lazy(list(self.base), lambda n, i=i: self.stacked[n][i]) if self.streaming
+                       else {name: v[i] for name, v in self.stacked.items()} for i in range(k)]
+        self.n_blocks = 1 + max((block_index(name) or 0) for name in self.base)
+        self._ranks: dict[tuple[str, str], torch.Tensor] = {}
+
+    def _init_in_memory(self) -> None:
         base_sd = load_state_dict(self.base_path)
-        self.base = {k: v.to(device) for k, v in base_sd.items() if v.is_floating_point()}
+        self.base = {k: v.to(self.device) for k, v in base_sd.items() if v.is_floating_point()}
         # Task vectors stacked per tensor, [K, *shape]: a weighted sum over sources is then one BLAS pass, and
         # source i's task vector is the contiguous view stacked[name][i].
-        self.stacked: dict[str, torch.Tensor] = {}
+        self.stacked: Mapping[str, torch.Tensor] = {}
+        k = len(self.source_paths)
         for i, src in enumerate(self.source_paths):
             sd = load_state_dict(src)
             check_compatible(self.base_path, base_sd, src, sd)
-            for k, b in self.base.items():
+            for name, b in self.base.items():
                 if i == 0:
-                    self.stacked[k] = torch.empty((len(sources), *b.shape), dtype=b.dtype, device=device)
-                torch.sub(sd[k].to(device), b, out=self.stacked[k][i])
+                    self.stacked[name] = torch.empty((k, *b.shape), dtype=b.dtype, device=self.device)
+                torch.sub(sd[name].to(self.device), b, out=self.stacked[name][i])
             del sd
-        self.deltas = [{k: v[i] for k, v in self.stacked.items()} for i in range(len(sources))]
-        self.n_blocks = 1 + max((block_index(k) or 0) for k in self.base)
-        self._ranks: dict[tuple[str, str], torch.Tensor] = {}
+
+    def _init_streaming(self) -> None:
+        base_ck = MappedCheckpoint(self.base_path)
+        cks = [MappedCheckpoint(p) for p in self.source_paths]
+        for p, ck in zip(self.source_paths, cks, strict=True):
+            check_compatible(self.base_path, base_ck.meta, p, ck.meta)
+        names = [n for n, m in base_ck.meta.items() if m.is_floating_point()]
+        self.base = _Lazy(names, lambda n: base_ck[n].to(self.device))
+        self.stacked = _Lazy(names, lambda n: torch.stack([ck[n].to(self.device) for ck in cks]) - self.base[n])
 
     @property
     def n_sources(self) -> int:
         return len(self.deltas)
 
     def magnitude_ranks(self, name: str, kind: str) -> torch.Tensor:
-        """Magnitude ranks of every source's τ[name], stacked [K, *shape], computed once: the sources never change
-        during a search."""
+        """Magnitude ranks of every source's τ[name], stacked [K, *shape], computed once (the sources never change
+        during a search) — or, when streaming, every time, so that memory stays bounded."""
         key = (name, kind)
-        if key not in self._ranks:
-            self._ranks[key] = torch.stack([magnitude_ranks(d[name], kind) for d in self.deltas])
-        return self._ranks[key]
+        if key in self._ranks:
+            return self._ranks[key]
+        ranks = torch.stack([magnitude_ranks(d, kind) for d in self.stacked[name]])
+        if not self.streaming:
+            self._ranks[key] = ranks
+        return ranks
 
 
 def _json(path: Path) -> dict:

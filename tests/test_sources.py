@@ -84,3 +84,31 @@ def test_pickle_checkpoints_are_refused_with_a_reason(tmp_path):
     with pytest.raises(SourceError, match="only pickle weights.*arbitrary code"):
         SourcePool(tmp_path / "base", [d])
     assert json.loads((d / "config.json").read_text())["model_type"] == "llama"
+
+
+def test_streaming_pool_merges_like_the_in_memory_pool(tiny_zoo):
+    srcs = [tiny_zoo / "add", tiny_zoo / "cipher", tiny_zoo / "reverse"]
+    mem = SourcePool(tiny_zoo / "base", srcs, stream=False)
+    mapped = SourcePool(tiny_zoo / "base", srcs, stream=True)
+    assert mapped.streaming and not mem.streaming and list(mapped.base) == list(mem.base)
+    for recipe in (Recipe.uniform("task_arithmetic", 3, 0.4), Recipe.uniform("ties", 3, 0.8, 0.5),
+                   Recipe.uniform("dare_ties", 3, 0.8, 0.5, seed=4)):
+        a, b = Merger(mem), Merger(mapped)
+        for name in mem.base:
+            assert torch.equal(a.merged_tensor(recipe, name), b.merged_tensor(recipe, name)), name
+
+
+def test_streaming_is_chosen_when_task_vectors_would_not_fit(tiny_zoo):
+    from evomerge.sources import should_stream
+
+    paths = [tiny_zoo / "base", tiny_zoo / "add"]
+    assert should_stream(paths, available=1000)
+    assert not should_stream(paths, available=10**12)
+
+
+def test_streaming_pool_reports_mismatches_without_reading_tensors(tmp_path):
+    _make("llama", tmp_path / "base", 0)
+    cfg = AutoConfig.for_model("llama", vocab_size=60, num_hidden_layers=N_LAYERS, **ARCHS["llama"])
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "vocab")
+    with pytest.raises(SourceError, match=r"model.embed_tokens.weight: shape \(60, 32\) != base \(50, 32\)"):
+        SourcePool(tmp_path / "base", [tmp_path / "vocab"], stream=True)

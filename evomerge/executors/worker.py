@@ -30,9 +30,9 @@ class Job:
 
 class Worker:
     def __init__(self, base: Path, sources: list[Path], tasks: dict[str, dict[str, list[dict]]], fitness_cfg,
-                 threads: int = 1, device: str = "cpu"):
+                 threads: int = 1, device: str = "cpu", stream: bool | None = None):
         torch.set_num_threads(threads)
-        self.pool = SourcePool(base, sources, device=device)
+        self.pool = SourcePool(base, sources, device=device, stream=stream)
         dtype = next(iter(self.pool.base.values())).dtype  # the live model holds merges in the sources' dtype
         self.model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to(device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(base)
