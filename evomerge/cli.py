@@ -59,16 +59,21 @@ def validate(experiment: Annotated[Path, typer.Argument(help="experiment YAML fi
 
 @app.command()
 def export(
-    run_dir: Annotated[Path, typer.Argument(help="run directory")],
+    what: Annotated[Path, typer.Argument(help="a run directory, or a recipe JSON file (then give --base, --source)")],
     out: Annotated[Path, typer.Option(help="where to write the model directory")],
     rank: Annotated[int, typer.Option(help="export the candidate with this rank by search score")] = 1,
     candidate: Annotated[str | None, typer.Option(help="export this candidate id instead (e.g. g14-8)")] = None,
+    base: Annotated[Path | None, typer.Option(help="with a recipe file: the base model directory")] = None,
+    source: Annotated[list[Path] | None, typer.Option(help="with a recipe file: a source model (repeat, in order)")] = None,
 ) -> None:
-    """Export a run's candidate as a Hugging Face model directory (+ model card, recipe, mergekit YAML)."""
-    from evomerge.export import export_from_run
+    """Export a run's candidate, or any recipe, as a Hugging Face model directory (+ card, recipe, mergekit YAML)."""
+    from evomerge.export import export_from_run, export_recipe_file
 
     try:
-        path, label = export_from_run(run_dir, out, rank, candidate)
+        if what.is_file():
+            path, label = export_recipe_file(what, base, source or [], out), str(what)
+        else:
+            path, label = export_from_run(what, out, rank, candidate)
     except EvomergeError as e:
         _fail(e)
     console.print(f"exported {label} to {path}")

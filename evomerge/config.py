@@ -106,6 +106,7 @@ class ExperimentConfig(_Strict):
     name: str
     seed: int = 0
     zoo: Literal["default", "tiny"] = "default"  # which zoo `zoo:NAME` references resolve to
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU when there is one
     threads: PositiveInt = 1  # torch threads per worker: 1 when workers share cores (DESIGN §8); see quickstart
     sources: SourcesConfig
     space: SpaceConfig = SpaceConfig()

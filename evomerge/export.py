@@ -129,3 +129,26 @@ def export_from_run(run_dir: Path, out: Path, rank: int = 1, candidate: str | No
     path = export_recipe(Recipe.from_json(ev.recipe), Path(src["base"]), [Path(m) for m in src["models"]], out,
                          provenance)
     return path, ev.label
+
+
+def export_recipe_file(recipe_file: Path, base: Path | None, sources: list[Path], out: Path) -> Path:
+    """Export a recipe saved as JSON (for example an exported model's evomerge_recipe.json) onto given models."""
+    from pydantic import ValidationError
+
+    from evomerge.errors import ConfigError
+
+    if base is None or not sources:
+        raise ConfigError("--base and at least one --source are needed to export a recipe file")
+    for flag, path in [("--base", base), *(("--source", s) for s in sources)]:
+        if not Path(path).is_dir():
+            raise ConfigError(f"{flag}: model directory {str(path)!r} does not exist")
+    try:
+        recipe = Recipe.from_json(Path(recipe_file).read_text())
+    except ValidationError as e:
+        raise ConfigError(f"{recipe_file}: not a valid recipe: {e.errors()[0]['msg']} at "
+                          f"{'.'.join(map(str, e.errors()[0]['loc']))}") from None
+    for name, group in recipe.groups.items():
+        if len(group.weights) != len(sources):
+            raise ConfigError(f"{recipe_file}: group {name!r} has {len(group.weights)} weights for "
+                              f"{len(sources)} --source models")
+    return export_recipe(recipe, Path(base), [Path(s) for s in sources], out, {"recipe file": str(recipe_file)})

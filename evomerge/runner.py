@@ -51,6 +51,16 @@ def resolve_models(cfg: ExperimentConfig, base_dir: Path, console: Console) -> t
     return paths[0], paths[1:]
 
 
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' was asked for but torch sees no GPU (expected auto or cpu here)")
+    return name
+
+
 def resolve_tasks(cfg: ExperimentConfig, base_dir: Path) -> dict[str, dict[str, list[dict]]]:
     """{split: {task: examples}} for the search and held-out splits."""
     f = cfg.fitness
@@ -102,7 +112,8 @@ class Runner:
         store.set_meta("sources", json.dumps({"base": str(base), "models": [str(m) for m in models]}))
         try:
             stream = None if cfg.sources.stream == "auto" else cfg.sources.stream
-            worker = Worker(base, models, tasks, cfg.fitness, threads=cfg.threads, stream=stream)
+            worker = Worker(base, models, tasks, cfg.fitness, threads=cfg.threads, stream=stream,
+                            device=resolve_device(cfg.device))
             if worker.pool.streaming:
                 console.print("[yellow]task vectors do not fit in memory: reading sources from memory-mapped files "
                               "for every merge (slower)[/]")
@@ -177,14 +188,14 @@ class Runner:
             w = tuple(1.0 if j == i else 0.0 for j in range(k))
             rows.append(("source", name, Recipe(operator="task_arithmetic", groups={"all": {"weights": w}})))
         if b.enabled:
-            rows.append(("baseline", f"task arithmetic 1/{k}", Recipe.uniform("task_arithmetic", k, 1 / k)))
+            rows.append(("baseline", f"TA uniform 1/{k}", Recipe.uniform("task_arithmetic", k, 1 / k)))
             rows.append(("baseline", f"TIES d={b.ties_density}",
                          Recipe.uniform("ties", k, 1.0, b.ties_density)))
             rows.append(("baseline", f"DARE-TIES d={b.dare_density}",
                          Recipe.uniform("dare_ties", k, 1.0, b.dare_density, normalize=True, seed=self.cfg.seed)))
             if b.tuned_weights:
                 w, _ = self._tune_single_weight(store)
-                rows.append(("tuned", f"task arithmetic w={w:g} (tuned)",
+                rows.append(("tuned", f"TA tuned w={w:g}",
                              Recipe.uniform("task_arithmetic", k, w)))
         return rows
 
@@ -258,9 +269,9 @@ def render_table(results: dict) -> Table:
     for t in tasks:
         table.add_column(t, justify="right")
     table.add_column("average", justify="right")
-    table.add_column("evolved − this", justify="right")
+    table.add_column("evolved − this", justify="right", no_wrap=True)
     for r in sorted(results["rows"], key=lambda r: -r["average"]):
-        gap = "" if r["kind"] == "evolved" else f"{r['evolved_minus_this']:+.3f} ± {r['evolved_minus_this_stderr']:.3f}"
+        gap = "" if r["kind"] == "evolved" else f"{r['evolved_minus_this']:+.3f}±{r['evolved_minus_this_stderr']:.3f}"
         style = "bold green" if r["kind"] == "evolved" else None
         table.add_row(r["label"], *(f"{r['per_task'][t]:.3f}" for t in tasks), f"{r['average']:.3f}", gap, style=style)
     return table

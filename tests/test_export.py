@@ -80,3 +80,22 @@ def test_cli_exports_a_runs_best_candidate(tmp_path, tiny_zoo, tiny_task_dir):
     assert recipe == results["rows"][0]["recipe"]  # rank 1 is the evolved row of the final table
     bad = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "x"), "--rank", "9"])
     assert bad.exit_code == 2 and "--rank: expected 1..3" in bad.stderr
+
+
+def test_cli_exports_a_recipe_file(tmp_path, tiny_zoo):
+    from typer.testing import CliRunner
+
+    from evomerge.cli import app
+
+    base, sources = _sources(tiny_zoo)
+    recipe = Recipe.uniform("ties", 3, 0.7, 0.5)
+    (tmp_path / "r.json").write_text(recipe.to_json())
+    args = ["export", str(tmp_path / "r.json"), "--out", str(tmp_path / "m"), "--base", str(base)]
+    for s in sources:
+        args += ["--source", str(s)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    assert Recipe.from_json((tmp_path / "m" / "evomerge_recipe.json").read_text()) == recipe
+    assert (tmp_path / "m" / "mergekit_config.yml").is_file()
+    bad = CliRunner().invoke(app, args[:-2])  # 2 sources for a 3-source recipe
+    assert bad.exit_code == 2 and "has 3 weights for 2 --source models" in bad.stderr
