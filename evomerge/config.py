@@ -11,6 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 from evomerge.errors import ConfigError
 
 
+def _registered(name: str, registry: dict, what: str) -> str:
+    """Check `name` against a registry. The validators import their registry when a file is validated, not when
+    this module is imported, because the registries pull in torch."""
+    if name not in registry:
+        raise ValueError(f"unknown {what} {name!r}; expected one of {sorted(registry)}")
+    return name
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -39,18 +47,14 @@ class SpaceConfig(_Strict):
     def _known_space(cls, v: str) -> str:
         from evomerge.spaces import SPACES
 
-        if v not in SPACES:
-            raise ValueError(f"unknown search space {v!r}; expected one of {sorted(SPACES)}")
-        return v
+        return _registered(v, SPACES, "search space")
 
     @field_validator("operator")
     @classmethod
     def _known_operator(cls, v: str) -> str:
         from evomerge.merge import OPERATORS
 
-        if v not in OPERATORS:
-            raise ValueError(f"unknown operator {v!r}; expected one of {sorted(OPERATORS)}")
-        return v
+        return _registered(v, OPERATORS, "operator")
 
     @field_validator("weight_range", "density_range")
     @classmethod
@@ -72,9 +76,7 @@ class OptimizerConfig(_Strict):
     def _known_optimizer(cls, v: str) -> str:
         from evomerge.optim import OPTIMIZERS
 
-        if v not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {v!r}; expected one of {sorted(OPTIMIZERS)}")
-        return v
+        return _registered(v, OPTIMIZERS, "optimizer")
 
 
 class FitnessConfig(_Strict):

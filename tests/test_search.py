@@ -119,3 +119,47 @@ def test_a_run_where_every_candidate_fails_stops_with_a_clear_message(tmp_path, 
     assert "every candidate of generation 1 failed" in result.stderr and "NaN/Inf" in result.stderr
     rows = _search_rows(tmp_path / "run")
     assert len(rows) == 4 and all(r[4] == "failed" for r in rows)  # the failures are recorded, not lost
+
+
+def test_kill_9_in_the_middle_of_a_generation_then_continue(tmp_path, tiny_zoo, tiny_task_dir, evomerge_home):
+    """A real `kill -9` of `evomerge run`: the continued run reuses every stored evaluation and ends exactly where
+    an uninterrupted run ends."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_task_dir,
+                           optimizer={"type": "cma", "generations": 3, "popsize": 4},
+                           space={"type": "layer_weights", "operator": "ties", "granularity": "layer"})
+    _run(exp, tmp_path / "straight")
+    reference = _search_rows(tmp_path / "straight")
+
+    cmd = [sys.executable, "-m", "evomerge.cli", "run", str(exp), "--run-dir", str(tmp_path / "killed")]
+    env = {**os.environ, "EVOMERGE_HOME": str(evomerge_home)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = tmp_path / "killed" / "run.db"
+    deadline = time.time() + 120
+    stored = 0
+    while time.time() < deadline and proc.poll() is None:
+        if db.exists():
+            try:
+                stored = sqlite3.connect(db).execute("SELECT count(*) FROM evaluations WHERE kind='search'").fetchone()[0]
+            except sqlite3.OperationalError:  # the schema is being created
+                stored = 0
+            if stored >= 6:  # inside generation 2
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = _search_rows(tmp_path / "killed")
+    assert 6 <= len(partial) < 12
+    assert partial == reference[: len(partial)]  # what was stored before the kill is exactly the reference prefix
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "continuing" in done.stdout
+    assert _search_rows(tmp_path / "killed") == reference
