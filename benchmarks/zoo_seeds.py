@@ -33,6 +33,9 @@ def run_seed(seed: int, tmp: Path) -> dict:
 
 
 def main(seeds: list[int]) -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     print("seed | evolved | best source | best untuned merge | TA tuned | evolved − best source | "
           "evolved − best other")
     with tempfile.TemporaryDirectory() as d:
