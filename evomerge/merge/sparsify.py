@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import torch
 
-RANK_KINDS = ("desc", "asc", "row_asc")
-
 
 def magnitude_ranks(delta: torch.Tensor, kind: str) -> torch.Tensor:
     """int32 rank of each entry of |delta|: 'desc' / 'asc' over the whole tensor, 'row_asc' within each row."""
