@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import shutil
@@ -126,6 +128,29 @@ class Runner:
             store.close()
         return results
 
+    # -- evaluation, with the cache ------------------------------------------------------------------------------
+    def _cache_key(self, recipe: Recipe, split: str) -> str:
+        blob = f"{recipe.to_json()}|{split}|{self.cfg.fitness.model_dump_json()}"
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _evaluate(self, store: RunStore, jobs: list[Job]):
+        """Yield each job's evaluation, stored before it is yielded. A recipe already scored on the same split with
+        the same fitness settings is not scored again: its evaluation is copied under the new candidate's id."""
+        todo = []
+        for job in jobs:
+            job = dataclasses.replace(job, cache_key=self._cache_key(job.recipe, job.split))
+            hit = store.cached(job.cache_key)
+            if hit is None:
+                todo.append(job)
+                continue
+            ev = dataclasses.replace(hit, kind=job.kind, generation=job.generation, idx=job.idx, label=job.label,
+                                     genome=job.genome, merge_seconds=0.0, eval_seconds=0.0)
+            store.add(ev)
+            yield ev
+        for ev in self.executor.run(todo):
+            store.add(ev)  # durable before anyone hears of it
+            yield ev
+
     # -- search -------------------------------------------------------------------------------------------------
     def _search(self, store: RunStore, space) -> None:
         cfg, oc = self.cfg, self.cfg.optimizer
@@ -160,8 +185,7 @@ class Runner:
                         jobs.append(Job("search", gen, i, f"g{gen}-{i}", cfg.fitness.search_split, recipe,
                                         [float(v) for v in x]))
                 progress.update(bar, gen=f"{gen + 1}/{oc.generations}")
-                for ev in self.executor.run(jobs):
-                    store.add(ev)  # durable before the optimizer hears of it
+                for ev in self._evaluate(store, jobs):
                     evals[ev.idx] = ev
                     if ev.status == "ok" and (best is None or ev.objective > best.objective):
                         best = ev
@@ -203,8 +227,8 @@ class Runner:
         k, grid = len(self.names), self.cfg.baselines.tuned_weights
         jobs = [Job("tune", -1, i, f"ta-w{w:g}", self.cfg.fitness.search_split, Recipe.uniform("task_arithmetic", k, w))
                 for i, w in enumerate(grid) if store.get("tune", -1, i, f"ta-w{w:g}") is None]
-        for ev in self.executor.run(jobs):
-            store.add(ev)
+        for _ in self._evaluate(store, jobs):
+            pass
         # the best weight on the search split; ties go to the smaller weight
         best = max(store.evaluations("tune"), key=lambda ev: (ev.objective or 0.0, -ev.idx))
         return grid[best.idx], best.objective
@@ -215,8 +239,8 @@ class Runner:
         jobs = [Job("heldout", -1, i, label, split, recipe) for i, (_, label, recipe) in enumerate(rows)
                 if store.get("heldout", -1, i, label) is None]
         with self.console.status(f"scoring {len(rows)} models on the {split!r} split"):
-            for ev in self.executor.run(jobs):
-                store.add(ev)
+            for _ in self._evaluate(store, jobs):
+                pass
         evals = [store.get("heldout", -1, i, label) for i, (_, label, _) in enumerate(rows)]
         failed = [e for e in evals if e.status != "ok"]
         if failed:

@@ -163,3 +163,35 @@ def test_kill_9_in_the_middle_of_a_generation_then_continue(tmp_path, tiny_zoo, 
     assert done.returncode == 0, done.stderr
     assert "continuing" in done.stdout
     assert _search_rows(tmp_path / "killed") == reference
+
+
+def test_a_duplicate_candidate_is_not_scored_twice(tmp_path, tiny_zoo, tiny_task_dir, monkeypatch):
+    """The same recipe on the same split with the same fitness settings is scored once, then copied."""
+    from evomerge.executors import Job
+    from evomerge.recipe import Recipe
+
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_task_dir, optimizer={"type": "cma", "generations": 1,
+                                                                             "popsize": 2})
+    runner = Runner(exp, tmp_path / "run", console=Console(quiet=True))
+    runner.run()
+    scored = []
+    real = Worker.evaluate
+
+    def counting(self, job):
+        scored.append(job.label)
+        return real(self, job)
+
+    monkeypatch.setattr(Worker, "evaluate", counting)
+    store = RunStore(tmp_path / "run" / "run.db")
+    try:
+        recipe = Recipe.uniform("task_arithmetic", 3, 0.45)
+        jobs = [Job("search", 7, i, f"dup-{i}", "search", recipe, [0.45] * 3) for i in range(3)]
+        jobs.append(Job("search", 7, 3, "other-split", "heldout", recipe))
+        evs = list(runner._evaluate(store, jobs[:1])) + list(runner._evaluate(store, jobs[1:]))
+        assert scored == ["dup-0", "other-split"]  # dup-1 and dup-2 came from the cache
+        assert evs[0].objective == evs[1].objective == evs[2].objective
+        assert [e.label for e in evs] == ["dup-0", "dup-1", "dup-2", "other-split"]
+        stored = {e.label: e for e in store.evaluations("search")}
+        assert stored["dup-2"].per_example == stored["dup-0"].per_example and stored["dup-2"].eval_seconds == 0
+    finally:
+        store.close()

@@ -26,6 +26,7 @@ class Job:
     split: str
     recipe: Recipe
     genome: list[float] | None = None
+    cache_key: str | None = None
 
 
 class Worker:
@@ -46,7 +47,7 @@ class Worker:
     def evaluate(self, job: Job) -> Evaluation:
         """Never raises for a bad candidate: a failure becomes a FAILED evaluation with its reason."""
         ev = Evaluation(kind=job.kind, generation=job.generation, idx=job.idx, label=job.label, split=job.split,
-                        status="failed", genome=job.genome, recipe=job.recipe.to_json())
+                        status="failed", genome=job.genome, recipe=job.recipe.to_json(), cache_key=job.cache_key)
         t0 = time.perf_counter()
         try:
             scorer = self.scorers[job.split]

@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     error TEXT,
     merge_seconds REAL,
     eval_seconds REAL,
+    cache_key TEXT,                -- hash of recipe + split + fitness settings: equal keys, equal scores
     created REAL NOT NULL,
     UNIQUE (kind, generation, idx, label)
 );
@@ -49,6 +50,7 @@ class Evaluation:
     error: str | None = None
     merge_seconds: float = 0.0
     eval_seconds: float = 0.0
+    cache_key: str | None = None
 
 
 _JSON_FIELDS = ("genome", "per_task", "per_example")
@@ -62,6 +64,7 @@ class RunStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # a committed evaluation survives a power cut, not only kill -9
         self.db.executescript(SCHEMA)
+        self.db.execute("CREATE INDEX IF NOT EXISTS evaluations_cache ON evaluations (cache_key)")
 
     def close(self) -> None:
         self.db.close()
@@ -97,6 +100,11 @@ class RunStore:
 
     def get(self, kind: str, generation: int, idx: int, label: str) -> Evaluation | None:
         rows = self._rows("kind = ? AND generation = ? AND idx = ? AND label = ?", (kind, generation, idx, label))
+        return rows[0] if rows else None
+
+    def cached(self, cache_key: str) -> Evaluation | None:
+        """A successful evaluation with the same cache key, if one is stored."""
+        rows = self._rows("cache_key = ? AND status = 'ok'", (cache_key,))
         return rows[0] if rows else None
 
     def evaluations(self, kind: str | None = None) -> list[Evaluation]:
