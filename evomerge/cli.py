@@ -29,12 +29,14 @@ def _fail(e: Exception) -> None:
 def run(
     experiment: Annotated[Path, typer.Argument(help="experiment YAML file")],
     run_dir: Annotated[Path | None, typer.Option(help="run directory (default runs/<name>); an existing one continues")] = None,
+    force: Annotated[bool, typer.Option(help="continue an existing run whose config changed in fields that do not "
+                                              "define the search (threads, device, baselines, name)")] = False,
 ) -> None:
     """Run (or continue) a search and print the held-out comparison table."""
     from evomerge.runner import Runner
 
     try:
-        runner = Runner(experiment, run_dir, console=console)
+        runner = Runner(experiment, run_dir, console=console, force=force)
         console.print(f"run directory: {runner.run_dir}")
         runner.run()
     except EvomergeError as e:

@@ -82,7 +82,21 @@ def resolve_tasks(cfg: ExperimentConfig, base_dir: Path) -> dict[str, dict[str, 
     return out
 
 
-def _open_store(run_dir: Path, cfg: ExperimentConfig, experiment: Path) -> RunStore:
+def config_diff(old, new, path: str = "") -> list[str]:
+    """'field.path: old → new' for every leaf that differs between two config dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += config_diff(old.get(key), new.get(key), f"{path}.{key}" if path else key)
+        return out
+    return [] if old == new else [f"{path}: {old!r} → {new!r}"]
+
+
+# Changing these would make the stored evaluations or the optimizer's snapshot mean something else.
+_SEARCH_DEFINING = ("seed", "zoo", "sources", "space", "optimizer", "fitness")
+
+
+def _open_store(run_dir: Path, cfg: ExperimentConfig, experiment: Path, force: bool = False) -> RunStore:
     store = RunStore(run_dir / "run.db")
     stored = store.get_meta("config")
     current = cfg.model_dump_json()
@@ -91,15 +105,25 @@ def _open_store(run_dir: Path, cfg: ExperimentConfig, experiment: Path) -> RunSt
         store.set_meta("created", str(time.time()))
         shutil.copyfile(experiment, run_dir / "experiment.yaml")
     elif stored != current:
-        store.close()
-        raise ConfigError(f"{run_dir}: this run was started with a different experiment config; "
-                          "use a new --run-dir (or delete the old one) to start over")
+        diff = config_diff(json.loads(stored), json.loads(current))
+        defining = [d for d in diff if d.split(".")[0].split(":")[0] in _SEARCH_DEFINING]
+        if not force or defining:
+            store.close()
+            hint = ("these fields define the search, so use a new --run-dir" if force else
+                    "use a new --run-dir, or --force to continue with the new settings where they do not change "
+                    "the search")
+            raise ConfigError(f"{run_dir}: this run was started with a different experiment config "
+                              f"({'; '.join(defining if force else diff)}); {hint}")
+        store.set_meta("config", current)
+        shutil.copyfile(experiment, run_dir / "experiment.yaml")
     return store
 
 
 class Runner:
-    def __init__(self, experiment: str | Path, run_dir: str | Path | None = None, console: Console | None = None):
+    def __init__(self, experiment: str | Path, run_dir: str | Path | None = None, console: Console | None = None,
+                 force: bool = False):
         self.console = console or Console()
+        self.force = force
         self.experiment = Path(experiment)
         self.cfg, self.base_dir = load_experiment(self.experiment)
         self.run_dir = Path(run_dir) if run_dir else Path("runs") / self.cfg.name
@@ -109,7 +133,7 @@ class Runner:
         tasks = resolve_tasks(cfg, self.base_dir)
         base, models = resolve_models(cfg, self.base_dir, console)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        store = _open_store(self.run_dir, cfg, self.experiment)
+        store = _open_store(self.run_dir, cfg, self.experiment, self.force)
         # absolute source paths, so that `evomerge export RUN` needs nothing but the run directory
         store.set_meta("sources", json.dumps({"base": str(base), "models": [str(m) for m in models]}))
         try:

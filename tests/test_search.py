@@ -89,8 +89,17 @@ def test_changed_config_on_existing_run_is_refused(tmp_path, tiny_zoo, tiny_task
                                                                              "popsize": 2})
     _run(exp, tmp_path / "run")
     write_experiment(exp, tiny_task_dir, optimizer={"type": "cma", "generations": 1, "popsize": 3})
-    with pytest.raises(ConfigError, match="different experiment config"):
+    with pytest.raises(ConfigError, match=r"different experiment config \(optimizer.popsize: 2 → 3\); use a new"):
         _run(exp, tmp_path / "run")
+    with pytest.raises(ConfigError, match="optimizer.popsize: 2 → 3\\); these fields define the search"):
+        Runner(exp, tmp_path / "run", console=Console(quiet=True), force=True).run()
+    # a change that does not touch the search is accepted with --force, and nothing is recomputed
+    write_experiment(exp, tiny_task_dir, optimizer={"type": "cma", "generations": 1, "popsize": 2}, threads=2)
+    with pytest.raises(ConfigError, match="threads: 1 → 2"):
+        _run(exp, tmp_path / "run")
+    before = _search_rows(tmp_path / "run")
+    Runner(exp, tmp_path / "run", console=Console(quiet=True), force=True).run()
+    assert _search_rows(tmp_path / "run") == before
 
 
 def test_non_finite_merge_is_a_failed_evaluation_and_the_run_goes_on(tmp_path, tiny_zoo, tiny_task_dir):
