@@ -81,7 +81,7 @@ def export_recipe(recipe: Recipe, base: Path, sources: list[Path], out: Path, pr
     """Materialize `recipe` and save it, with tokenizer, generation config, model card and recipe, under `out`."""
     out = Path(out)
     pool = SourcePool(base, sources, stream=None)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=next(iter(pool.base.values())).dtype)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=pool.dtype)
     with torch.no_grad():
         Merger(pool).materialize(recipe, model)
     model.save_pretrained(out)

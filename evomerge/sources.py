@@ -158,6 +158,8 @@ class SourcePool:
         self.deltas = [_Lazy(list(self.base), lambda n, i=i: self.stacked[n][i]) if self.streaming
                        else {name: v[i] for name, v in self.stacked.items()} for i in range(k)]
         self.n_blocks = 1 + max((block_index(name) or 0) for name in self.base)
+        # the dtype a live model should hold merges in: that of the base's first floating tensor
+        self.dtype = next(iter(self.base.values())).dtype
         self._ranks: dict[tuple[str, str], torch.Tensor] = {}
 
     def _init_in_memory(self) -> None:

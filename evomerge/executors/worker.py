@@ -34,8 +34,8 @@ class Worker:
                  threads: int = 1, device: str = "cpu", stream: bool | None = None):
         torch.set_num_threads(threads)
         self.pool = SourcePool(base, sources, device=device, stream=stream)
-        dtype = next(iter(self.pool.base.values())).dtype  # the live model holds merges in the sources' dtype
-        self.model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to(device).eval()
+        # the live model holds merges in the sources' dtype
+        self.model = AutoModelForCausalLM.from_pretrained(base, dtype=self.pool.dtype).to(device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(base)
         self.merger = Merger(self.pool)
         self.scorers = {

@@ -50,8 +50,8 @@ class Merger:
         return op.merge(inputs, params, out=out)
 
     def _generator(self, seed: int, name: str) -> torch.Generator:
-        device = self.pool.base[name].device
-        return torch.Generator(device=device).manual_seed(tensor_seed(seed, name))
+        # the pool's device, not pool.base[name].device: a streaming pool would read the tensor from disk for it
+        return torch.Generator(device=self.pool.device).manual_seed(tensor_seed(seed, name))
 
     @torch.no_grad()
     def materialize(self, recipe: Recipe, model: torch.nn.Module, check_finite: bool = True) -> None:
