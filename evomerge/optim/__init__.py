@@ -1,10 +1,35 @@
-"""Ask/tell optimizers over flat genomes in [0, 1]^n. They maximize.
+"""Ask/tell optimizers over flat genomes in [0, 1]^dim. They maximize.
 
-Interface: `Optimizer(cfg, dim, seed)`, `popsize`, `ask() -> list[genome]` (one generation), `tell(genomes,
-values)`, `state() -> bytes` and `load_state(bytes)` (everything needed for a bit-exact resume, RNG included).
+`OPTIMIZERS` is the one registry (name -> class). Every class keeps this contract:
+
+- `Optimizer(cfg, dim, seed, n_objectives=1, steps=None)`: `cfg` an `OptimizerConfig` (popsize, sigma0, x0);
+  `steps` a length-`dim` array, `steps[i] == 0` a continuous gene, `steps[i] > 0` a discrete gene on the grid
+  k·steps[i], k = 0 … ⌊1/steps[i]⌋ (1.0: binary, 0.25: five levels; see `evomerge.optim.base`).
+- class attributes `max_objectives` (1: single-objective, None: any number) and `supports_steps`; asking for more
+  objectives or for discrete genes than a class handles raises ValueError naming the registered ones that would.
+- `popsize` (cfg.popsize, else 4 + ⌊3 ln dim⌋ for all), `ask() -> list[np.ndarray]` (one whole generation, inside
+  [0, 1], discrete genes exactly on their grid), `tell(genomes, values)` with the genomes `ask` gave out, in order,
+  and `values` a list of floats (one objective) or of `n_objectives`-tuples (several). Failed candidates are told a
+  worst-case finite number by the caller; no value is special.
+- `state() -> bytes` (a pickle) and `load_state(bytes)`: everything needed for a bit-exact resume, RNG included,
+  also between `ask` and `tell`: an optimizer of any seed that loads a state taken right after `ask` accepts
+  `tell(those genomes, values)` and then asks exactly what the original would have.
+
+Optimizers: `cma`, `sep_cma` (CMA-ES, continuous, one objective), `cma_wm` (CMA-ES with margin, for discrete genes,
+one objective), `tpe`, `gp`, `nsga2` (Optuna samplers, discrete genes and any number of objectives), `random` (the
+baseline, anything). `pareto_front` (`evomerge.optim.pareto`) picks the non-dominated points of a multi-objective run.
 """
 
-from evomerge.optim.cma import CMAOptimizer, SepCMAOptimizer
+from evomerge.optim.cma import CMAOptimizer, CMAwMOptimizer, SepCMAOptimizer
+from evomerge.optim.optuna_opt import GPOptimizer, NSGA2Optimizer, TPEOptimizer
 from evomerge.optim.random_search import RandomSearch
 
-OPTIMIZERS = {"cma": CMAOptimizer, "sep_cma": SepCMAOptimizer, "random": RandomSearch}
+OPTIMIZERS = {
+    "cma": CMAOptimizer,
+    "sep_cma": SepCMAOptimizer,
+    "cma_wm": CMAwMOptimizer,
+    "tpe": TPEOptimizer,
+    "gp": GPOptimizer,
+    "nsga2": NSGA2Optimizer,
+    "random": RandomSearch,
+}

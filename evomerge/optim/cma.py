@@ -1,22 +1,31 @@
 """CMA-ES through the `cmaes` package, with the PS paper's defaults (x0 = 0.5, σ₀ = 1/6, default population).
 
 `cma` is full-covariance CMA-ES; `sep_cma` keeps a diagonal covariance, linear in the genome length, for large
-genomes (per-layer, per-tensor spaces of big models)."""
+genomes (per-layer, per-tensor spaces of big models). Both are single-objective and continuous.
+
+`cma_wm` is CMA-ES with margin (`cmaes.CMAwM`, Hamano et al. 2022) for genomes with discrete genes (`steps`): the
+margin keeps every level of a binary or integer gene reachable, where plain CMA-ES rounding would freeze it. With no
+discrete gene (steps None or all zero) CMAwM skips the margin entirely and is plain CMA-ES: the same samples as `cma`
+for the same seed.
+"""
 
 from __future__ import annotations
 
 import pickle
 
 import numpy as np
-from cmaes import CMA, SepCMA
+from cmaes import CMA, CMAwM, SepCMA
+
+from evomerge.optim.base import Optimizer, snap_to_grid, top_levels
 
 
-class CMAOptimizer:
+class CMAOptimizer(Optimizer):
     """Generation-based ask/tell. Maximizes: `tell` negates for cmaes, which minimizes."""
 
     impl = CMA
 
-    def __init__(self, cfg, dim: int, seed: int):
+    def __init__(self, cfg, dim: int, seed: int, n_objectives: int = 1, steps: np.ndarray | None = None):
+        super().__init__(cfg, dim, seed, n_objectives, steps)
         self._es = self.impl(
             mean=np.full(dim, cfg.x0),
             sigma=cfg.sigma0,
@@ -34,10 +43,12 @@ class CMAOptimizer:
         return [self._es.ask() for _ in range(self.popsize)]
 
     def tell(self, genomes: list[np.ndarray], values: list[float]) -> None:
-        self._es.tell([(np.asarray(x), -float(v)) for x, v in zip(genomes, values, strict=True)])
+        values = self._check_told(genomes, values)
+        self._es.tell([(np.asarray(x, dtype=float), -v) for x, v in zip(genomes, values, strict=True)])
 
     def state(self) -> bytes:
         # Pickling the optimizer itself drops its RNG (cmaes' __getstate__); its __dict__ keeps it: bit-exact resume.
+        # Nothing is kept between ask and tell (tell takes the genomes themselves), so a state taken in between works.
         return pickle.dumps(self._es.__dict__)
 
     def load_state(self, blob: bytes) -> None:
@@ -46,3 +57,57 @@ class CMAOptimizer:
 
 class SepCMAOptimizer(CMAOptimizer):
     impl = SepCMA
+
+
+class CMAwMOptimizer(Optimizer):
+    """CMA-ES with margin. `ask` gives out CMAwM's x_eval (discrete genes on their grid) and keeps its x_tell, the
+    raw sample the distribution update needs, by position until `tell`; both are part of `state()`."""
+
+    supports_steps = True
+
+    def __init__(self, cfg, dim: int, seed: int, n_objectives: int = 1, steps: np.ndarray | None = None):
+        super().__init__(cfg, dim, seed, n_objectives, steps)
+        disc = self.steps > 0
+        # a discrete gene's range ends at its top level, so that CMAwM's levels are exactly ours (k·step ≤ 1)
+        high = np.where(disc, top_levels(self.steps) * self.steps, 1.0)
+        self._es = CMAwM(
+            mean=np.minimum(np.full(dim, cfg.x0), high),
+            sigma=cfg.sigma0,
+            bounds=np.stack([np.zeros(dim), high], axis=1),
+            steps=self.steps,
+            seed=seed,
+            population_size=cfg.popsize,
+        )
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # (given out, for tell), by position
+
+    @property
+    def popsize(self) -> int:
+        return self._es.population_size
+
+    def ask(self) -> list[np.ndarray]:
+        self._pending = []
+        for _ in range(self.popsize):
+            x_eval, x_tell = self._es.ask()
+            self._pending.append((snap_to_grid(x_eval, self.steps), x_tell))
+        return [x.copy() for x, _ in self._pending]
+
+    def tell(self, genomes: list[np.ndarray], values: list[float]) -> None:
+        values = self._check_told(genomes, values)
+        if len(genomes) != len(self._pending):
+            raise ValueError(f"tell: {len(genomes)} genomes, but the last ask() gave out {len(self._pending)}")
+        for i, (g, (x_eval, _)) in enumerate(zip(genomes, self._pending, strict=True)):
+            if not np.array_equal(np.asarray(g, dtype=float), x_eval):
+                raise ValueError(f"tell: genome {i} is not the one ask() gave out at that position")
+        self._es.tell([(x_tell, -v) for (_, x_tell), v in zip(self._pending, values, strict=True)])
+        self._pending = []
+
+    def state(self) -> bytes:
+        # CMAwM wraps a CMA, whose pickling drops its RNG: keep both __dict__s (the RNG is in the inner one).
+        outer = {k: v for k, v in self._es.__dict__.items() if k != "_cma"}
+        return pickle.dumps({"cmawm": outer, "cma": self._es._cma.__dict__, "pending": self._pending})
+
+    def load_state(self, blob: bytes) -> None:
+        st = pickle.loads(blob)
+        self._es.__dict__.update(st["cmawm"])
+        self._es._cma.__dict__.update(st["cma"])
+        self._pending = st["pending"]

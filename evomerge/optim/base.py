@@ -1,0 +1,126 @@
+"""What every optimizer shares: argument checks, the default population size and the grid of discrete genes.
+
+A discrete gene i (`steps[i] > 0`) takes the values k·steps[i] for k = 0 … ⌊1/steps[i]⌋, all inside [0, 1]: a
+step of 1.0 is a binary gene {0, 1}, 0.25 has five levels, 0.3 has four (0, 0.3, 0.6, 0.9; the top of the range is
+not a level when the step does not divide 1). `steps[i] == 0` is a continuous gene in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+_EPS = 1e-9  # slack for 1/step: a step of 0.1 has eleven levels, not ten
+
+
+def default_popsize(dim: int) -> int:
+    """CMA-ES's default population size, 4 + ⌊3 ln n⌋, used by every optimizer for comparable generations."""
+    return 4 + int(3 * math.log(dim))
+
+
+def check_steps(steps: Sequence[float] | np.ndarray | None, dim: int) -> np.ndarray:
+    """`steps` as a float array of length `dim` (zeros for None), or ValueError."""
+    if steps is None:
+        return np.zeros(dim)
+    out = np.asarray(steps, dtype=float).reshape(-1)
+    if out.shape != (dim,):
+        raise ValueError(f"steps has {out.size} entries for a genome of {dim} genes")
+    if not np.all(np.isfinite(out)) or np.any(out < 0):
+        raise ValueError("steps must be finite and >= 0 (0: continuous gene, > 0: discrete step in genome units)")
+    if np.any(out > 1):
+        bad = np.flatnonzero(out > 1).tolist()
+        raise ValueError(f"steps > 1 at genes {bad}: a discrete gene needs at least two levels in [0, 1]")
+    return out
+
+
+def top_levels(steps: np.ndarray) -> np.ndarray:
+    """The index of the highest level of each gene (⌊1/step⌋; 0 for continuous genes)."""
+    with np.errstate(divide="ignore"):
+        return np.where(steps > 0, np.floor(1.0 / np.where(steps > 0, steps, 1.0) + _EPS), 0).astype(int)
+
+
+def snap_to_grid(x: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """`x` clipped to [0, 1] with every discrete gene moved to its nearest level (k·step, computed exactly so)."""
+    x = np.clip(np.asarray(x, dtype=float), 0.0, 1.0)
+    disc = steps > 0
+    if not disc.any():
+        return x
+    k = np.clip(np.rint(x[disc] / steps[disc]), 0, top_levels(steps)[disc])
+    x[disc] = np.minimum(k * steps[disc], 1.0)
+    return x
+
+
+def _names(pred) -> list[str]:
+    from evomerge.optim import OPTIMIZERS  # the registry imports this module
+
+    return sorted(n for n, cls in OPTIMIZERS.items() if pred(cls))
+
+
+def _fits(cls, n_objectives: int, discrete: bool) -> bool:
+    limit = getattr(cls, "max_objectives", 1)
+    return (limit is None or n_objectives <= limit) and (not discrete or getattr(cls, "supports_steps", False))
+
+
+class Optimizer:
+    """Ask/tell over flat genomes in [0, 1]^dim, maximizing. See `evomerge.optim` for the contract."""
+
+    max_objectives: int | None = 1  # None: any number of objectives
+    supports_steps: bool = False  # whether discrete genes (steps > 0) are allowed
+
+    def __init__(self, cfg, dim: int, seed: int, n_objectives: int = 1, steps: np.ndarray | None = None):
+        if dim < 1:
+            raise ValueError(f"a genome needs at least one gene (dim={dim})")
+        if n_objectives < 1:
+            raise ValueError(f"n_objectives must be >= 1 (got {n_objectives})")
+        self.dim = int(dim)
+        self.n_objectives = int(n_objectives)
+        self.steps = check_steps(steps, self.dim)
+        discrete = bool(np.any(self.steps > 0))
+        me = self._name()
+        if not _fits(type(self), self.n_objectives, False):
+            alts = _names(lambda c: _fits(c, self.n_objectives, discrete))
+            what = ("is single-objective" if self.max_objectives == 1
+                    else f"handles at most {self.max_objectives} objectives")
+            raise ValueError(f"{me} {what}; use one of {alts} for {self.n_objectives} objectives "
+                             f"(per-task objectives)")
+        if discrete and not self.supports_steps:
+            alts = _names(lambda c: _fits(c, self.n_objectives, True))
+            genes = np.flatnonzero(self.steps > 0).tolist()
+            raise ValueError(f"{me} supports continuous genes only, but genes {genes[:8]}"
+                             f"{'…' if len(genes) > 8 else ''} are discrete (steps > 0); use one of {alts}")
+
+    def _name(self) -> str:
+        names = _names(lambda c: c is type(self))
+        return names[0] if names else type(self).__name__
+
+    def _check_told(self, genomes: Sequence, values: Sequence) -> list:
+        """`values` as floats (one objective) or tuples of floats (several), checked against `genomes`."""
+        if len(genomes) != len(values):
+            raise ValueError(f"tell: {len(genomes)} genomes but {len(values)} values")
+        if self.n_objectives == 1:
+            return [float(v) for v in values]
+        out = []
+        for v in values:
+            v = tuple(float(e) for e in v)
+            if len(v) != self.n_objectives:
+                raise ValueError(f"tell: a value has {len(v)} objectives, expected {self.n_objectives}")
+            out.append(v)
+        return out
+
+    @property
+    def popsize(self) -> int:
+        raise NotImplementedError
+
+    def ask(self) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def tell(self, genomes: list[np.ndarray], values: list) -> None:
+        raise NotImplementedError
+
+    def state(self) -> bytes:
+        raise NotImplementedError
+
+    def load_state(self, blob: bytes) -> None:
+        raise NotImplementedError
