@@ -9,11 +9,11 @@ import statistics
 import sys
 from pathlib import Path
 
-from evomerge.store import RunStore
+from evomerge.store import RunDir
 
 
 def main(run_dir: str) -> None:
-    store = RunStore(Path(run_dir) / "run.db")
+    store = RunDir.open(Path(run_dir)).store()
     evs = [e for e in store.evaluations("search") if e.status == "ok"]
     store.close()
     if not evs:

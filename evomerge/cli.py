@@ -25,26 +25,75 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(1 if isinstance(e, RunError) else 2)
 
 
-@app.command()
-def run(
-    experiment: Annotated[Path, typer.Argument(help="experiment YAML file")],
-    run_dir: Annotated[Path | None, typer.Option(help="run directory (default runs/<name>); an existing one continues")] = None,
-    force: Annotated[bool, typer.Option(help="continue an existing run whose config changed in fields that do not "
-                                              "define the search (threads, device, baselines, name)")] = False,
-) -> None:
-    """Run (or continue) a search and print the held-out comparison table."""
-    from evomerge.runner import Runner
-
+def _run(make_runner) -> None:
+    """Run a Runner with the CLI's error handling: user errors exit 2, a run that cannot go on 1, Ctrl-C 130."""
     try:
-        runner = Runner(experiment, run_dir, console=console, force=force)
+        runner = make_runner()
         console.print(f"run directory: {runner.run_dir}")
         runner.run()
     except EvomergeError as e:
         _fail(e)
     except KeyboardInterrupt:
-        err_console.print(f"interrupted; every completed evaluation is saved. Continue with: "
-                          f"evomerge run {experiment} --run-dir {runner.run_dir}", highlight=False, soft_wrap=True)
+        err_console.print(f"interrupted; every completed evaluation is saved. Continue with: evomerge resume "
+                          f"{runner.run_dir}",
+                          highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
+
+
+@app.command()
+def run(
+    experiment: Annotated[Path, typer.Argument(help="experiment YAML file")],
+    run_dir: Annotated[Path | None, typer.Option(help="run directory (default runs/<name>); an existing one continues")] = None,
+    force: Annotated[bool, typer.Option(help="continue an existing run whose config changed in fields that do not "
+                                              "define the search (threads, device, executor, baselines, name)")] = False,
+    db: Annotated[str | None, typer.Option(help="keep the run's evaluations in this database (SQLAlchemy URL, e.g. "
+                                                "postgresql://user@host/evomerge) instead of RUN_DIR/run.db; a "
+                                                "password comes from PGPASSWORD or ~/.pgpass",
+                                           envvar="EVOMERGE_DB")] = None,
+) -> None:
+    """Run (or continue) a search and print the held-out comparison table."""
+    from evomerge.runner import Runner
+
+    _run(lambda: Runner(experiment, run_dir, console=console, force=force, db=db))
+
+
+@app.command()
+def resume(run_dir: Annotated[Path, typer.Argument(help="run directory")]) -> None:
+    """Continue a stopped run with the experiment config it was started with."""
+    from evomerge.runner import Runner
+
+    _run(lambda: Runner.resume(run_dir, console=console))
+
+
+@app.command()
+def status(
+    run_dir: Annotated[Path, typer.Argument(help="run directory")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the status as JSON")] = False,
+) -> None:
+    """Progress, best so far, failures, evaluations per hour and ETA of a run (live or not)."""
+    import json
+
+    from evomerge.status import render_status, run_status
+
+    try:
+        s = run_status(run_dir)
+    except EvomergeError as e:
+        _fail(e)
+    console.print_json(json.dumps(s)) if as_json else console.print(render_status(s))
+
+
+@app.command()
+def runs(folder: Annotated[Path, typer.Argument(help="folder holding run directories")] = Path("runs")) -> None:
+    """Every run in a folder, one line each."""
+    from evomerge.status import list_runs, render_runs
+
+    if not folder.is_dir():
+        _fail(EvomergeError(f"{folder}: no such folder (expected a folder of run directories)"))
+    found = list_runs(folder)
+    if not found:
+        console.print(f"no runs in {folder}")
+        return
+    console.print(render_runs(found, folder))
 
 
 @app.command()

@@ -80,8 +80,13 @@ class OptimizerConfig(_Strict):
 
 
 class FitnessConfig(_Strict):
-    type: Literal["native"] = "native"
+    # native: exact match of the answer; python: a per-example scorer of yours, `scorer: module:function`
+    type: Literal["native", "python"] = "native"
     tasks: dict[str, str] = Field(min_length=1, description="task name -> directory holding <split>.jsonl")
+    scorer: str | None = None  # python: "module:function", module relative to the experiment file or importable
+    # mean: one objective, the (weighted) mean over tasks; per_task: one objective per task (multi-objective search)
+    objective: Literal["mean", "per_task"] = "mean"
+    weights: dict[str, float] | None = None  # per-task weights of the mean (default: equal)
     search_split: str = "search"
     heldout_split: str = "heldout"
     max_examples: PositiveInt | None = None  # per task, on the search split
@@ -90,9 +95,36 @@ class FitnessConfig(_Strict):
     max_new_tokens: PositiveInt = 16
 
     @model_validator(mode="after")
-    def _distinct_splits(self) -> FitnessConfig:
+    def _consistent(self) -> FitnessConfig:
         if self.search_split == self.heldout_split:
             raise ValueError("search_split and heldout_split must differ: held-out numbers must not be searched on")
+        if self.type == "python" and (not self.scorer or ":" not in self.scorer):
+            raise ValueError("fitness.scorer: type python needs scorer: 'module:function'")
+        if self.type != "python" and self.scorer:
+            raise ValueError("fitness.scorer: only used with type: python")
+        if self.weights is not None:
+            unknown = sorted(set(self.weights) - set(self.tasks))
+            if unknown or any(w < 0 for w in self.weights.values()) or not any(self.weights.values()):
+                raise ValueError(f"fitness.weights: expected non-negative weights for tasks among "
+                                 f"{sorted(self.tasks)}, not all zero (unknown: {unknown})")
+        return self
+
+    def task_weights(self) -> dict[str, float]:
+        w = self.weights or {}
+        return {t: float(w.get(t, 0.0 if self.weights else 1.0)) for t in self.tasks}
+
+
+class ExecutorConfig(_Strict):
+    # local: in this process; process: one child process per worker, so a worker that dies or hangs is replaced
+    type: Literal["local", "process"] = "local"
+    timeout_s: float | None = Field(None, gt=0)  # per evaluation; needs an executor that can stop a worker
+    max_retries: int = Field(1, ge=0)  # re-issues of a candidate whose worker died, before it is recorded FAILED
+
+    @model_validator(mode="after")
+    def _timeout_needs_a_process(self) -> ExecutorConfig:
+        if self.timeout_s is not None and self.type == "local":
+            raise ValueError("executor.timeout_s: needs type: process (an evaluation running in this process "
+                             "cannot be stopped)")
         return self
 
 
@@ -115,12 +147,28 @@ class ExperimentConfig(_Strict):
     optimizer: OptimizerConfig = OptimizerConfig()
     fitness: FitnessConfig
     baselines: BaselinesConfig = BaselinesConfig()
+    executor: ExecutorConfig = ExecutorConfig()
 
     @model_validator(mode="after")
     def _operator_fits_sources(self) -> ExperimentConfig:
         if self.space.operator == "slerp" and len(self.sources.models) != 1:
             raise ValueError(f"space.operator: slerp interpolates between the base and exactly one source; "
                              f"sources.models lists {len(self.sources.models)}")
+        return self
+
+    @property
+    def n_objectives(self) -> int:
+        return len(self.fitness.tasks) if self.fitness.objective == "per_task" else 1
+
+    @model_validator(mode="after")
+    def _optimizer_fits_objectives(self) -> ExperimentConfig:
+        from evomerge.optim import OPTIMIZERS
+
+        limit = getattr(OPTIMIZERS[self.optimizer.type], "max_objectives", 1)
+        if limit is not None and self.n_objectives > limit:
+            multi = sorted(n for n, o in OPTIMIZERS.items() if getattr(o, "max_objectives", 1) != 1)
+            raise ValueError(f"optimizer.type: {self.optimizer.type} is single-objective but fitness.objective is "
+                             f"per_task ({self.n_objectives} objectives); use one of {multi}")
         return self
 
 

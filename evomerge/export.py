@@ -97,12 +97,9 @@ def export_recipe(recipe: Recipe, base: Path, sources: list[Path], out: Path, pr
 def export_from_run(run_dir: Path, out: Path, rank: int = 1, candidate: str | None = None) -> tuple[Path, str]:
     """Export the rank-`rank` search candidate of a run (by search objective), or the one labelled `candidate`."""
     from evomerge.errors import ConfigError
-    from evomerge.store import RunStore
+    from evomerge.store import RunDir
 
-    db = Path(run_dir) / "run.db"
-    if not db.is_file():
-        raise ConfigError(f"{run_dir}: not a run directory (no run.db)")
-    store = RunStore(db)
+    store = RunDir.open(run_dir).store()
     try:
         meta = store.get_meta("sources")
         ranked = sorted((e for e in store.evaluations("search") if e.status == "ok"), key=lambda e: -e.objective)

@@ -4,27 +4,37 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
+import os
+import pickle
 import shutil
 import time
 from pathlib import Path
+
+import numpy as np
+from pydantic import ValidationError
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from evomerge.config import ExperimentConfig, load_experiment
+from evomerge.config import ExperimentConfig, format_validation_error, load_experiment
 from evomerge.errors import ConfigError, RunError
-from evomerge.executors import Job, LocalExecutor, Worker
+from evomerge.executors import Job, make_executor
+from evomerge.fitness.scorer import load_scorer_function
 from evomerge.fitness.tasks import load_split
 from evomerge.optim import OPTIMIZERS
+from evomerge.optim.pareto import pareto_front
 from evomerge.recipe import Recipe
 from evomerge.spaces import SPACES
-from evomerge.store import Evaluation, RunStore
+from evomerge.store import Evaluation, RunDir, RunStore, Snapshot
+from evomerge.store.rundir import DB_FILE, normalize_url as sa_url
 from evomerge.zoo.build import PROFILES, build_zoo
 
 RESULTS_FILE = "results.json"
+FRONT_HELDOUT = 20  # Pareto-front members re-scored on held-out data
 
 
 def resolve_models(cfg: ExperimentConfig, base_dir: Path, console: Console) -> tuple[Path, list[Path]]:
@@ -82,74 +92,155 @@ def resolve_tasks(cfg: ExperimentConfig, base_dir: Path) -> dict[str, dict[str, 
     return out
 
 
-def config_diff(old, new, path: str = "") -> list[str]:
-    """'field.path: old → new' for every leaf that differs between two config dicts."""
+def config_diff(old, new, path: str = "") -> list[tuple[str, object, object]]:
+    """(field.path, old, new) for every leaf that differs between two config dicts."""
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for key in sorted(set(old) | set(new)):
             out += config_diff(old.get(key), new.get(key), f"{path}.{key}" if path else key)
         return out
-    return [] if old == new else [f"{path}: {old!r} → {new!r}"]
+    return [] if old == new else [(path, old, new)]
 
 
 # Changing these would make the stored evaluations or the optimizer's snapshot mean something else.
 _SEARCH_DEFINING = ("seed", "zoo", "sources", "space", "optimizer", "fitness")
 
 
-def _open_store(run_dir: Path, cfg: ExperimentConfig, experiment: Path, force: bool = False) -> RunStore:
-    store = RunStore(run_dir / "run.db")
-    stored = store.get_meta("config")
-    current = cfg.model_dump_json()
-    if stored is None:
-        store.set_meta("config", current)
-        store.set_meta("created", str(time.time()))
-        shutil.copyfile(experiment, run_dir / "experiment.yaml")
-    elif stored != current:
-        diff = config_diff(json.loads(stored), json.loads(current))
-        defining = [d for d in diff if d.split(".")[0].split(":")[0] in _SEARCH_DEFINING]
-        if not force or defining:
-            store.close()
-            hint = ("these fields define the search, so use a new --run-dir" if force else
-                    "use a new --run-dir, or --force to continue with the new settings where they do not change "
-                    "the search")
-            raise ConfigError(f"{run_dir}: this run was started with a different experiment config "
-                              f"({'; '.join(defining if force else diff)}); {hint}")
-        store.set_meta("config", current)
-        shutil.copyfile(experiment, run_dir / "experiment.yaml")
-    return store
+def _check_config(stored: str, cfg: ExperimentConfig, where: Path, force: bool) -> bool:
+    """Whether the run's config must be updated; raises when the change is refused."""
+    diff = config_diff(json.loads(stored), json.loads(cfg.model_dump_json()))
+    if not diff:
+        return False
+    defining = [d for d in diff if d[0].split(".")[0] in _SEARCH_DEFINING]
+    if force and not defining:
+        return True
+    shown = "; ".join(f"{p}: {a!r} → {b!r}" for p, a, b in (defining if force else diff))
+    hint = ("these fields define the search, so use a new --run-dir" if force else
+            "use a new --run-dir, or --force to continue with the new settings where they do not change the search")
+    raise ConfigError(f"{where}: this run was started with a different experiment config ({shown}); {hint}")
+
+
+def _stored_config(store: RunStore, where: Path) -> tuple[ExperimentConfig, Path]:
+    """The config and base directory a run was started with (for `evomerge resume`)."""
+    text, base_dir = store.get_meta("config"), store.get_meta("base_dir")
+    if text is None or base_dir is None:
+        raise ConfigError(f"{where}: the run store holds no experiment config (expected a run started by "
+                          "`evomerge run`)")
+    try:
+        return ExperimentConfig.model_validate_json(text), Path(base_dir)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, f"{where}: stored experiment config")) from None
+
+
+def _worst(values: list[float]) -> float:
+    """What a failed candidate is told: no better than anything seen (0 for accuracies)."""
+    return min([0.0, *values])
 
 
 class Runner:
-    def __init__(self, experiment: str | Path, run_dir: str | Path | None = None, console: Console | None = None,
-                 force: bool = False):
+    def __init__(self, experiment: str | Path | None, run_dir: str | Path | None = None,
+                 console: Console | None = None, force: bool = False, db: str | None = None):
         self.console = console or Console()
-        self.force = force
-        self.experiment = Path(experiment)
-        self.cfg, self.base_dir = load_experiment(self.experiment)
-        self.run_dir = Path(run_dir) if run_dir else Path("runs") / self.cfg.name
+        self.force, self.db = force, db
+        if experiment is not None:
+            self.experiment_text = Path(experiment).read_text() if Path(experiment).is_file() else None
+            self.cfg, self.base_dir = load_experiment(experiment)
+            self.run_dir = Path(run_dir) if run_dir else Path("runs") / self.cfg.name
+        else:
+            self.run_dir = Path(run_dir)
 
-    def run(self) -> dict:
-        cfg, console = self.cfg, self.console
-        tasks = resolve_tasks(cfg, self.base_dir)
-        base, models = resolve_models(cfg, self.base_dir, console)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        store = _open_store(self.run_dir, cfg, self.experiment, self.force)
-        # absolute source paths, so that `evomerge export RUN` needs nothing but the run directory
-        store.set_meta("sources", json.dumps({"base": str(base), "models": [str(m) for m in models]}))
+    @classmethod
+    def resume(cls, run_dir: str | Path, console: Console | None = None) -> Runner:
+        """A runner for an existing run, with the config it was started with."""
+        self = cls(None, run_dir, console)
+        rundir = RunDir.open(self.run_dir)
+        store = rundir.store()
         try:
-            stream = None if cfg.sources.stream == "auto" else cfg.sources.stream
-            worker = Worker(base, models, tasks, cfg.fitness, threads=cfg.threads, stream=stream,
-                            device=resolve_device(cfg.device))
-            if worker.pool.streaming:
-                console.print("[yellow]task vectors do not fit in memory: reading sources from memory-mapped files "
-                              "for every merge (slower)[/]")
-            self.executor = LocalExecutor(worker)
-            self.names = [Path(m).name for m in models]
-            space = SPACES[cfg.space.type](cfg.space, worker.pool.n_sources, worker.pool.n_blocks)
-            self._search(store, space)
-            results = self._final_table(store)
+            self.cfg, self.base_dir = _stored_config(store, rundir.path / DB_FILE)
+            self.experiment_text = store.get_meta("experiment")
         finally:
             store.close()
+        return self
+
+    def _open(self) -> tuple[RunDir, bool]:
+        """The run's directory and store, created or checked; nothing is written until every check passed."""
+        if RunDir.exists(self.run_dir):
+            rundir = RunDir.open(self.run_dir)
+            if self.db is not None and sa_url(self.db) != rundir.db:
+                raise ConfigError(f"--db: this run keeps its evaluations in {rundir.url} ({self.run_dir / 'run.json'})"
+                                  "; a run's store cannot be changed")
+            return rundir, False
+        return RunDir.new(self.run_dir, self.db), True
+
+    def _store(self, rundir: RunDir, fresh: bool) -> RunStore:
+        if not fresh:
+            return rundir.store()
+        try:
+            store = rundir.store(self.cfg.name, create=True)
+        except ConfigError:
+            shutil.rmtree(rundir.path)  # ours, and empty but for the lock and maybe run.db: nothing is lost
+            raise
+        rundir.save()
+        return store
+
+    def run(self) -> dict:
+        tasks = resolve_tasks(self.cfg, self.base_dir)
+        if self.cfg.fitness.type == "python":  # fails here, before the run directory exists, not in a worker
+            load_scorer_function(self.cfg.fitness.scorer, self.base_dir)
+        base, models = resolve_models(self.cfg, self.base_dir, self.console)
+        rundir, fresh = self._open()
+        with rundir.lock():
+            store = self._store(rundir, fresh)
+            try:
+                snapshot = self._prepare(store, rundir, base, models)
+                self.events = rundir.events()
+                self.events.emit("run_started", resumed=not fresh, pid=os.getpid(),
+                                 stored=len(store.evaluations("search")))
+                try:
+                    return self._run(store, base, models, tasks, snapshot)
+                except BaseException as e:
+                    self.events.emit("run_stopped", reason=f"{type(e).__name__}: {e}".splitlines()[0])
+                    raise
+                finally:
+                    self.events.close()
+            finally:
+                store.close()
+
+    def _prepare(self, store: RunStore, rundir: RunDir, base: Path, models: list[Path]) -> Snapshot | None:
+        """Check the stored run against this config, then record what the run needs; returns its snapshot."""
+        cfg = self.cfg
+        stored = store.get_meta("config")
+        if stored is None:  # a new run (or one killed before its first write)
+            for key, value in (("config", cfg.model_dump_json()), ("base_dir", str(self.base_dir)),
+                               ("experiment", self.experiment_text or ""), ("created", str(time.time()))):
+                store.set_meta(key, value)
+        elif _check_config(stored, cfg, rundir.path / DB_FILE, self.force):
+            store.set_meta("config", cfg.model_dump_json())
+        snapshot = self._load_snapshot(store, rundir)
+        if self.experiment_text:
+            (rundir.path / "experiment.yaml").write_text(self.experiment_text)
+        # absolute source paths, so that `evomerge export RUN` needs nothing but the run directory
+        store.set_meta("sources", json.dumps({"base": str(base), "models": [str(m) for m in models]}))
+        return snapshot
+
+    def _run(self, store, base, models, tasks, snapshot) -> dict:
+        cfg = self.cfg
+        stream = None if cfg.sources.stream == "auto" else cfg.sources.stream
+        worker_args = {"base": base, "sources": models, "tasks": tasks, "fitness_cfg": cfg.fitness,
+                       "threads": cfg.threads, "stream": stream, "device": resolve_device(cfg.device),
+                       "base_dir": self.base_dir}
+        self.executor = make_executor(cfg.executor, worker_args)
+        try:
+            if self.executor.streaming:
+                self.console.print("[yellow]task vectors do not fit in memory: reading sources from memory-mapped "
+                                   "files for every merge (slower)[/]")
+            self.names = [Path(m).name for m in models]
+            self._search(store, snapshot)
+            results = self._final_table(store)
+        finally:
+            self.executor.close()
+        store.set_meta("finished", str(time.time()))
+        self.events.emit("run_finished", best=results["rows"][0]["label"], heldout=results["rows"][0]["average"])
         return results
 
     # -- evaluation, with the cache ------------------------------------------------------------------------------
@@ -168,23 +259,53 @@ class Runner:
                 todo.append(job)
                 continue
             ev = dataclasses.replace(hit, kind=job.kind, generation=job.generation, idx=job.idx, label=job.label,
-                                     genome=job.genome, merge_seconds=0.0, eval_seconds=0.0)
-            store.add(ev)
-            yield ev
+                                     genome=job.genome, merge_seconds=0.0, eval_seconds=0.0, worker="cache")
+            yield self._record(store, ev)
         for ev in self.executor.run(todo):
-            store.add(ev)  # durable before anyone hears of it
-            yield ev
+            yield self._record(store, ev)
+
+    def _record(self, store: RunStore, ev: Evaluation) -> Evaluation:
+        store.add(ev)  # durable before anyone hears of it
+        self.events.emit("evaluation", kind=ev.kind, generation=ev.generation, idx=ev.idx, label=ev.label,
+                         status=ev.status, objective=ev.objective, merge_s=round(ev.merge_seconds, 4),
+                         eval_s=round(ev.eval_seconds, 4), attempts=ev.attempts, worker=ev.worker,
+                         **({"error": ev.error.splitlines()[0]} if ev.error else {}))
+        return ev
 
     # -- search -------------------------------------------------------------------------------------------------
-    def _search(self, store: RunStore, space) -> None:
-        cfg, oc = self.cfg, self.cfg.optimizer
-        opt = OPTIMIZERS[oc.type](oc, space.dim, seed=cfg.seed)
-        start = 0
+    def _optimizer(self, space):
+        oc = self.cfg.optimizer
+        return OPTIMIZERS[oc.type](oc, space.dim, seed=self.cfg.seed, n_objectives=self.cfg.n_objectives,
+                                   steps=getattr(space, "steps", None))
+
+    def _space(self):
+        n_sources, n_blocks = self.executor.shape
+        return SPACES[self.cfg.space.type](self.cfg.space, n_sources, n_blocks)
+
+    def _load_snapshot(self, store: RunStore, rundir: RunDir) -> Snapshot | None:
+        """The newest optimizer snapshot, checked to load before the run writes anything."""
         snap = store.last_snapshot()
+        if snap is None:
+            return None
+        try:
+            pickle.loads(snap.state)
+        except Exception as e:  # noqa: BLE001 — any unpickling failure means the same thing
+            raise ConfigError(f"{rundir.path / DB_FILE}: the optimizer snapshot of generation {snap.generation + 1} "
+                              f"is unreadable ({type(e).__name__}); the run cannot continue exactly") from None
+        return snap
+
+    def _search(self, store: RunStore, snap: Snapshot | None) -> None:
+        cfg, oc = self.cfg, self.cfg.optimizer
+        space = self._space()
+        opt = self._optimizer(space)
+        start, pending = 0, None
         if snap is not None:
-            opt.load_state(snap[1])
-            start = snap[0] + 1
+            opt.load_state(snap.state)
+            start = snap.generation + (snap.phase == "told")
+            if snap.phase == "asked":  # asked but not told: the same genomes go out again
+                pending = [np.asarray(g, dtype=float) for g in snap.genomes]
         total = oc.generations * opt.popsize
+        store.set_meta("search_total", str(total))
         done = len(store.evaluations("search"))
         if start >= oc.generations:
             self.console.print(f"search already complete ({done} evaluations stored)")
@@ -196,8 +317,12 @@ class Runner:
             bar = progress.add_task("search", total=total, completed=min(done, total),
                                     best=best.objective if best else float("nan"), gen=f"{start}/{oc.generations}")
             for gen in range(start, oc.generations):
-                genomes = opt.ask()
-                values = []
+                if pending is not None:
+                    genomes, pending = pending, None
+                else:
+                    genomes = opt.ask()
+                    store.save_snapshot(gen, "asked", opt.state(), genomes)
+                self.events.emit("generation_asked", generation=gen, candidates=len(genomes))
                 jobs = []
                 evals: dict[int, Evaluation] = {}
                 for i, x in enumerate(genomes):
@@ -216,12 +341,22 @@ class Runner:
                     progress.update(bar, advance=1, best=best.objective if best else float("nan"))
                     if ev.status != "ok":
                         self.console.print(f"[yellow]candidate {ev.label} failed: {ev.error.splitlines()[0]}[/]")
-                values = [evals[i].objective if evals[i].status == "ok" else 0.0 for i in range(len(genomes))]
                 if all(evals[i].status != "ok" for i in evals):
                     raise RunError(f"every candidate of generation {gen + 1} failed; first error: "
-                                       f"{evals[0].error.splitlines()[0]}")
-                opt.tell(genomes, values)
-                store.save_snapshot(gen, opt.state())
+                                   f"{evals[0].error.splitlines()[0]}")
+                opt.tell(genomes, self._values(store, [evals[i] for i in range(len(genomes))]))
+                store.save_snapshot(gen, "told", opt.state())
+                self.events.emit("generation_told", generation=gen, best=best.objective, best_label=best.label)
+
+    def _values(self, store: RunStore, evals: list[Evaluation]) -> list:
+        """What the optimizer is told: the objective (or one per task), a worst-case value for failures."""
+        ok = [e for e in store.evaluations("search") if e.status == "ok"]
+        if self.cfg.n_objectives == 1:
+            worst = _worst([e.objective for e in ok])
+            return [e.objective if e.status == "ok" else worst for e in evals]
+        tasks = list(self.cfg.fitness.tasks)
+        worst = [_worst([e.per_task[t] for e in ok]) for t in tasks]
+        return [tuple(e.per_task[t] for t in tasks) if e.status == "ok" else tuple(worst) for e in evals]
 
     # -- final comparison on held-out data ----------------------------------------------------------------------
     def _baseline_recipes(self, store: RunStore) -> list[tuple[str, str, Recipe]]:
@@ -257,21 +392,46 @@ class Runner:
         best = max(store.evaluations("tune"), key=lambda ev: (ev.objective or 0.0, -ev.idx))
         return grid[best.idx], best.objective
 
-    def _final_table(self, store: RunStore) -> dict:
+    def _score_all(self, store: RunStore, kind: str, items: list[tuple[str, Recipe]]) -> list[Evaluation]:
+        """Score (label, recipe) pairs on the held-out split, once each across restarts; all must succeed."""
         split = self.cfg.fitness.heldout_split
-        rows = self._baseline_recipes(store)
-        jobs = [Job("heldout", -1, i, label, split, recipe) for i, (_, label, recipe) in enumerate(rows)
-                if store.get("heldout", -1, i, label) is None]
-        with self.console.status(f"scoring {len(rows)} models on the {split!r} split"):
+        jobs = [Job(kind, -1, i, label, split, recipe) for i, (label, recipe) in enumerate(items)
+                if store.get(kind, -1, i, label) is None]
+        with self.console.status(f"scoring {len(items)} models on the {split!r} split"):
             for _ in self._evaluate(store, jobs):
                 pass
-        evals = [store.get("heldout", -1, i, label) for i, (_, label, _) in enumerate(rows)]
+        evals = [store.get(kind, -1, i, label) for i, (label, _) in enumerate(items)]
         failed = [e for e in evals if e.status != "ok"]
         if failed:
             raise RunError(f"held-out scoring failed for {failed[0].label}: {failed[0].error.splitlines()[0]}")
-        results = _results(self.cfg, split, rows, evals, store)
+        return evals
+
+    def _pareto_front(self, store: RunStore) -> list[dict] | None:
+        """With one objective per task: the search's non-dominated candidates, best mean first, re-scored on
+        held-out data (at most FRONT_HELDOUT of them)."""
+        if self.cfg.n_objectives == 1:
+            return None
+        tasks = list(self.cfg.fitness.tasks)
+        ok = [e for e in store.evaluations("search") if e.status == "ok"]
+        front = sorted((ok[i] for i in pareto_front([[e.per_task[t] for t in tasks] for e in ok])),
+                       key=lambda e: -e.objective)
+        held = self._score_all(store, "front", [(e.label, Recipe.from_json(e.recipe)) for e in front[:FRONT_HELDOUT]])
+        return [{"label": e.label, "search": e.per_task, "search_objective": e.objective,
+                 "heldout": h.per_task if h else None, "heldout_objective": h.objective if h else None,
+                 "recipe": json.loads(e.recipe)}
+                for e, h in itertools.zip_longest(front, held)]
+
+    def _final_table(self, store: RunStore) -> dict:
+        rows = self._baseline_recipes(store)
+        evals = self._score_all(store, "heldout", [(label, recipe) for _, label, recipe in rows])
+        results = _results(self.cfg, self.cfg.fitness.heldout_split, rows, evals, store)
+        front = self._pareto_front(store)
+        if front is not None:
+            results["pareto_front"] = front
         (self.run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
         self.console.print(render_table(results))
+        if front is not None:
+            self.console.print(render_front(results))
         self.console.print(f"written to {self.run_dir / RESULTS_FILE}")
         return results
 
@@ -322,6 +482,20 @@ def render_table(results: dict) -> Table:
         gap = "" if r["kind"] == "evolved" else f"{r['evolved_minus_this']:+.3f}±{r['evolved_minus_this_stderr']:.3f}"
         style = "bold green" if r["kind"] == "evolved" else None
         table.add_row(r["label"], *(f"{r['per_task'][t]:.3f}" for t in tasks), f"{r['average']:.3f}", gap, style=style)
+    return table
+
+
+def render_front(results: dict) -> Table:
+    front = results["pareto_front"]
+    tasks = list(front[0]["search"])
+    table = Table(title=f"Pareto front of the search ({len(front)} candidates): search split / held-out split")
+    table.add_column("candidate", no_wrap=True)
+    for t in tasks:
+        table.add_column(t, justify="right")
+    for r in front:
+        held = r["heldout"] or {}
+        table.add_row(r["label"], *(f"{r['search'][t]:.3f} / " + (f"{held[t]:.3f}" if t in held else "–")
+                                    for t in tasks))
     return table
 
 

@@ -32,6 +32,14 @@ def _edit(path, fn):
         (lambda c: c["space"].update(weight_range=[1, 0]), "space.weight_range: expected [low, high] with low < high"),
         (lambda c: c.update(colour="blue"), "colour: unknown field"),
         (lambda c: c["fitness"].update(heldout_split="search"), "fitness: search_split and heldout_split must differ"),
+        (lambda c: c["fitness"].update(objective="per_task"), "optimizer.type: cma is single-objective but "
+                                                              "fitness.objective is per_task (3 objectives); use one of"),
+        (lambda c: c["fitness"].update(weights={"add": 1, "chess": 2}), "fitness.weights: expected non-negative "
+                                                                        "weights for tasks among"),
+        (lambda c: c["fitness"].update(type="python"), "fitness.scorer: type python needs scorer: 'module:function'"),
+        (lambda c: c.update(executor={"type": "local", "timeout_s": 60}), "executor.timeout_s: needs type: process"),
+        (lambda c: c.update(executor={"type": "ray"}), "executor.type: Input should be 'local' or 'process'"),
+        (lambda c: c["optimizer"].update(sigma0=-1), "optimizer.sigma0: Input should be greater than 0"),
     ],
 )
 def test_invalid_fields_are_named(tmp_path, tiny_task_dir, edit, expected):
@@ -99,3 +107,24 @@ def test_slerp_needs_exactly_one_source(tmp_path, tiny_task_dir):
                            space={"type": "layer_weights", "operator": "slerp", "granularity": "model"})
     code, err = _cli("validate", str(exp))
     assert code == 2 and "space.operator: slerp interpolates between the base and exactly one source" in err
+
+
+def test_unreadable_files_are_named(tmp_path, tiny_zoo, tiny_task_dir):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("name: x\nsources: [unclosed\n")
+    a_list = tmp_path / "list.yaml"
+    a_list.write_text("- name: x\n")
+    no_tasks = write_experiment(tmp_path / "t.yaml", tiny_task_dir,
+                                fitness={"type": "native", "tasks": {"add": str(tmp_path / "nowhere")}})
+    no_module = write_experiment(tmp_path / "m.yaml", tiny_task_dir,
+                                 fitness={"type": "python", "scorer": "no_such_module:score",
+                                          "tasks": {"add": str(tiny_task_dir / "add")}})
+    for path, command, expected in [
+        (bad_yaml, "validate", "experiment file: " + str(bad_yaml) + " is not valid YAML"),
+        (a_list, "validate", "must hold a YAML mapping of fields"),
+        (no_tasks, "run", "fitness.tasks.add: task directory"),
+        (no_module, "run", "fitness.scorer: cannot import module 'no_such_module'"),
+    ]:
+        code, err = _cli(command, str(path), *(["--run-dir", str(tmp_path / "r")] if command == "run" else []))
+        assert code == 2 and expected in err and len(err.splitlines()) == 1, (path, err)
+    assert not (tmp_path / "r").exists()

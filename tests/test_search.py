@@ -7,7 +7,7 @@ from rich.console import Console
 
 from evomerge.executors.worker import Worker
 from evomerge.runner import Runner
-from evomerge.store import RunStore
+from evomerge.store import RunDir
 from tests.conftest import write_experiment
 
 pytestmark = pytest.mark.slow
@@ -18,7 +18,7 @@ def _run(exp, run_dir):
 
 
 def _search_rows(run_dir):
-    store = RunStore(run_dir / "run.db")
+    store = RunDir.open(run_dir).store()
     try:
         return [(e.generation, e.idx, e.genome, e.objective, e.status) for e in store.evaluations("search")]
     finally:
@@ -155,7 +155,7 @@ def test_kill_9_in_the_middle_of_a_generation_then_continue(tmp_path, tiny_zoo, 
     while time.time() < deadline and proc.poll() is None:
         if db.exists():
             try:
-                stored = sqlite3.connect(db).execute("SELECT count(*) FROM evaluations WHERE kind='search'").fetchone()[0]
+                stored = sqlite3.connect(db).execute("SELECT count(*) FROM evomerge_evaluations WHERE kind='search'").fetchone()[0]
             except sqlite3.OperationalError:  # the schema is being created
                 stored = 0
             if stored >= 6:  # inside generation 2
@@ -191,7 +191,8 @@ def test_a_duplicate_candidate_is_not_scored_twice(tmp_path, tiny_zoo, tiny_task
         return real(self, job)
 
     monkeypatch.setattr(Worker, "evaluate", counting)
-    store = RunStore(tmp_path / "run" / "run.db")
+    rundir = RunDir.open(tmp_path / "run")
+    store, runner.events = rundir.store(), rundir.events()
     try:
         recipe = Recipe.uniform("task_arithmetic", 3, 0.45)
         jobs = [Job("search", 7, i, f"dup-{i}", "search", recipe, [0.45] * 3) for i in range(3)]
@@ -204,3 +205,28 @@ def test_a_duplicate_candidate_is_not_scored_twice(tmp_path, tiny_zoo, tiny_task
         assert stored["dup-2"].per_example == stored["dup-0"].per_example and stored["dup-2"].eval_seconds == 0
     finally:
         store.close()
+
+
+def test_multi_objective_search_reports_the_pareto_front(tmp_path, tiny_zoo, tiny_task_dir):
+    """One objective per task (NSGA-II): the front of non-dominated candidates, each re-scored on held-out data."""
+    from evomerge.optim.pareto import pareto_front
+
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_task_dir, optimizer={"type": "nsga2", "generations": 2,
+                                                                             "popsize": 6},
+                           fitness={"type": "native", "objective": "per_task", "max_examples": 30,
+                                    "tasks": {t: str(tiny_task_dir / t) for t in ("add", "cipher", "reverse")}},
+                           baselines={"enabled": False})
+    results = _run(exp, tmp_path / "run")
+    front = results["pareto_front"]
+    store = RunDir.open(tmp_path / "run").store()
+    try:
+        ok = [e for e in store.evaluations("search") if e.status == "ok"]
+    finally:
+        store.close()
+    tasks = ["add", "cipher", "reverse"]
+    expected = {ok[i].label for i in pareto_front([[e.per_task[t] for t in tasks] for e in ok])}
+    assert {r["label"] for r in front} == expected and len(front) >= 1
+    assert [r["search_objective"] for r in front] == sorted((r["search_objective"] for r in front), reverse=True)
+    assert all(set(r["heldout"]) == set(tasks) for r in front)
+    # the table's evolved row is the front member with the best mean
+    assert results["rows"][0]["label"] == f"evolved ({front[0]['label']})"

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from evomerge.fitness.scorer import NativeScorer
+from evomerge.fitness.scorer import make_scorer
 from evomerge.merge.materialize import Merger
 from evomerge.recipe import Recipe
 from evomerge.sources import SourcePool
@@ -31,23 +31,23 @@ class Job:
 
 class Worker:
     def __init__(self, base: Path, sources: list[Path], tasks: dict[str, dict[str, list[dict]]], fitness_cfg,
-                 threads: int = 1, device: str = "cpu", stream: bool | None = None):
+                 threads: int = 1, device: str = "cpu", stream: bool | None = None, base_dir: Path = Path("."),
+                 name: str = "local"):
         torch.set_num_threads(threads)
+        self.name = name
         self.pool = SourcePool(base, sources, device=device, stream=stream)
         # the live model holds merges in the sources' dtype
         self.model = AutoModelForCausalLM.from_pretrained(base, dtype=self.pool.dtype).to(device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(base)
         self.merger = Merger(self.pool)
-        self.scorers = {
-            split: NativeScorer(self.tokenizer, split_tasks, mode=fitness_cfg.mode,
-                                batch_size=fitness_cfg.batch_size, max_new_tokens=fitness_cfg.max_new_tokens)
-            for split, split_tasks in tasks.items()
-        }
+        self.scorers = {split: make_scorer(self.tokenizer, split_tasks, fitness_cfg, Path(base_dir))
+                        for split, split_tasks in tasks.items()}
 
     def evaluate(self, job: Job) -> Evaluation:
         """Never raises for a bad candidate: a failure becomes a FAILED evaluation with its reason."""
         ev = Evaluation(kind=job.kind, generation=job.generation, idx=job.idx, label=job.label, split=job.split,
-                        status="failed", genome=job.genome, recipe=job.recipe.to_json(), cache_key=job.cache_key)
+                        status="failed", genome=job.genome, recipe=job.recipe.to_json(), cache_key=job.cache_key,
+                        worker=self.name)
         t0 = time.perf_counter()
         try:
             scorer = self.scorers[job.split]

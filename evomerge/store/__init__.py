@@ -1,5 +1,6 @@
-"""The run store: every evaluation, durable as it completes, and optimizer snapshots."""
+"""The run store: every evaluation, durable as it completes, and optimizer snapshots; the run directory around it."""
 
-from evomerge.store.sqlite import Evaluation, RunStore
+from evomerge.store.database import Evaluation, RunStore, Snapshot
+from evomerge.store.rundir import EventLog, RunDir, read_events
 
-__all__ = ["Evaluation", "RunStore"]
+__all__ = ["EventLog", "Evaluation", "RunDir", "RunStore", "Snapshot", "read_events"]

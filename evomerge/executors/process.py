@@ -1,0 +1,114 @@
+"""Runs jobs in a child process, so that a worker which dies (OOM, segfault, kill -9) or hangs past the time-out
+costs one candidate, not the run: the child is replaced and the candidate re-issued or recorded FAILED."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+import time
+import traceback
+from collections.abc import Iterable, Iterator
+
+from evomerge.errors import RunError
+from evomerge.executors.worker import Job, Worker
+from evomerge.store import Evaluation
+
+
+def _serve(conn, worker_args: dict) -> None:
+    """The child: build the worker once, then evaluate jobs until told to stop (None)."""
+    try:
+        worker = Worker(**worker_args)
+    except Exception as e:  # noqa: BLE001 — reported to the parent, which decides
+        conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"))
+        return
+    conn.send(("ready", (worker.pool.streaming, worker.pool.n_sources, worker.pool.n_blocks)))
+    while (job := conn.recv()) is not None:
+        conn.send(("done", worker.evaluate(job)))
+
+
+def _death(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        return f"worker process died (killed by {signal.Signals(-exitcode).name})"
+    return f"worker process died (exit code {exitcode})"
+
+
+class ProcessExecutor:
+    def __init__(self, worker_args: dict, timeout_s: float | None = None, max_retries: int = 1):
+        self.worker_args, self.timeout_s, self.max_retries = worker_args, timeout_s, max_retries
+        self._ctx = mp.get_context("spawn")  # fork after torch has threads is unsafe
+        self._proc = self._conn = None
+        self.restarts = 0
+        self._start()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def _start(self) -> None:
+        parent, child = self._ctx.Pipe()
+        self._proc = self._ctx.Process(target=_serve, args=(child, self.worker_args), daemon=True)
+        self._proc.start()
+        child.close()
+        self._conn = parent
+        try:
+            kind, payload = self._conn.recv()
+        except EOFError:
+            raise RunError(f"the worker process could not start: {_death(self._wait())}") from None
+        if kind == "error":
+            raise RunError(f"the worker process could not start: {payload.splitlines()[0]}")
+        self.streaming, n_sources, n_blocks = payload
+        self.shape = (n_sources, n_blocks)
+
+    def _wait(self) -> int | None:
+        self._proc.join(timeout=10)
+        return self._proc.exitcode
+
+    def _kill(self) -> None:
+        if self._proc.is_alive():
+            self._proc.kill()
+        self._wait()
+        self._conn.close()
+        self._proc = None
+
+    def _attempt(self, job: Job) -> Evaluation | str:
+        """The evaluation, or why the worker gave none ('timeout' or a death)."""
+        if self._proc is None:
+            self.restarts += 1
+            self._start()
+        t0 = time.perf_counter()
+        try:
+            self._conn.send(job)
+            if self._conn.poll(self.timeout_s):  # None: wait for as long as it takes
+                return self._conn.recv()[1]
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            reason = _death(self._wait())
+            self._kill()
+            return reason
+        self._kill()
+        return f"timed out after {time.perf_counter() - t0:.0f} s (executor.timeout_s = {self.timeout_s:g})"
+
+    def run(self, jobs: Iterable[Job]) -> Iterator[Evaluation]:
+        for job in jobs:
+            for attempt in range(1, self.max_retries + 2):
+                result = self._attempt(job)
+                if isinstance(result, Evaluation):
+                    result.attempts = attempt
+                    yield result
+                    break
+                if result.startswith("timed out"):
+                    break  # a slow candidate would be as slow again: not re-issued
+            else:
+                result = f"{result}, on all {self.max_retries + 1} attempts"
+            if not isinstance(result, Evaluation):
+                yield Evaluation(kind=job.kind, generation=job.generation, idx=job.idx, label=job.label,
+                                 split=job.split, status="failed", genome=job.genome, recipe=job.recipe.to_json(),
+                                 cache_key=job.cache_key, error=result, attempts=attempt, worker="process")
+
+    def close(self) -> None:
+        if self._proc is not None:
+            try:
+                self._conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+            self._proc.join(timeout=10)
+            self._kill()
