@@ -25,6 +25,16 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(1 if isinstance(e, RunError) else 2)
 
 
+WorkersOpt = Annotated[int | None, typer.Option(help="run on this many Ray workers (implies executor type ray)")]
+RayAddressOpt = Annotated[str | None, typer.Option(
+    help="attach to a Ray cluster: 'auto' (this node is part of it) or 'ray://HEAD:10001'; default: a local Ray "
+         "instance when the executor is ray")]
+
+
+def _executor_overrides(workers: int | None, ray_address: str | None) -> dict:
+    return {k: v for k, v in (("workers", workers), ("address", ray_address)) if v is not None}
+
+
 def _run(make_runner) -> None:
     """Run a Runner with the CLI's error handling: user errors exit 2, a run that cannot go on 1, Ctrl-C 130."""
     try:
@@ -50,19 +60,26 @@ def run(
                                                 "postgresql://user@host/evomerge) instead of RUN_DIR/run.db; a "
                                                 "password comes from PGPASSWORD or ~/.pgpass",
                                            envvar="EVOMERGE_DB")] = None,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Run (or continue) a search and print the held-out comparison table."""
     from evomerge.runner import Runner
 
-    _run(lambda: Runner(experiment, run_dir, console=console, force=force, db=db))
+    _run(lambda: Runner(experiment, run_dir, console=console, force=force, db=db,
+                        executor=_executor_overrides(workers, ray_address)))
 
 
 @app.command()
-def resume(run_dir: Annotated[Path, typer.Argument(help="run directory")]) -> None:
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="run directory")],
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
+) -> None:
     """Continue a stopped run with the experiment config it was started with."""
     from evomerge.runner import Runner
 
-    _run(lambda: Runner.resume(run_dir, console=console))
+    _run(lambda: Runner.resume(run_dir, console=console, executor=_executor_overrides(workers, ray_address)))
 
 
 @app.command()

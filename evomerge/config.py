@@ -70,6 +70,9 @@ class OptimizerConfig(_Strict):
     popsize: PositiveInt | None = None  # None: CMA-ES default 4 + ⌊3 ln n⌋
     sigma0: float = Field(1 / 6, gt=0)
     x0: float = Field(0.5, ge=0, le=1)
+    # None: steady-state (a new candidate the moment any result lands) when the optimizer can and there is more
+    # than one worker; false: whole generations (exactly reproducible); true: always steady-state
+    steady_state: bool | None = None
 
     @field_validator("type")
     @classmethod
@@ -115,16 +118,25 @@ class FitnessConfig(_Strict):
 
 
 class ExecutorConfig(_Strict):
-    # local: in this process; process: one child process per worker, so a worker that dies or hangs is replaced
-    type: Literal["local", "process"] = "local"
+    # local: in this process; process: a child process, replaced when it dies or hangs; ray: a pool of Ray actors
+    type: Literal["local", "process", "ray"] = "local"
     timeout_s: float | None = Field(None, gt=0)  # per evaluation; needs an executor that can stop a worker
     max_retries: int = Field(1, ge=0)  # re-issues of a candidate whose worker died, before it is recorded FAILED
+    # ray only. None: one worker per GPU of the cluster (GPUs visible and device not cpu), else one per CPU
+    workers: PositiveInt | None = None
+    gpus_per_worker: float | None = Field(None, ge=0)  # None: 1 when the cluster has GPUs, else 0
+    cpus_per_worker: float | None = Field(None, gt=0)  # None: 1 with GPUs, else the CPUs shared among workers
+    address: str | None = None  # None: start a local Ray instance; 'auto' or 'ray://head:10001': join a cluster
 
     @model_validator(mode="after")
     def _timeout_needs_a_process(self) -> ExecutorConfig:
         if self.timeout_s is not None and self.type == "local":
-            raise ValueError("executor.timeout_s: needs type: process (an evaluation running in this process "
+            raise ValueError("executor.timeout_s: needs type: process or ray (an evaluation running in this process "
                              "cannot be stopped)")
+        ray_only = [f for f in ("workers", "gpus_per_worker", "cpus_per_worker", "address")
+                    if getattr(self, f) is not None]
+        if ray_only and self.type != "ray":
+            raise ValueError(f"executor.{ray_only[0]}: only used with type: ray")
         return self
 
 
@@ -164,6 +176,10 @@ class ExperimentConfig(_Strict):
     def _optimizer_fits_objectives(self) -> ExperimentConfig:
         from evomerge.optim import OPTIMIZERS
 
+        if self.optimizer.steady_state and not getattr(OPTIMIZERS[self.optimizer.type], "steady_state", False):
+            able = sorted(n for n, o in OPTIMIZERS.items() if getattr(o, "steady_state", False))
+            raise ValueError(f"optimizer.steady_state: {self.optimizer.type} works in whole generations; "
+                             f"use one of {able}")
         limit = getattr(OPTIMIZERS[self.optimizer.type], "max_objectives", 1)
         if limit is not None and self.n_objectives > limit:
             multi = sorted(n for n, o in OPTIMIZERS.items() if getattr(o, "max_objectives", 1) != 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -40,6 +41,7 @@ def run_status(path: Path) -> dict:
         finished = store.get_meta("finished")
         heldout = len(store.evaluations("heldout"))
         total = store.get_meta("search_total")
+        workers = json.loads(store.get_meta("workers") or "[]")
     finally:
         store.close()
     pid = rundir.running_pid()
@@ -58,6 +60,7 @@ def run_status(path: Path) -> dict:
                                             "per_task": best.per_task},
         "evaluations_per_hour": rate, "live_seconds": live,
         "eta_seconds": None if not rate or remaining is None or finished else remaining / rate * 3600,
+        "workers": workers,
     }
 
 
@@ -89,6 +92,13 @@ def render_status(s: dict) -> Table:
                                                          "live")
     table.add_row("search ETA", _hms(s["eta_seconds"]) if s["state"] != "finished" else "done")
     table.add_row("store", s["store"])
+    for w in s["workers"]:
+        util = "–" if w["utilization"] is None else f"{100 * w['utilization']:.0f}% busy"
+        rate = "" if not w["evaluations_per_hour"] else f", {w['evaluations_per_hour']:.0f}/hour"
+        table.add_row(f"  {w['name']}", f"{w['jobs']} jobs ({w['failed']} failed), merge {w['merge_s']:.1f} s, "
+                                        f"evaluation {w['eval_s']:.1f} s, idle {w['idle_s']:.1f} s, {util}{rate}; "
+                                        f"{w['device']} on {w['host']} pid {w['pid']}"
+                                        + ("" if w["alive"] else " (stopped)"))
     return table
 
 

@@ -1,7 +1,6 @@
 """Injected faults — a NaN merge, a fitness that raises, a worker process killed mid-evaluation, a time-out — are
 recorded as FAILED evaluations with their reason, and the run completes."""
 
-import json
 import textwrap
 
 import pytest

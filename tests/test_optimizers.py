@@ -207,6 +207,153 @@ def test_continuous_steps_and_bad_steps(name):
         cls(cfg, dim=3, seed=0, n_objectives=0)
 
 
+# -- steady-state (ask_one / tell_one) ---------------------------------------------------------------------------
+
+
+def _steady_only(name):
+    if not OPTIMIZERS[name].steady_state:
+        pytest.skip(f"{name} works in whole generations only")
+
+
+def _listed(genomes):
+    return [np.asarray(g).tolist() for g in genomes]  # float lists compare bit for bit (NaN aside)
+
+
+def _tell_some(opt, flying, n, f, rng):
+    """Tells `n` of the outstanding genomes `flying` (kept in the order asked), picked at random, each followed by
+    one new `ask_one`; checks `outstanding()` against `flying` throughout."""
+    for _ in range(n):
+        x = flying.pop(rng.integers(len(flying)))
+        opt.tell_one(x, f(x))
+        flying.append(opt.ask_one())
+        assert _listed(opt.outstanding()) == _listed(flying)
+
+
+def _steady_climb(opt, f, in_flight=4, generations=30, goal=-0.05):
+    """`_climb` one candidate at a time: `in_flight` outstanding, told in a shuffled order, one new `ask_one` after
+    each `tell_one`, at most `_climb`'s budget of evaluations. (best of the first popsize told, best, evaluations)."""
+    rng = np.random.default_rng(0)
+    budget = (generations + 1) * opt.popsize
+    flying = [opt.ask_one() for _ in range(in_flight)]
+    told = []
+    while flying:
+        x = flying.pop(rng.integers(len(flying)))
+        told.append(f(x))
+        opt.tell_one(x, told[-1])
+        first, best = max(told[: opt.popsize]), max(told)
+        if len(told) > opt.popsize and best > goal and best > first:
+            break
+        if len(told) + len(flying) < budget:
+            flying.append(opt.ask_one())
+        assert _listed(opt.outstanding()) == _listed(flying)
+    return first, best, len(told)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_steady_state_improves_on_a_sphere(name):
+    _steady_only(name)
+    opt = OPTIMIZERS[name](OptimizerConfig(type=name), dim=5, seed=0)
+    seen = []
+
+    def f(x):
+        seen.append(x)
+        return _sphere(x)
+
+    first, best, evaluations = _steady_climb(opt, f)  # the generation test's budget, 4 candidates in flight
+    assert evaluations <= 31 * opt.popsize
+    assert all(len(x) == 5 and np.all((0 <= x) & (x <= 1)) for x in seen)
+    assert best > first
+    assert best > -0.05
+
+
+@pytest.mark.parametrize("n_objectives", [1, 2])
+@pytest.mark.parametrize("name", NAMES)
+def test_steady_state_resumes_exactly_with_candidates_outstanding(name, n_objectives):
+    """A state taken with 3 genomes outstanding, after 2 of 5 were told out of order: a fresh optimizer of another
+    seed takes the remaining ones, in yet another order, and asks exactly what the original does."""
+    cls = OPTIMIZERS[name]
+    _steady_only(name)
+    if n_objectives > 1 and not _multi(name):
+        pytest.skip(f"{name} is single-objective")
+    steps = STEPS if cls.supports_steps else None
+    f = _sphere if n_objectives == 1 else _two
+    cfg = OptimizerConfig(type=name, popsize=4)
+    a = cls(cfg, dim=3, seed=3, n_objectives=n_objectives, steps=steps)
+    rng = np.random.default_rng(1)
+    flying = [a.ask_one() for _ in range(4)]
+    _tell_some(a, flying, 10, f, rng)  # 10 told: past Optuna's 10 startup trials, what comes next is modelled
+    flying.append(a.ask_one())  # 5 outstanding
+    for i in (3, 1):  # the 4th and the 2nd asked are told first
+        x = flying.pop(i)
+        a.tell_one(x, f(x))
+    b = cls(cfg, dim=3, seed=99, n_objectives=n_objectives, steps=steps)
+    b.load_state(a.state())
+    assert _listed(b.outstanding()) == _listed(flying)
+    for i in (2, 0, 1):  # the rest, out of order; b has them as a resumed run does: from storage, as floats
+        a.tell_one(flying[i], f(flying[i]))
+        b.tell_one(np.array(flying[i].tolist()), f(flying[i]))
+    assert a.outstanding() == b.outstanding() == []
+    for x, y in zip([a.ask_one() for _ in range(2)], [b.ask_one() for _ in range(2)], strict=True):
+        np.testing.assert_array_equal(x, y)  # the second one modelled with the first one running (GP: qLogEI)
+        if steps is not None:
+            assert _on_grid(x, steps)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tell_one_takes_only_outstanding_genomes(name):
+    _steady_only(name)
+    cls = OPTIMIZERS[name]
+    opt = cls(OptimizerConfig(type=name, popsize=4), dim=3, seed=0)
+    x, y = opt.ask_one(), opt.ask_one()
+    for bad in (x + 1e-12, x[:2], np.concatenate([x, [0.5]])):
+        with pytest.raises(ValueError, match="outstanding"):
+            opt.tell_one(bad, _sphere(x))
+    with pytest.raises(RuntimeError, match="ask_one"):  # a whole generation with candidates in flight
+        opt.ask()
+    opt.tell_one(y, _sphere(y))  # out of order
+    with pytest.raises(ValueError, match="outstanding"):  # told twice
+        opt.tell_one(y, _sphere(y))
+    assert _listed(opt.outstanding()) == _listed([x])
+    opt.tell_one(x.tolist(), _sphere(x))  # any array-like of the same values
+    assert opt.outstanding() == []
+    genomes = opt.ask()  # nothing outstanding: whole generations again
+    with pytest.raises(RuntimeError, match="ask"):  # but not one candidate with a generation out
+        opt.ask_one()
+    opt.tell(genomes, [_sphere(g) for g in genomes])
+    opt.tell_one(opt.ask_one(), 0.0)  # and steady-state once it is told
+
+    # bit-identical genomes outstanding together (one binary gene: bound to repeat) are told in any order
+    if cls.supports_steps:
+        opt = cls(OptimizerConfig(type=name, popsize=4), dim=1, seed=0, steps=np.array([1.0]))
+        flying = [opt.ask_one() for _ in range(6)]
+        assert len({float(g[0]) for g in flying}) < len(flying)
+        for i in np.random.default_rng(0).permutation(6):
+            opt.tell_one(flying[i], float(flying[i][0]))
+        assert opt.outstanding() == []
+        assert _on_grid(opt.ask_one(), np.array([1.0]))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_generation_based_optimizers_refuse_ask_one(name):
+    cls = OPTIMIZERS[name]
+    if cls.steady_state:
+        pytest.skip(f"{name} is steady-state")
+    opt = cls(OptimizerConfig(type=name), dim=3, seed=0)
+    with pytest.raises(NotImplementedError) as err:
+        opt.ask_one()
+    with pytest.raises(NotImplementedError):
+        opt.tell_one(np.full(3, 0.5), 0.0)
+    assert opt.outstanding() == []
+    msg = str(err.value)
+    assert name in msg
+    alts = _alternatives(msg)
+    assert alts and name not in alts
+    for alt in alts:
+        assert OPTIMIZERS[alt].steady_state
+        OPTIMIZERS[alt](OptimizerConfig(type=alt), dim=3, seed=0).ask_one()  # it does work
+    _generation(opt)  # and whole generations are untouched
+
+
 # -- pareto_front --------------------------------------------------------------------------------------------
 
 

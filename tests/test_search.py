@@ -176,8 +176,10 @@ def test_kill_9_in_the_middle_of_a_generation_then_continue(tmp_path, tiny_zoo, 
 
 def test_a_duplicate_candidate_is_not_scored_twice(tmp_path, tiny_zoo, tiny_task_dir, monkeypatch):
     """The same recipe on the same split with the same fitness settings is scored once, then copied."""
-    from evomerge.executors import Job
+    from evomerge.executors import Job, LocalExecutor
     from evomerge.recipe import Recipe
+    from evomerge.runner import resolve_tasks
+    from evomerge.search import Evaluator
 
     exp = write_experiment(tmp_path / "exp.yaml", tiny_task_dir, optimizer={"type": "cma", "generations": 1,
                                                                              "popsize": 2})
@@ -192,12 +194,15 @@ def test_a_duplicate_candidate_is_not_scored_twice(tmp_path, tiny_zoo, tiny_task
 
     monkeypatch.setattr(Worker, "evaluate", counting)
     rundir = RunDir.open(tmp_path / "run")
-    store, runner.events = rundir.store(), rundir.events()
+    store = rundir.store()
+    executor = LocalExecutor({"base": tiny_zoo / "base", "sources": [tiny_zoo / m for m in ("add", "cipher", "reverse")],
+                              "tasks": resolve_tasks(runner.cfg, runner.base_dir), "fitness_cfg": runner.cfg.fitness})
+    evaluator = Evaluator(runner.cfg, store, executor, rundir.events())
     try:
         recipe = Recipe.uniform("task_arithmetic", 3, 0.45)
         jobs = [Job("search", 7, i, f"dup-{i}", "search", recipe, [0.45] * 3) for i in range(3)]
         jobs.append(Job("search", 7, 3, "other-split", "heldout", recipe))
-        evs = list(runner._evaluate(store, jobs[:1])) + list(runner._evaluate(store, jobs[1:]))
+        evs = list(evaluator.evaluate(jobs[:1])) + list(evaluator.evaluate(jobs[1:]))
         assert scored == ["dup-0", "other-split"]  # dup-1 and dup-2 came from the cache
         assert evs[0].objective == evs[1].objective == evs[2].objective
         assert [e.label for e in evs] == ["dup-0", "dup-1", "dup-2", "other-split"]

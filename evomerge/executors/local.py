@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import os
+import socket
 
-from evomerge.executors.worker import Job, Worker
+from evomerge.executors.base import Executor, WorkerStats
+from evomerge.executors.worker import Worker
 from evomerge.store import Evaluation
 
 
-class LocalExecutor:
+class LocalExecutor(Executor):
     def __init__(self, worker_args: dict):
+        super().__init__()
         self.worker = Worker(**worker_args)
+        self.shape = (self.worker.pool.n_sources, self.worker.pool.n_blocks)
+        self.streaming = self.worker.pool.streaming
+        self.stats["local"] = WorkerStats("local", pid=os.getpid(), host=socket.gethostname(),
+                                          device=str(self.worker.pool.device))
+        self.stats["local"].ready()
 
-    @property
-    def streaming(self) -> bool:
-        return self.worker.pool.streaming
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(sources, transformer blocks): what a search space needs to know of the models."""
-        return self.worker.pool.n_sources, self.worker.pool.n_blocks
-
-    def run(self, jobs: Iterable[Job]) -> Iterator[Evaluation]:
-        """Yields each evaluation as soon as it completes."""
-        for job in jobs:
-            yield self.worker.evaluate(job)
-
-    def close(self) -> None:
-        pass
+    def next(self) -> Evaluation:
+        job, _ = self.queue.popleft()
+        stats = self.stats["local"]
+        stats.handed()
+        ev = self.worker.evaluate(job)
+        stats.returned(ev)
+        return ev

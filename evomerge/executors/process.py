@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import signal
+import socket
 import time
 import traceback
-from collections.abc import Iterable, Iterator
 
 from evomerge.errors import RunError
+from evomerge.executors.base import Executor, WorkerStats, failed_evaluation
 from evomerge.executors.worker import Job, Worker
 from evomerge.store import Evaluation
 
@@ -21,7 +22,7 @@ def _serve(conn, worker_args: dict) -> None:
     except Exception as e:  # noqa: BLE001 — reported to the parent, which decides
         conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"))
         return
-    conn.send(("ready", (worker.pool.streaming, worker.pool.n_sources, worker.pool.n_blocks)))
+    conn.send(("ready", (worker.pool.streaming, worker.pool.n_sources, worker.pool.n_blocks, str(worker.pool.device))))
     while (job := conn.recv()) is not None:
         conn.send(("done", worker.evaluate(job)))
 
@@ -32,8 +33,9 @@ def _death(exitcode: int | None) -> str:
     return f"worker process died (exit code {exitcode})"
 
 
-class ProcessExecutor:
+class ProcessExecutor(Executor):
     def __init__(self, worker_args: dict, timeout_s: float | None = None, max_retries: int = 1):
+        super().__init__()
         self.worker_args, self.timeout_s, self.max_retries = worker_args, timeout_s, max_retries
         self._ctx = mp.get_context("spawn")  # fork after torch has threads is unsafe
         self._proc = self._conn = None
@@ -56,8 +58,11 @@ class ProcessExecutor:
             raise RunError(f"the worker process could not start: {_death(self._wait())}") from None
         if kind == "error":
             raise RunError(f"the worker process could not start: {payload.splitlines()[0]}")
-        self.streaming, n_sources, n_blocks = payload
+        self.streaming, n_sources, n_blocks, device = payload
         self.shape = (n_sources, n_blocks)
+        self.name = f"process-{len(self.stats)}"
+        self.stats[self.name] = WorkerStats(self.name, pid=self._proc.pid, host=socket.gethostname(), device=device)
+        self.stats[self.name].ready()
 
     def _wait(self) -> int | None:
         self._proc.join(timeout=10)
@@ -69,17 +74,22 @@ class ProcessExecutor:
         self._wait()
         self._conn.close()
         self._proc = None
+        self.stats[self.name].stop()
 
     def _attempt(self, job: Job) -> Evaluation | str:
-        """The evaluation, or why the worker gave none ('timeout' or a death)."""
+        """The evaluation, or why the worker gave none ('timed out …' or a death)."""
         if self._proc is None:
             self.restarts += 1
             self._start()
+        stats = self.stats[self.name]
+        stats.handed()
         t0 = time.perf_counter()
         try:
             self._conn.send(job)
             if self._conn.poll(self.timeout_s):  # None: wait for as long as it takes
-                return self._conn.recv()[1]
+                ev = self._conn.recv()[1]
+                stats.returned(ev)
+                return ev
         except (EOFError, BrokenPipeError, ConnectionResetError):
             reason = _death(self._wait())
             self._kill()
@@ -87,22 +97,16 @@ class ProcessExecutor:
         self._kill()
         return f"timed out after {time.perf_counter() - t0:.0f} s (executor.timeout_s = {self.timeout_s:g})"
 
-    def run(self, jobs: Iterable[Job]) -> Iterator[Evaluation]:
-        for job in jobs:
-            for attempt in range(1, self.max_retries + 2):
-                result = self._attempt(job)
-                if isinstance(result, Evaluation):
-                    result.attempts = attempt
-                    yield result
-                    break
-                if result.startswith("timed out"):
-                    break  # a slow candidate would be as slow again: not re-issued
-            else:
-                result = f"{result}, on all {self.max_retries + 1} attempts"
-            if not isinstance(result, Evaluation):
-                yield Evaluation(kind=job.kind, generation=job.generation, idx=job.idx, label=job.label,
-                                 split=job.split, status="failed", genome=job.genome, recipe=job.recipe.to_json(),
-                                 cache_key=job.cache_key, error=result, attempts=attempt, worker="process")
+    def next(self) -> Evaluation:
+        job, _ = self.queue.popleft()
+        for attempt in range(1, self.max_retries + 2):
+            result = self._attempt(job)
+            if isinstance(result, Evaluation):
+                result.attempts = attempt
+                return result
+            if result.startswith("timed out"):  # a slow candidate would be as slow again: not re-issued
+                return failed_evaluation(job, result, attempt, self.name)
+        return failed_evaluation(job, f"{result}, on all {attempt} attempts", attempt, self.name)
 
     def close(self) -> None:
         if self._proc is not None:
@@ -112,3 +116,4 @@ class ProcessExecutor:
                 pass
             self._proc.join(timeout=10)
             self._kill()
+        super().close()

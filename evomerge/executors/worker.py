@@ -35,6 +35,8 @@ class Worker:
                  name: str = "local"):
         torch.set_num_threads(threads)
         self.name = name
+        if device == "auto":  # resolved where the worker runs: on a cluster the driver may have no GPU
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         self.pool = SourcePool(base, sources, device=device, stream=stream)
         # the live model holds merges in the sources' dtype
         self.model = AutoModelForCausalLM.from_pretrained(base, dtype=self.pool.dtype).to(device).eval()

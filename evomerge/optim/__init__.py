@@ -11,13 +11,26 @@
   [0, 1], discrete genes exactly on their grid), `tell(genomes, values)` with the genomes `ask` gave out, in order,
   and `values` a list of floats (one objective) or of `n_objectives`-tuples (several). Failed candidates are told a
   worst-case finite number by the caller; no value is special.
+- class attribute `steady_state`: True where the optimizer also works one candidate at a time, for executors that
+  keep every worker busy. Then `ask_one() -> np.ndarray` gives out one genome (the same bounds and grid as `ask`),
+  outstanding until `tell_one(genome, value)` (a float, or an `n_objectives`-tuple) takes it back; any number may
+  be outstanding and they are told in any order. `tell_one` finds its genome among the outstanding ones by value
+  (exactly equal; of bit-identical outstanding ones, the first asked is taken: they are the same candidate), and
+  raises ValueError for a genome that is not outstanding. `outstanding() -> list[np.ndarray]` lists them in the
+  order asked (for a runner to issue again after a crash; always empty where `steady_state` is False). Either mode
+  works alone, but they do not interleave: `ask` with genomes of `ask_one` outstanding, or `ask_one` with a
+  generation asked and not told, raises RuntimeError. Where `steady_state` is False, `ask_one`/`tell_one` raise
+  NotImplementedError naming the registered optimizers that would do.
 - `state() -> bytes` (a pickle) and `load_state(bytes)`: everything needed for a bit-exact resume, RNG included,
   also between `ask` and `tell`: an optimizer of any seed that loads a state taken right after `ask` accepts
-  `tell(those genomes, values)` and then asks exactly what the original would have.
+  `tell(those genomes, values)` and then asks exactly what the original would have. Likewise in steady-state, at
+  any moment: the state holds the outstanding genomes (and what the optimizer keeps for them), so the loaded one
+  accepts `tell_one` of each of them, in any order, and then `ask_one`s exactly what the original would have.
 
 Optimizers: `cma`, `sep_cma` (CMA-ES, continuous, one objective), `cma_wm` (CMA-ES with margin, for discrete genes,
-one objective), `tpe`, `gp`, `nsga2` (Optuna samplers, discrete genes and any number of objectives), `random` (the
-baseline, anything). `pareto_front` (`evomerge.optim.pareto`) picks the non-dominated points of a multi-objective run.
+one objective), all three in whole generations only; `tpe`, `gp`, `nsga2` (Optuna samplers, discrete genes, any
+number of objectives, steady-state too), `random` (the baseline, anything, steady-state too). `pareto_front`
+(`evomerge.optim.pareto`) picks the non-dominated points of a multi-objective run.
 """
 
 from evomerge.optim.cma import CMAOptimizer, CMAwMOptimizer, SepCMAOptimizer

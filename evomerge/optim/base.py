@@ -68,6 +68,7 @@ class Optimizer:
 
     max_objectives: int | None = 1  # None: any number of objectives
     supports_steps: bool = False  # whether discrete genes (steps > 0) are allowed
+    steady_state: bool = False  # whether ask_one/tell_one (one candidate at a time, told in any order) work
 
     def __init__(self, cfg, dim: int, seed: int, n_objectives: int = 1, steps: np.ndarray | None = None):
         if dim < 1:
@@ -109,6 +110,22 @@ class Optimizer:
             out.append(v)
         return out
 
+    def _check_one(self, value) -> float | tuple[float, ...]:
+        """One told value as a float (one objective) or a tuple of `n_objectives` floats."""
+        return self._check_told([None], [value])[0]
+
+    def _not_steady(self, what: str) -> NotImplementedError:
+        alts = _names(lambda c: getattr(c, "steady_state", False)
+                      and _fits(c, self.n_objectives, bool(np.any(self.steps > 0))))
+        return NotImplementedError(f"{what}: {self._name()} works in whole generations (ask/tell) only; for "
+                                   f"steady-state ask_one/tell_one use one of {alts}")
+
+    @staticmethod
+    def _match(genome, given: Sequence[np.ndarray]) -> int | None:
+        """The index of the first genome in `given` equal to `genome` value for value (None: none is)."""
+        g = np.asarray(genome, dtype=float)
+        return next((i for i, x in enumerate(given) if np.array_equal(g, x)), None)
+
     @property
     def popsize(self) -> int:
         raise NotImplementedError
@@ -118,6 +135,18 @@ class Optimizer:
 
     def tell(self, genomes: list[np.ndarray], values: list) -> None:
         raise NotImplementedError
+
+    def ask_one(self) -> np.ndarray:
+        """One genome (steady-state optimizers only), outstanding until `tell_one`."""
+        raise self._not_steady("ask_one")
+
+    def tell_one(self, genome: np.ndarray, value) -> None:
+        """The value of one outstanding genome of `ask_one`, in any order (steady-state optimizers only)."""
+        raise self._not_steady("tell_one")
+
+    def outstanding(self) -> list[np.ndarray]:
+        """The genomes `ask_one` gave out and `tell_one` has not taken back yet, in the order they were asked."""
+        return []
 
     def state(self) -> bytes:
         raise NotImplementedError

@@ -7,6 +7,9 @@ genomes (per-layer, per-tensor spaces of big models). Both are single-objective 
 margin keeps every level of a binary or integer gene reachable, where plain CMA-ES rounding would freeze it. With no
 discrete gene (steps None or all zero) CMAwM skips the margin entirely and is plain CMA-ES: the same samples as `cma`
 for the same seed.
+
+All three are generation-based (`steady_state = False`): a CMA-ES update ranks one whole generation of samples from
+one distribution (cmaes' `tell` takes exactly `popsize` of them), so there is no one-result-at-a-time update.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ class CMAOptimizer(Optimizer):
     """Generation-based ask/tell. Maximizes: `tell` negates for cmaes, which minimizes."""
 
     impl = CMA
+    steady_state = False  # an update ranks a whole generation
 
     def __init__(self, cfg, dim: int, seed: int, n_objectives: int = 1, steps: np.ndarray | None = None):
         super().__init__(cfg, dim, seed, n_objectives, steps)
@@ -64,6 +68,7 @@ class CMAwMOptimizer(Optimizer):
     raw sample the distribution update needs, by position until `tell`; both are part of `state()`."""
 
     supports_steps = True
+    steady_state = False  # an update ranks a whole generation
 
     def __init__(self, cfg, dim: int, seed: int, n_objectives: int = 1, steps: np.ndarray | None = None):
         super().__init__(cfg, dim, seed, n_objectives, steps)

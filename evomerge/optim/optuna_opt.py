@@ -9,10 +9,18 @@ NSGA-II makes one generation of its own per batch (its population_size is our po
 only, so a batch asked before any is told is one generation). The samplers start from their own defaults (10 random
 startup trials for TPE and GP, a random first generation for NSGA-II): `cfg.sigma0` and `cfg.x0` are CMA-ES's only.
 
+Steady-state: `ask_one` is one `study.ask`, `tell_one` one `study.tell` of the trial that gave that genome out, in
+any order; the outstanding ones are running trials, as in a generation. GPSampler conditions each new candidate on
+them (qLogEI / qLogEHVI), TPE ignores them, and NSGA-II gives each new trial the generation it counts from the
+completed trials: once `popsize` trials of the newest generation are complete, the next ask starts the next one
+(its parents are chosen then, from the completed trials, and kept). So a generation holds `popsize` trials plus
+those asked while its last ones were running, and a result told after the next generation has started is never a
+parent (Optuna's own asynchronous NSGA-II; out-of-order results break nothing).
+
 All three handle several objectives in Optuna 5 (GPSampler through log-EHVI, whose cost grows quickly with the
 number of objectives). The state is the pickled study (storage with every trial, the asked-not-told ones included,
 and the sampler with its RNG and, for GPSampler, its cached kernel parameters), zlib-compressed, plus the trial
-numbers given out; so it grows linearly with the number of trials.
+numbers given out (by generation and by `ask_one`); so it grows linearly with the number of trials.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ class OptunaOptimizer(Optimizer):
 
     max_objectives = None
     supports_steps = True
+    steady_state = True
 
     def __init__(self, cfg, dim: int, seed: int, n_objectives: int = 1, steps: np.ndarray | None = None):
         super().__init__(cfg, dim, seed, n_objectives, steps)
@@ -67,6 +76,7 @@ class OptunaOptimizer(Optimizer):
         self._study = optuna.create_study(storage=InMemoryStorage(), sampler=self._sampler(seed),
                                           directions=["maximize"] * self.n_objectives)
         self._pending: list[tuple[int, np.ndarray]] = []  # (trial number, genome given out), by position
+        self._outstanding: list[tuple[int, np.ndarray]] = []  # the same for ask_one, in the order asked
 
     def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         raise NotImplementedError
@@ -75,14 +85,22 @@ class OptunaOptimizer(Optimizer):
     def popsize(self) -> int:
         return self._popsize
 
+    def _ask_trial(self) -> tuple[int, np.ndarray]:
+        trial = self._study.ask(self._dists)
+        return trial.number, snap_to_grid(np.array([trial.params[n] for n in self._names], dtype=float), self.steps)
+
+    def _tell_trial(self, number: int, value) -> None:
+        self._study.tell(number, value if self.n_objectives == 1 else list(value))
+
     def ask(self) -> list[np.ndarray]:
+        if self._outstanding:
+            raise RuntimeError(f"ask: {len(self._outstanding)} genomes of ask_one are still outstanding; tell_one "
+                               f"them first (whole generations and steady-state do not interleave)")
         for number, _ in self._pending:  # asked again without a tell: those candidates are dropped
             self._study.tell(number, state=TrialState.FAIL)
         self._pending = []
         for _ in range(self._popsize):
-            trial = self._study.ask(self._dists)
-            x = snap_to_grid(np.array([trial.params[n] for n in self._names], dtype=float), self.steps)
-            self._pending.append((trial.number, x))
+            self._pending.append(self._ask_trial())
         return [x.copy() for _, x in self._pending]
 
     def tell(self, genomes: list[np.ndarray], values: list) -> None:
@@ -93,17 +111,41 @@ class OptunaOptimizer(Optimizer):
             if not np.array_equal(np.asarray(g, dtype=float), x):
                 raise ValueError(f"tell: genome {i} is not the one ask() gave out at that position")
         for (number, _), v in zip(self._pending, values, strict=True):
-            self._study.tell(number, v if self.n_objectives == 1 else list(v))
+            self._tell_trial(number, v)
         self._pending = []
+
+    def ask_one(self) -> np.ndarray:
+        if self._pending:
+            raise RuntimeError(f"ask_one: the {len(self._pending)} genomes of the last ask() are not told yet; tell "
+                               f"them first (whole generations and steady-state do not interleave)")
+        self._outstanding.append(self._ask_trial())
+        return self._outstanding[-1][1].copy()
+
+    def tell_one(self, genome: np.ndarray, value) -> None:
+        """Tells the trial of `genome`: the first outstanding one (in the order asked) equal to it value for value.
+        Bit-identical outstanding genomes are the same candidate, so whichever of their trials is told does not
+        matter (their Optuna parameters could differ in a last bit only, where a discrete gene was snapped)."""
+        value = self._check_one(value)
+        i = self._match(genome, [x for _, x in self._outstanding])
+        if i is None:
+            raise ValueError(f"tell_one: that genome is not one of the {len(self._outstanding)} outstanding ones "
+                             f"of ask_one")
+        number, _ = self._outstanding.pop(i)
+        self._tell_trial(number, value)
+
+    def outstanding(self) -> list[np.ndarray]:
+        return [x.copy() for _, x in self._outstanding]
 
     def state(self) -> bytes:
         # The study pickles whole: storage (all trials, running ones included), sampler and its RNG state. It grows
         # with every trial (some KB per trial at a few hundred genes); zlib halves it, or better, in milliseconds.
-        return pickle.dumps({"study": _Zipped(self._study), "pending": self._pending})
+        return pickle.dumps({"study": _Zipped(self._study), "pending": self._pending,
+                             "outstanding": self._outstanding})
 
     def load_state(self, blob: bytes) -> None:
         st = pickle.loads(blob)
         self._study, self._pending = st["study"], st["pending"]
+        self._outstanding = st.get("outstanding", [])  # absent from states of before steady-state
 
 
 class TPEOptimizer(OptunaOptimizer):

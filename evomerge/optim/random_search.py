@@ -2,6 +2,10 @@
 
 It learns nothing, so it takes any number of objectives. A discrete gene is uniform over its levels (drawn from the
 same uniform number a continuous gene would use, so the random stream does not depend on `steps`).
+
+Steady-state: `ask_one` draws the next `dim` numbers of the same stream, so `popsize` calls to `ask_one` give out
+exactly what one `ask` would. Its outstanding genomes are still kept (and in `state()`), so that `tell_one` checks
+what it is told and a resumed run knows what was in flight.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from evomerge.optim.base import Optimizer, default_popsize, top_levels
 class RandomSearch(Optimizer):
     max_objectives = None
     supports_steps = True
+    steady_state = True
 
     def __init__(self, cfg, dim: int, seed: int, n_objectives: int = 1, steps: np.ndarray | None = None):
         super().__init__(cfg, dim, seed, n_objectives, steps)
@@ -24,25 +29,61 @@ class RandomSearch(Optimizer):
         self._popsize = cfg.popsize or default_popsize(dim)
         self._disc = self.steps > 0
         self._top = top_levels(self.steps)
+        self._outstanding: list[np.ndarray] = []  # given out by ask_one, not told yet, in the order asked
+        self._generation_out = False  # a generation asked and not told: ask_one refuses, as Optuna's do
 
     @property
     def popsize(self) -> int:
         return self._popsize
 
-    def ask(self) -> list[np.ndarray]:
-        u = self._rng.random((self._popsize, self.dim))
+    def _draw(self, n: int) -> np.ndarray:
+        u = self._rng.random((n, self.dim))
         if self._disc.any():
             d, top = self._disc, self._top[self._disc]
             k = np.minimum(np.floor(u[:, d] * (top + 1)), top)  # level k with probability 1/(top + 1)
             u[:, d] = np.minimum(k * self.steps[d], 1.0)
-        return list(u)
+        return u
+
+    def ask(self) -> list[np.ndarray]:
+        if self._outstanding:
+            raise RuntimeError(f"ask: {len(self._outstanding)} genomes of ask_one are still outstanding; tell_one "
+                               f"them first (whole generations and steady-state do not interleave)")
+        self._generation_out = True
+        return list(self._draw(self._popsize))
 
     def tell(self, genomes: list[np.ndarray], values: list) -> None:
         """Random search learns nothing (the values are checked, then dropped)."""
         self._check_told(genomes, values)
+        self._generation_out = False
+
+    def ask_one(self) -> np.ndarray:
+        if self._generation_out:
+            raise RuntimeError("ask_one: the genomes of the last ask() are not told yet; tell them first (whole "
+                               "generations and steady-state do not interleave)")
+        x = self._draw(1)[0]
+        self._outstanding.append(x)
+        return x.copy()
+
+    def tell_one(self, genome: np.ndarray, value) -> None:
+        """Checks the value and forgets `genome` (the first outstanding one equal to it)."""
+        self._check_one(value)
+        i = self._match(genome, self._outstanding)
+        if i is None:
+            raise ValueError(f"tell_one: that genome is not one of the {len(self._outstanding)} outstanding ones "
+                             f"of ask_one")
+        del self._outstanding[i]
+
+    def outstanding(self) -> list[np.ndarray]:
+        return [x.copy() for x in self._outstanding]
 
     def state(self) -> bytes:
-        return pickle.dumps(self._rng.bit_generator.state)
+        return pickle.dumps({"rng": self._rng.bit_generator.state, "outstanding": self._outstanding,
+                             "generation_out": self._generation_out})
 
     def load_state(self, blob: bytes) -> None:
-        self._rng.bit_generator.state = pickle.loads(blob)
+        st = pickle.loads(blob)
+        if "rng" not in st:  # a state from before steady-state: the bit generator's state alone
+            st = {"rng": st, "outstanding": [], "generation_out": False}
+        self._rng.bit_generator.state = st["rng"]
+        self._outstanding = [np.asarray(x, dtype=float) for x in st["outstanding"]]
+        self._generation_out = st["generation_out"]

@@ -59,7 +59,8 @@ SNAPSHOTS = sa.Table(
     "evomerge_snapshots", _md,
     sa.Column("run_id", sa.String(36), primary_key=True),
     sa.Column("generation", sa.Integer, primary_key=True),
-    # 'asked': the state after ask() plus the genomes not yet told; 'told': the state after tell()
+    # 'asked': the state after ask() plus the genomes not yet told; 'told': the state after tell(); 'steady': a
+    # steady-state search's state (generation = candidates asked so far) plus [n, *genome] of those not yet told
     sa.Column("phase", sa.String(8), primary_key=True),
     sa.Column("state", sa.LargeBinary, nullable=False),
     sa.Column("genomes", sa.Text),
@@ -224,14 +225,15 @@ class RunStore:
         s = SNAPSHOTS.c
         with self.engine.begin() as c:
             c.execute(SNAPSHOTS.delete().where(s.run_id == self.run_id, s.generation == generation, s.phase == phase))
-            if phase == "told":  # older generations are never resumed from; Optuna states grow with every trial
+            if phase in ("told", "steady"):  # older ones are never resumed from; Optuna states grow with every trial
                 c.execute(SNAPSHOTS.delete().where(s.run_id == self.run_id, s.generation < generation))
             c.execute(SNAPSHOTS.insert().values(
                 run_id=self.run_id, generation=generation, phase=phase, state=state, created=time.time(),
                 genomes=None if genomes is None else json.dumps([[float(v) for v in g] for g in genomes])))
 
     def last_snapshot(self) -> Snapshot | None:
-        """The newest snapshot: 'told' sorts before 'asked' of the next generation, and after 'asked' of its own."""
+        """The newest snapshot: 'told' sorts before 'asked' of the next generation, and after 'asked' of its own
+        (a run has either generation snapshots or steady-state ones)."""
         s = SNAPSHOTS.c
         q = (sa.select(s.generation, s.phase, s.state, s.genomes).where(s.run_id == self.run_id)
              .order_by(s.generation.desc(), s.phase.desc()).limit(1))  # 'told' > 'asked'

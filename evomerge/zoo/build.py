@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from evomerge.fitness.native import encode_teacher_forced, exact_match_teacher_forced
-from evomerge.zoo.tasks import TASKS, make_splits
+from evomerge.zoo.tasks import make_splits
 from evomerge.zoo.tokenizer import build_char_tokenizer
 
 ZOO_FORMAT = 1  # bump when the build changes in a way that invalidates cached zoos

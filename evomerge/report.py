@@ -1,0 +1,169 @@
+"""The run's last word: the evolved merge against the base, every source, the standard merges and a tuned
+single-weight merge, all on the held-out split (plus the Pareto front of a multi-objective search); printed and
+written to results.json."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from evomerge.config import ExperimentConfig
+from evomerge.errors import RunError
+from evomerge.executors import Job
+from evomerge.optim.pareto import pareto_front
+from evomerge.recipe import Recipe
+from evomerge.search import Evaluator
+from evomerge.store import Evaluation, RunStore
+
+RESULTS_FILE = "results.json"
+FRONT_HELDOUT = 20  # Pareto-front members re-scored on held-out data
+
+
+class FinalReport:
+    def __init__(self, cfg: ExperimentConfig, evaluator: Evaluator, names: list[str], console: Console,
+                 run_dir: Path):
+        self.cfg, self.evaluator, self.names, self.console, self.run_dir = cfg, evaluator, names, console, run_dir
+
+    def _rows(self, store: RunStore) -> list[tuple[str, str, Recipe]]:
+        k, b = len(self.names), self.cfg.baselines
+        rows: list[tuple[str, str, Recipe]] = []
+        best = store.best("search")
+        if best is None:
+            raise RunError("no successful search evaluation to report")
+        rows.append(("evolved", f"evolved ({best.label})", Recipe.from_json(best.recipe)))
+        rows.append(("base", "base", Recipe.uniform("task_arithmetic", k, 0.0)))
+        for i, name in enumerate(self.names):
+            w = tuple(1.0 if j == i else 0.0 for j in range(k))
+            rows.append(("source", name, Recipe(operator="task_arithmetic", groups={"all": {"weights": w}})))
+        if b.enabled:
+            rows.append(("baseline", f"TA uniform 1/{k}", Recipe.uniform("task_arithmetic", k, 1 / k)))
+            rows.append(("baseline", f"TIES d={b.ties_density}",
+                         Recipe.uniform("ties", k, 1.0, b.ties_density)))
+            rows.append(("baseline", f"DARE-TIES d={b.dare_density}",
+                         Recipe.uniform("dare_ties", k, 1.0, b.dare_density, normalize=True, seed=self.cfg.seed)))
+            if b.tuned_weights:
+                w, _ = self._tune_single_weight(store)
+                rows.append(("tuned", f"TA tuned w={w:g}",
+                             Recipe.uniform("task_arithmetic", k, w)))
+        return rows
+
+    def _tune_single_weight(self, store: RunStore) -> tuple[float, float]:
+        k, grid = len(self.names), self.cfg.baselines.tuned_weights
+        jobs = [Job("tune", -1, i, f"ta-w{w:g}", self.cfg.fitness.search_split, Recipe.uniform("task_arithmetic", k, w))
+                for i, w in enumerate(grid) if store.get("tune", -1, i, f"ta-w{w:g}") is None]
+        for _ in self.evaluator.evaluate(jobs):
+            pass
+        # the best weight on the search split; ties go to the smaller weight
+        best = max(store.evaluations("tune"), key=lambda ev: (ev.objective or 0.0, -ev.idx))
+        return grid[best.idx], best.objective
+
+    def _score_all(self, store: RunStore, kind: str, items: list[tuple[str, Recipe]]) -> list[Evaluation]:
+        """Score (label, recipe) pairs on the held-out split, once each across restarts; all must succeed."""
+        split = self.cfg.fitness.heldout_split
+        jobs = [Job(kind, -1, i, label, split, recipe) for i, (label, recipe) in enumerate(items)
+                if store.get(kind, -1, i, label) is None]
+        with self.console.status(f"scoring {len(items)} models on the {split!r} split"):
+            for _ in self.evaluator.evaluate(jobs):
+                pass
+        evals = [store.get(kind, -1, i, label) for i, (label, _) in enumerate(items)]
+        failed = [e for e in evals if e.status != "ok"]
+        if failed:
+            raise RunError(f"held-out scoring failed for {failed[0].label}: {failed[0].error.splitlines()[0]}")
+        return evals
+
+    def _pareto_front(self, store: RunStore) -> list[dict] | None:
+        """With one objective per task: the search's non-dominated candidates, best mean first, re-scored on
+        held-out data (at most FRONT_HELDOUT of them)."""
+        if self.cfg.n_objectives == 1:
+            return None
+        tasks = list(self.cfg.fitness.tasks)
+        ok = [e for e in store.evaluations("search") if e.status == "ok"]
+        front = sorted((ok[i] for i in pareto_front([[e.per_task[t] for t in tasks] for e in ok])),
+                       key=lambda e: -e.objective)
+        held = self._score_all(store, "front", [(e.label, Recipe.from_json(e.recipe)) for e in front[:FRONT_HELDOUT]])
+        return [{"label": e.label, "search": e.per_task, "search_objective": e.objective,
+                 "heldout": h.per_task if h else None, "heldout_objective": h.objective if h else None,
+                 "recipe": json.loads(e.recipe)}
+                for e, h in itertools.zip_longest(front, held)]
+
+    def run(self, store: RunStore) -> dict:
+        rows = self._rows(store)
+        evals = self._score_all(store, "heldout", [(label, recipe) for _, label, recipe in rows])
+        results = _results(self.cfg, self.cfg.fitness.heldout_split, rows, evals, store)
+        front = self._pareto_front(store)
+        if front is not None:
+            results["pareto_front"] = front
+        (self.run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+        self.console.print(render_table(results))
+        if front is not None:
+            self.console.print(render_front(results))
+        self.console.print(f"written to {self.run_dir / RESULTS_FILE}")
+        return results
+
+
+def _flat(ev: Evaluation) -> list[int]:
+    return [v for task in sorted(ev.per_example) for v in ev.per_example[task]]
+
+
+def _results(cfg, split, rows, evals, store) -> dict:
+    evolved = _flat(evals[0])
+    n = len(evolved)
+    out_rows = []
+    for (kind, label, recipe), ev in zip(rows, evals, strict=True):
+        flat = _flat(ev)
+        diff = [a - b for a, b in zip(evolved, flat, strict=True)]
+        mean_d = sum(diff) / n
+        var_d = sum((d - mean_d) ** 2 for d in diff) / max(n - 1, 1)
+        out_rows.append({
+            "kind": kind, "label": label, "average": ev.objective, "per_task": ev.per_task,
+            "stderr": math.sqrt(ev.objective * (1 - ev.objective) / n),
+            # paired over the same examples: how far the evolved merge is above this row, and that gap's stderr
+            "evolved_minus_this": mean_d, "evolved_minus_this_stderr": math.sqrt(var_d / n),
+            "recipe": json.loads(recipe.to_json()),
+        })
+    search = store.evaluations("search")
+    return {
+        "schema_version": 1,
+        "experiment": cfg.name,
+        "split": split,
+        "examples": n,
+        "search": {"evaluations": len(search), "failed": sum(e.status != "ok" for e in search),
+                   "best_search_objective": store.best("search").objective,
+                   "seconds": sum(e.merge_seconds + e.eval_seconds for e in search)},
+        "rows": out_rows,
+    }
+
+
+def render_table(results: dict) -> Table:
+    tasks = list(results["rows"][0]["per_task"])
+    table = Table(title=f"{results['experiment']}: accuracy on the {results['split']!r} split "
+                        f"({results['examples']} examples)")
+    table.add_column("model", no_wrap=True)
+    for t in tasks:
+        table.add_column(t, justify="right")
+    table.add_column("average", justify="right")
+    table.add_column("evolved − this", justify="right", no_wrap=True)
+    for r in sorted(results["rows"], key=lambda r: -r["average"]):
+        gap = "" if r["kind"] == "evolved" else f"{r['evolved_minus_this']:+.3f}±{r['evolved_minus_this_stderr']:.3f}"
+        style = "bold green" if r["kind"] == "evolved" else None
+        table.add_row(r["label"], *(f"{r['per_task'][t]:.3f}" for t in tasks), f"{r['average']:.3f}", gap, style=style)
+    return table
+
+
+def render_front(results: dict) -> Table:
+    front = results["pareto_front"]
+    tasks = list(front[0]["search"])
+    table = Table(title=f"Pareto front of the search ({len(front)} candidates): search split / held-out split")
+    table.add_column("candidate", no_wrap=True)
+    for t in tasks:
+        table.add_column(t, justify="right")
+    for r in front:
+        held = r["heldout"] or {}
+        table.add_row(r["label"], *(f"{r['search'][t]:.3f} / " + (f"{held[t]:.3f}" if t in held else "–")
+                                    for t in tasks))
+    return table

@@ -1,0 +1,330 @@
+"""The search: jobs out to the executor (through the evaluation cache), evaluations back into the store, the
+optimizer told — in whole generations (exactly reproducible) or steady-state (no worker ever waits on a batch).
+
+Workers that would sit idle at a generation's tail score the search's leaders on the held-out split instead
+('leader' evaluations); the final table then finds those scores in the cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from evomerge.config import ExperimentConfig
+from evomerge.errors import RunError
+from evomerge.executors import Executor, Job
+from evomerge.optim import OPTIMIZERS
+from evomerge.recipe import Recipe
+from evomerge.store import EventLog, Evaluation, RunStore, Snapshot
+
+LEADERS = 5  # how many of the best search candidates idle workers re-score on held-out data
+TELEMETRY_EVERY_S = 10.0
+
+
+def label(gen: int, idx: int) -> str:
+    return f"g{gen}-{idx}"
+
+
+class Evaluator:
+    """Issues jobs (a recipe scored before with the same fitness settings is copied, not scored again), records
+    every evaluation before anyone hears of it, and keeps idle workers busy with leaders."""
+
+    def __init__(self, cfg: ExperimentConfig, store: RunStore, executor: Executor, events: EventLog):
+        self.cfg, self.store, self.executor, self.events = cfg, store, executor, events
+        self._fillers: set[str] = set()  # cache keys of leader jobs in flight
+        self._announced: set[str] = set()
+        # the best search candidates so far, kept here: the store is not re-read on every result
+        self.leaders: list[Evaluation] = []
+        self._seconds: dict[str, tuple[int, float]] = {}  # split -> (evaluations, seconds): how long one takes
+        for ev in store.evaluations("search"):
+            self._rank(ev)
+        self._telemetry_at = 0.0
+        self.announce_workers()
+
+    def cache_key(self, recipe: Recipe, split: str) -> str:
+        blob = f"{recipe.to_json()}|{split}|{self.cfg.fitness.model_dump_json()}"
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _rank(self, ev: Evaluation) -> None:
+        if ev.kind == "search" and ev.status == "ok":
+            self.leaders = sorted([*self.leaders, ev], key=lambda e: -e.objective)[:LEADERS]
+
+    def record(self, ev: Evaluation) -> Evaluation:
+        self.store.add(ev)  # durable before anyone hears of it
+        self._rank(ev)
+        if ev.status == "ok" and ev.worker != "cache":
+            n, t = self._seconds.get(ev.split, (0, 0.0))
+            self._seconds[ev.split] = (n + 1, t + ev.merge_seconds + ev.eval_seconds)
+        self.events.emit("evaluation", kind=ev.kind, generation=ev.generation, idx=ev.idx, label=ev.label,
+                         status=ev.status, objective=ev.objective, merge_s=round(ev.merge_seconds, 4),
+                         eval_s=round(ev.eval_seconds, 4), attempts=ev.attempts, worker=ev.worker,
+                         **({"error": ev.error.splitlines()[0]} if ev.error else {}))
+        return ev
+
+    def issue(self, job: Job) -> Evaluation | None:
+        """The evaluation at once when the cache has it; otherwise the job goes to a worker (None)."""
+        job = dataclasses.replace(job, cache_key=self.cache_key(job.recipe, job.split))
+        hit = self.store.cached(job.cache_key)
+        if hit is None:
+            self.executor.submit(job)
+            return None
+        return self.record(dataclasses.replace(hit, kind=job.kind, generation=job.generation, idx=job.idx,
+                                               label=job.label, genome=job.genome, merge_seconds=0.0,
+                                               eval_seconds=0.0, attempts=1, worker="cache"))
+
+    def collect(self) -> Evaluation:
+        """The next evaluation of an issued job (leader evaluations are recorded on the way, not returned)."""
+        while True:
+            ev = self.record(self.executor.next())
+            self.after_result()
+            if ev.kind != "leader":
+                return ev
+            self._fillers.discard(ev.cache_key)
+
+    def evaluate(self, jobs: list[Job]) -> Iterator[Evaluation]:
+        """Each job's evaluation, cache hits first, then as workers finish. While the batch's last jobs run, workers
+        left without work score leaders; once the batch is done nothing is started that the next one would wait on."""
+        issued = 0
+        for job in jobs:
+            hit = self.issue(job)
+            if hit is None:
+                issued += 1
+            else:
+                yield hit
+        for left in range(issued - 1, -1, -1):
+            if left:
+                self.fill()
+            yield self.collect()
+
+    def drain(self) -> None:
+        """Wait for every job in flight, leaders included."""
+        while self.executor.pending():
+            ev = self.record(self.executor.next())
+            self._fillers.discard(ev.cache_key)
+            self.after_result()
+
+    def _mean_seconds(self, split: str) -> float | None:
+        n, t = self._seconds.get(split, (0, 0.0))
+        return t / n if n else None
+
+    def _room(self) -> bool:
+        """Whether a leader started now would end before the search jobs on the other workers do (expected), so
+        that the next batch never waits on it."""
+        running = [elapsed for job, elapsed in self.executor.running() if job.kind == "search"]
+        search = self._mean_seconds(self.cfg.fitness.search_split)
+        if not running or search is None:
+            return False
+        leader = self._mean_seconds(self.cfg.fitness.heldout_split) or search  # before any: like a search job
+        return search - min(running) >= leader
+
+    def fill(self) -> None:
+        """Hand idle workers the best search candidates not yet scored on held-out data, where there is room."""
+        if not self.executor.free_slots() or not self._room():
+            return
+        split = self.cfg.fitness.heldout_split
+        for ev in self.leaders:
+            if not self.executor.free_slots():
+                return
+            recipe = Recipe.from_json(ev.recipe)
+            key = self.cache_key(recipe, split)
+            if key in self._fillers or self.store.cached(key) is not None:
+                continue
+            self._fillers.add(key)
+            self.executor.submit(Job("leader", -1, 0, ev.label, split, recipe, cache_key=key))
+
+    def after_result(self) -> None:
+        self.announce_workers()
+        if time.monotonic() - self._telemetry_at > TELEMETRY_EVERY_S:
+            self.save_telemetry()
+
+    def announce_workers(self) -> None:
+        for s in self.executor.stats.values():
+            if s.name not in self._announced and s.pid is not None:
+                self._announced.add(s.name)
+                self.events.emit("worker_started", worker=s.name, pid=s.pid, host=s.host, device=s.device)
+
+    def save_telemetry(self) -> None:
+        self._telemetry_at = time.monotonic()
+        self.store.set_meta("workers", json.dumps(self.executor.telemetry()))
+
+
+class Search:
+    def __init__(self, cfg: ExperimentConfig, store: RunStore, evaluator: Evaluator, space, console: Console,
+                 events: EventLog, run_dir):
+        self.cfg, self.store, self.evaluator, self.space = cfg, store, evaluator, space
+        self.console, self.events, self.run_dir = console, events, run_dir
+        oc = cfg.optimizer
+        self.opt = OPTIMIZERS[oc.type](oc, space.dim, seed=cfg.seed, n_objectives=cfg.n_objectives,
+                                       steps=getattr(space, "steps", None))
+        self.total = oc.generations * self.opt.popsize
+        steady = oc.steady_state
+        if steady is None:
+            steady = getattr(self.opt, "steady_state", False) and evaluator.executor.n_workers > 1
+        self.steady = steady
+        store.set_meta("search_total", str(self.total))
+        self.best = store.best("search")
+        # the lowest scores seen, for the worst-case value a failed candidate is told
+        self._floor = [0.0] * cfg.n_objectives
+        for ev in store.evaluations("search"):
+            self._lower_floor(ev)
+
+    # -- shared ----------------------------------------------------------------------------------------------------
+    def _job(self, n: int, x: np.ndarray) -> Job:
+        gen, idx = divmod(n, self.opt.popsize)
+        recipe = self.space.decode(x, seed=self.cfg.seed * 1_000_003 + gen * 1000 + idx)
+        return Job("search", gen, idx, label(gen, idx), self.cfg.fitness.search_split, recipe, [float(v) for v in x])
+
+    def _prior(self, n: int) -> Evaluation | None:
+        gen, idx = divmod(n, self.opt.popsize)
+        return self.store.get("search", gen, idx, label(gen, idx))
+
+    def _objectives(self, ev: Evaluation) -> list[float]:
+        if self.cfg.n_objectives == 1:
+            return [ev.objective]
+        return [ev.per_task[t] for t in self.cfg.fitness.tasks]
+
+    def _lower_floor(self, ev: Evaluation) -> None:
+        if ev.status == "ok":
+            self._floor = [min(f, v) for f, v in zip(self._floor, self._objectives(ev), strict=True)]
+
+    def _seen(self, ev: Evaluation, progress, bar) -> None:
+        self._lower_floor(ev)
+        if ev.status == "ok" and (self.best is None or ev.objective > self.best.objective):
+            self.best = ev
+        progress.update(bar, advance=1, best=self.best.objective if self.best else float("nan"))
+        if ev.status != "ok":
+            self.console.print(f"[yellow]candidate {ev.label} failed: {ev.error.splitlines()[0]}[/]")
+
+    def _values(self, evals: list[Evaluation]) -> list:
+        """What the optimizer is told: the objective (or one per task); for a failure, a worst case — no better
+        than anything seen (0 for accuracies)."""
+        out = [self._objectives(e) if e.status == "ok" else self._floor for e in evals]
+        return [v[0] for v in out] if self.cfg.n_objectives == 1 else [tuple(v) for v in out]
+
+    def run(self, snap: Snapshot | None) -> None:
+        if snap is not None:
+            self.opt.load_state(snap.state)
+            self.steady = snap.phase == "steady"  # a run goes on the way it started, whatever the workers now
+        done = len(self.store.evaluations("search"))
+        if done >= self.total and (snap is None or snap.phase != "asked"):
+            self.console.print(f"search already complete ({done} evaluations stored)")
+            return
+        if done:
+            self.console.print(f"continuing {self.run_dir} ({done} evaluations stored)")
+        self.events.emit("search_started", workers=self.evaluator.executor.n_workers, steady_state=self.steady,
+                         total=self.total)
+        with _progress(self.console) as progress:
+            bar = progress.add_task("search", total=self.total, completed=min(done, self.total),
+                                    best=self.best.objective if self.best else float("nan"), gen="")
+            if self.steady:
+                self._steady(snap, progress, bar)
+            else:
+                self._generations(snap, progress, bar)
+        self.evaluator.drain()
+        self.evaluator.save_telemetry()
+        self.events.emit("search_finished", best=self.best.objective if self.best else None,
+                         workers=self.evaluator.executor.telemetry())
+
+    # -- whole generations -----------------------------------------------------------------------------------------
+    def _generations(self, snap: Snapshot | None, progress, bar) -> None:
+        generations = self.cfg.optimizer.generations
+        start, pending = 0, None
+        if snap is not None:
+            start = snap.generation + (snap.phase == "told")
+            if snap.phase == "asked":  # asked but not told: the same genomes go out again
+                pending = [np.asarray(g, dtype=float) for g in snap.genomes]
+        for gen in range(start, generations):
+            if pending is not None:
+                genomes, pending = pending, None
+            else:
+                genomes = self.opt.ask()
+                self.store.save_snapshot(gen, "asked", self.opt.state(), genomes)
+            self.events.emit("generation_asked", generation=gen, candidates=len(genomes))
+            progress.update(bar, gen=f"generation {gen + 1}/{generations}")
+            evals: dict[int, Evaluation] = {}
+            jobs = []
+            for i, x in enumerate(genomes):
+                prior = self._prior(gen * self.opt.popsize + i)
+                if prior is not None:  # completed before a stop: reuse, never recompute
+                    evals[i] = prior
+                else:
+                    jobs.append(self._job(gen * self.opt.popsize + i, x))
+            for ev in self.evaluator.evaluate(jobs):
+                evals[ev.idx] = ev
+                self._seen(ev, progress, bar)
+            if all(evals[i].status != "ok" for i in evals):
+                raise RunError(f"every candidate of generation {gen + 1} failed; first error: "
+                               f"{evals[0].error.splitlines()[0]}")
+            self.opt.tell(genomes, self._values([evals[i] for i in range(len(genomes))]))
+            self.store.save_snapshot(gen, "told", self.opt.state())
+            self.events.emit("generation_told", generation=gen, best=self.best.objective, best_label=self.best.label)
+
+    # -- steady-state ----------------------------------------------------------------------------------------------
+    def _save_steady(self, asked: int, inflight: dict[int, np.ndarray]) -> None:
+        self.store.save_snapshot(asked, "steady", self.opt.state(),
+                                 [[n, *map(float, x)] for n, x in sorted(inflight.items())])
+
+    def _steady(self, snap: Snapshot | None, progress, bar) -> None:
+        """Keep every worker busy: the moment a result lands, the optimizer is told and asked for one more."""
+        workers = self.evaluator.executor.n_workers
+        asked, inflight = 0, {}
+        if snap is not None:
+            asked = snap.generation
+            inflight = {int(row[0]): np.asarray(row[1:], dtype=float) for row in snap.genomes}
+        progress.update(bar, gen="steady-state")
+        issued: dict[str, int] = {}
+        # candidates asked before a stop: a stored result is told now, the others go out again
+        for n, x in list(inflight.items()):
+            prior = self._prior(n)
+            if prior is not None:
+                self._tell(n, prior, inflight, asked)
+            else:
+                self._issue(n, x, issued, progress, bar, inflight, asked)
+        recent: list[str] = []
+        while True:
+            while len(issued) < workers and asked < self.total:
+                x = self.opt.ask_one()
+                n, asked = asked, asked + 1
+                inflight[n] = x
+                self._save_steady(asked, inflight)
+                self._issue(n, x, issued, progress, bar, inflight, asked)
+            if not issued:
+                break
+            if asked >= self.total:  # the last candidates are running: workers without one score leaders
+                self.evaluator.fill()
+            ev = self.evaluator.collect()
+            n = issued.pop(ev.label)
+            self._seen(ev, progress, bar)
+            self._tell(n, ev, inflight, asked)
+            recent = (recent + [ev.status])[-self.opt.popsize:]
+            if len(recent) == self.opt.popsize and "ok" not in recent:
+                raise RunError(f"the last {len(recent)} candidates all failed; last error: "
+                               f"{ev.error.splitlines()[0]}")
+
+    def _issue(self, n, x, issued, progress, bar, inflight, asked) -> None:
+        job = self._job(n, x)
+        hit = self.evaluator.issue(job)
+        if hit is None:
+            issued[job.label] = n
+        else:  # a cached recipe: told at once
+            self._seen(hit, progress, bar)
+            self._tell(n, hit, inflight, asked)
+
+    def _tell(self, n: int, ev: Evaluation, inflight: dict[int, np.ndarray], asked: int) -> None:
+        self.opt.tell_one(inflight.pop(n), self._values([ev])[0])
+        self._save_steady(asked, inflight)
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.fields[gen]}"), BarColumn(), MofNCompleteColumn(), TextColumn("evaluations"),
+        TextColumn("best {task.fields[best]:.3f}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        console=console,
+    )
