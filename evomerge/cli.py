@@ -181,6 +181,8 @@ def zoo_data(
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # evomerge never downloads: sources are local directories
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # lm-eval draws tqdm bars per candidate and task; evomerge shows its own progress (read when tqdm is imported)
+    os.environ.setdefault("TQDM_DISABLE", "1")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-file load/save bars of tiny models are noise around our own progress

@@ -82,10 +82,22 @@ class OptimizerConfig(_Strict):
         return _registered(v, OPTIMIZERS, "optimizer")
 
 
+class LmEvalConfig(_Strict):
+    """How the live model is wrapped for lm-evaluation-harness (fitness.type: lm_eval)."""
+
+    batch_size: PositiveInt = 64
+    add_bos_token: bool | None = None  # None: lm-eval's default for the model
+    max_length: PositiveInt | None = None
+    apply_chat_template: bool = False
+
+
 class FitnessConfig(_Strict):
-    # native: exact match of the answer; python: a per-example scorer of yours, `scorer: module:function`
-    type: Literal["native", "python"] = "native"
-    tasks: dict[str, str] = Field(min_length=1, description="task name -> directory holding <split>.jsonl")
+    # native: exact match of the answer; python: a per-example scorer of yours, `scorer: module:function`;
+    # lm_eval: lm-evaluation-harness tasks from task YAML files, run on the in-memory model
+    type: Literal["native", "python", "lm_eval"] = "native"
+    # native/python: task name -> directory holding <split>.jsonl; lm_eval: task name -> lm-eval task YAML file
+    tasks: dict[str, str] = Field(min_length=1)
+    lm_eval: LmEvalConfig = LmEvalConfig()
     scorer: str | None = None  # python: "module:function", module relative to the experiment file or importable
     # mean: one objective, the (weighted) mean over tasks; per_task: one objective per task (multi-objective search)
     objective: Literal["mean", "per_task"] = "mean"
@@ -210,7 +222,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return f"{source}: " + "; ".join(parts)
 
 
-def _read_mapping(path: Path, what: str) -> dict:
+def read_mapping(path: Path, what: str) -> dict:
     """Read a YAML file that must hold a mapping; `what` prefixes every error (a field or the file itself)."""
     if not path.is_file():
         raise ConfigError(f"{what}: {str(path)!r} not found (expected a YAML file)")
@@ -226,10 +238,10 @@ def _read_mapping(path: Path, what: str) -> dict:
 def load_experiment(path: str | Path) -> tuple[ExperimentConfig, Path]:
     """Parse and validate an experiment file; returns the config and the directory paths are relative to."""
     path = Path(path)
-    raw = _read_mapping(path, "experiment file")
+    raw = read_mapping(path, "experiment file")
     for section in ("space", "fitness"):  # a section may name a preset file instead of spelling it out
         if isinstance(raw.get(section), str):
-            raw[section] = _read_mapping(path.parent / raw[section], f"{section} (preset file)")
+            raw[section] = read_mapping(path.parent / raw[section], f"{section} (preset file)")
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:

@@ -64,9 +64,17 @@ def resolve_device(name: str) -> str:
 
 
 def resolve_tasks(cfg: ExperimentConfig, base_dir: Path) -> dict[str, dict[str, list[dict]]]:
-    """{split: {task: examples}} for the search and held-out splits."""
+    """{split: {task: examples}} for the search and held-out splits ({split: {task: lm-eval task config}} for
+    lm_eval fitness)."""
     f = cfg.fitness
     out: dict[str, dict[str, list[dict]]] = {f.search_split: {}, f.heldout_split: {}}
+    if f.type == "lm_eval":
+        from evomerge.fitness.lm_eval_scorer import load_task_config
+
+        for task, rel in f.tasks.items():
+            for split in out:
+                out[split][task] = load_task_config((base_dir / rel).resolve(), split, f"fitness.tasks.{task}")
+        return out
     for task, rel in f.tasks.items():
         d = (base_dir / rel).resolve()
         field = f"fitness.tasks.{task}"

@@ -86,9 +86,9 @@ def test_every_shipped_experiment_and_preset_validates():
     for exp in sorted((REPO / "experiments").glob("*.yaml")):
         load_experiment(exp)
     for preset in sorted((REPO / "search_spaces").glob("*.yaml")):
-        from evomerge.config import SpaceConfig, _read_mapping
+        from evomerge.config import SpaceConfig, read_mapping
 
-        SpaceConfig.model_validate(_read_mapping(preset, "space"))
+        SpaceConfig.model_validate(read_mapping(preset, "space"))
 
 
 def test_missing_preset_is_named(tmp_path, tiny_task_dir):

@@ -42,7 +42,9 @@ class Worker:
         self.model = AutoModelForCausalLM.from_pretrained(base, dtype=self.pool.dtype).to(device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(base)
         self.merger = Merger(self.pool)
-        self.scorers = {split: make_scorer(self.tokenizer, split_tasks, fitness_cfg, Path(base_dir))
+        # lm-eval takes the search split's example cap as its `limit`; the other scorers get capped example lists
+        self.scorers = {split: make_scorer(self.tokenizer, split_tasks, fitness_cfg, Path(base_dir),
+                                           limit=fitness_cfg.max_examples if split == fitness_cfg.search_split else None)
                         for split, split_tasks in tasks.items()}
 
     def evaluate(self, job: Job) -> Evaluation:

@@ -86,8 +86,13 @@ def load_scorer_function(spec: str, base_dir: Path) -> Callable:
     return fn
 
 
-def make_scorer(tokenizer, tasks: dict[str, list[dict]], cfg, base_dir: Path):
+def make_scorer(tokenizer, tasks: dict, cfg, base_dir: Path, limit: int | None = None):
+    """`tasks`: {task: examples} (native, python) or {task: lm-eval task config} (lm_eval)."""
     weights = cfg.task_weights()
+    if cfg.type == "lm_eval":
+        from evomerge.fitness.lm_eval_scorer import LmEvalScorer
+
+        return LmEvalScorer(tokenizer, tasks, cfg, weights, limit=limit)
     if cfg.type == "python":
         return PythonScorer(tokenizer, tasks, load_scorer_function(cfg.scorer, base_dir), weights)
     return NativeScorer(tokenizer, tasks, mode=cfg.mode, batch_size=cfg.batch_size,

@@ -23,7 +23,7 @@ from evomerge.fitness.native import encode_teacher_forced, exact_match_teacher_f
 from evomerge.zoo.tasks import make_splits
 from evomerge.zoo.tokenizer import build_char_tokenizer
 
-ZOO_FORMAT = 1  # bump when the build changes in a way that invalidates cached zoos
+ZOO_FORMAT = 2  # bump when the build changes in a way that invalidates cached zoos
 
 
 class ZooSpec(BaseModel):
