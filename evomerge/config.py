@@ -102,6 +102,7 @@ class FitnessConfig(_Strict):
     # mean: one objective, the (weighted) mean over tasks; per_task: one objective per task (multi-objective search)
     objective: Literal["mean", "per_task"] = "mean"
     weights: dict[str, float] | None = None  # per-task weights of the mean (default: equal)
+    allow_test_split: bool = False  # search on a split a task calls its test split (contamination: refused by default)
     search_split: str = "search"
     heldout_split: str = "heldout"
     max_examples: PositiveInt | None = None  # per task, on the search split

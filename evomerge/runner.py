@@ -69,12 +69,21 @@ def resolve_tasks(cfg: ExperimentConfig, base_dir: Path) -> dict[str, dict[str, 
     f = cfg.fitness
     out: dict[str, dict[str, list[dict]]] = {f.search_split: {}, f.heldout_split: {}}
     if f.type == "lm_eval":
-        from evomerge.fitness.lm_eval_scorer import load_task_config
+        from evomerge.fitness.lm_eval_scorer import declared_test_split, load_task_config, overlap
 
         for task, rel in f.tasks.items():
+            path, field = (base_dir / rel).resolve(), f"fitness.tasks.{task}"
             for split in out:
-                out[split][task] = load_task_config((base_dir / rel).resolve(), split, f"fitness.tasks.{task}")
+                out[split][task] = load_task_config(path, split, field)
+            if declared_test_split(path) == f.search_split and not f.allow_test_split:
+                _refuse_test_split(field, f"{path} calls {f.search_split!r} its test split")
+            shared = overlap(out[f.search_split][task], out[f.heldout_split][task])
+            if shared:
+                raise ConfigError(f"{field}: {shared} documents appear in both the {f.search_split!r} and "
+                                  f"{f.heldout_split!r} splits; held-out numbers would not be held out")
         return out
+    if f.search_split == "test" and not f.allow_test_split:
+        _refuse_test_split("fitness.search_split", "'test' is a benchmark's test split")
     for task, rel in f.tasks.items():
         d = (base_dir / rel).resolve()
         field = f"fitness.tasks.{task}"
@@ -88,6 +97,11 @@ def resolve_tasks(cfg: ExperimentConfig, base_dir: Path) -> dict[str, dict[str, 
             raise ConfigError(f"{field}: {len(overlap)} prompts appear in both the {f.search_split!r} and "
                               f"{f.heldout_split!r} splits; held-out numbers would not be held out")
     return out
+
+
+def _refuse_test_split(field: str, why: str) -> None:
+    raise ConfigError(f"{field}: {why}; searching on it would leak into the numbers a benchmark reports — search on "
+                      "another split, or set fitness.allow_test_split: true if you mean it")
 
 
 def config_diff(old, new, path: str = "") -> list[tuple[str, object, object]]:

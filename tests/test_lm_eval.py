@@ -62,3 +62,33 @@ def test_missing_split_in_a_task_file_is_named(tmp_path):
         load_task_config(tmp_path / "t.yaml", "heldout", "fitness.tasks.t")
     with pytest.raises(ConfigError, match=r"fitness.tasks.t \(lm-eval task file\): .* not found"):
         load_task_config(tmp_path / "nope.yaml", "search", "fitness.tasks.t")
+
+
+def test_contamination_guard(tmp_path, tiny_task_dir):
+    """Searching on a split the task file calls its test split is refused unless allowed; search and held-out
+    splits that share documents are refused (by a hash of text and target)."""
+    from evomerge.config import load_experiment
+    from evomerge.errors import ConfigError
+    from evomerge.runner import resolve_tasks
+
+    files = _lm_eval_tasks(tiny_task_dir, tmp_path)
+    fitness = {"type": "lm_eval", "tasks": files, "search_split": "heldout", "heldout_split": "search"}
+    exp = write_experiment(tmp_path / "e.yaml", tiny_task_dir, fitness=fitness)
+    with pytest.raises(ConfigError, match=r"fitness.tasks.add: .* calls 'heldout' its test split; searching on it"):
+        resolve_tasks(*load_experiment(exp))
+    exp = write_experiment(tmp_path / "e.yaml", tiny_task_dir, fitness={**fitness, "allow_test_split": True})
+    assert set(resolve_tasks(*load_experiment(exp))) == {"heldout", "search"}
+
+    leaky = tmp_path / "zoo_add.yaml"
+    leaky.write_text(leaky.read_text().replace(f"{tiny_task_dir}/add/heldout.jsonl",
+                                               f"{tiny_task_dir}/add/search.jsonl"))
+    exp = write_experiment(tmp_path / "e.yaml", tiny_task_dir, fitness={"type": "lm_eval", "tasks": files})
+    with pytest.raises(ConfigError, match=r"fitness.tasks.add: 60 documents appear in both the 'search' and "
+                                          r"'heldout' splits"):
+        resolve_tasks(*load_experiment(exp))
+
+    native = write_experiment(tmp_path / "n.yaml", tiny_task_dir,
+                              fitness={"type": "native", "tasks": {"add": str(tiny_task_dir / "add")},
+                                       "search_split": "test"})
+    with pytest.raises(ConfigError, match="fitness.search_split: 'test' is a benchmark's test split"):
+        resolve_tasks(*load_experiment(native))

@@ -30,6 +30,27 @@ def load_task_config(path: Path, split: str, field: str) -> dict:
     return cfg
 
 
+def declared_test_split(path: Path) -> str | None:
+    """The split a task file calls its test split (where a benchmark keeps the numbers it reports)."""
+    return read_mapping(path, "lm-eval task file").get("test_split")
+
+
+def overlap(search: dict, heldout: dict) -> int:
+    """How many held-out documents also appear in the search split, by a hash of their text and target."""
+    import hashlib
+
+    from lm_eval.tasks import TaskManager
+
+    other = {**heldout, "task": f"{heldout['task']}__heldout"}  # two configs of one task need two names
+    tasks = TaskManager(include_defaults=False).load([search, other])["tasks"]
+
+    def hashes(task) -> set[str]:
+        return {hashlib.sha256(f"{task.doc_to_text(d)}\x00{task.doc_to_target(d)}".encode()).hexdigest()
+                for d in task.eval_docs}
+
+    return len(hashes(tasks[search["task"]]) & hashes(tasks[other["task"]]))
+
+
 def _metric(cfg: dict) -> str:
     return cfg["metric_list"][0]["metric"] if cfg.get("metric_list") else "acc"
 
