@@ -105,7 +105,11 @@ class FitnessConfig(_Strict):
     allow_test_split: bool = False  # search on a split a task calls its test split (contamination: refused by default)
     search_split: str = "search"
     heldout_split: str = "heldout"
-    max_examples: PositiveInt | None = None  # per task, on the search split
+    max_examples: PositiveInt | None = None  # per task, on the search split: the first N
+    # cheap fitness: score the search on this many examples per task, drawn once at random (the run's seed); at the
+    # end the `rescore_top` best candidates are scored on the whole search split and on the held-out split
+    search_subset: PositiveInt | None = None
+    rescore_top: int = Field(5, ge=1)
     mode: Literal["teacher_forced", "generate"] = "teacher_forced"
     batch_size: PositiveInt = 128
     max_new_tokens: PositiveInt = 16
@@ -118,12 +122,20 @@ class FitnessConfig(_Strict):
             raise ValueError("fitness.scorer: type python needs scorer: 'module:function'")
         if self.type != "python" and self.scorer:
             raise ValueError("fitness.scorer: only used with type: python")
+        if self.search_subset and self.max_examples:
+            raise ValueError("fitness.search_subset: use either search_subset (a random subset, re-checked at the "
+                             "end) or max_examples (the first N), not both")
         if self.weights is not None:
             unknown = sorted(set(self.weights) - set(self.tasks))
             if unknown or any(w < 0 for w in self.weights.values()) or not any(self.weights.values()):
                 raise ValueError(f"fitness.weights: expected non-negative weights for tasks among "
                                  f"{sorted(self.tasks)}, not all zero (unknown: {unknown})")
         return self
+
+    @property
+    def full_search_split(self) -> str:
+        """The name under which the whole search split is scored when the search runs on a subset."""
+        return f"{self.search_split}:full"
 
     def task_weights(self) -> dict[str, float]:
         w = self.weights or {}

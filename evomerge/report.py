@@ -29,12 +29,9 @@ class FinalReport:
                  run_dir: Path):
         self.cfg, self.evaluator, self.names, self.console, self.run_dir = cfg, evaluator, names, console, run_dir
 
-    def _rows(self, store: RunStore) -> list[tuple[str, str, Recipe]]:
+    def _rows(self, store: RunStore, best: Evaluation) -> list[tuple[str, str, Recipe]]:
         k, b = len(self.names), self.cfg.baselines
         rows: list[tuple[str, str, Recipe]] = []
-        best = store.best("search")
-        if best is None:
-            raise RunError("no successful search evaluation to report")
         rows.append(("evolved", f"evolved ({best.label})", Recipe.from_json(best.recipe)))
         rows.append(("base", "base", Recipe.uniform("task_arithmetic", k, 0.0)))
         for i, name in enumerate(self.names):
@@ -62,9 +59,11 @@ class FinalReport:
         best = max(store.evaluations("tune"), key=lambda ev: (ev.objective or 0.0, -ev.idx))
         return grid[best.idx], best.objective
 
-    def _score_all(self, store: RunStore, kind: str, items: list[tuple[str, Recipe]]) -> list[Evaluation]:
-        """Score (label, recipe) pairs on the held-out split, once each across restarts; all must succeed."""
-        split = self.cfg.fitness.heldout_split
+    def _score_all(self, store: RunStore, kind: str, items: list[tuple[str, Recipe]],
+                   split: str | None = None) -> list[Evaluation]:
+        """Score (label, recipe) pairs on a split (default: held-out), once each across restarts; all must
+        succeed."""
+        split = split or self.cfg.fitness.heldout_split
         jobs = [Job(kind, -1, i, label, split, recipe) for i, (label, recipe) in enumerate(items)
                 if store.get(kind, -1, i, label) is None]
         with self.console.status(f"scoring {len(items)} models on the {split!r} split"):
@@ -91,17 +90,42 @@ class FinalReport:
                  "recipe": json.loads(e.recipe)}
                 for e, h in itertools.zip_longest(front, held)]
 
+    def _rescore(self, store: RunStore) -> list[dict] | None:
+        """After a search on a subset: its best candidates on the whole search split and on the held-out split,
+        so that a subset's lucky draw does not pick the winner. Best on the whole search split first."""
+        f = self.cfg.fitness
+        if not f.search_subset:
+            return None
+        top = sorted((e for e in store.evaluations("search") if e.status == "ok"), key=lambda e: -e.objective)
+        items = [(e.label, Recipe.from_json(e.recipe)) for e in top[: f.rescore_top]]
+        full = self._score_all(store, "rescore", items, split=f.full_search_split)
+        held = self._score_all(store, "rescore_heldout", items)
+        rows = [{"label": e.label, "subset": e.objective, "full_search": a.objective, "heldout": h.objective,
+                 "subset_per_task": e.per_task, "full_search_per_task": a.per_task, "heldout_per_task": h.per_task}
+                for e, a, h in zip(top, full, held, strict=False)]
+        return sorted(rows, key=lambda r: -r["full_search"])
+
     def run(self, store: RunStore) -> dict:
-        rows = self._rows(store)
+        best = store.best("search")
+        if best is None:
+            raise RunError("no successful search evaluation to report")
+        rescored = self._rescore(store)
+        if rescored:  # the winner is chosen on the whole search split, never on held-out data
+            best = next(e for e in store.evaluations("search") if e.label == rescored[0]["label"])
+        rows = self._rows(store, best)
         evals = self._score_all(store, "heldout", [(label, recipe) for _, label, recipe in rows])
         results = _results(self.cfg, self.cfg.fitness.heldout_split, rows, evals, store)
         front = self._pareto_front(store)
         if front is not None:
             results["pareto_front"] = front
+        if rescored is not None:
+            results["rescored"] = rescored
         (self.run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
         self.console.print(render_table(results))
         if front is not None:
             self.console.print(render_front(results))
+        if rescored is not None:
+            self.console.print(render_rescored(results))
         self.console.print(f"written to {self.run_dir / RESULTS_FILE}")
         return results
 
@@ -166,4 +190,13 @@ def render_front(results: dict) -> Table:
         held = r["heldout"] or {}
         table.add_row(r["label"], *(f"{r['search'][t]:.3f} / " + (f"{held[t]:.3f}" if t in held else "–")
                                     for t in tasks))
+    return table
+
+
+def render_rescored(results: dict) -> Table:
+    table = Table(title="The search's best candidates on its subset, the whole search split and the held-out split")
+    for col in ("candidate", "subset", "whole search split", "held-out"):
+        table.add_column(col, justify="left" if col == "candidate" else "right", no_wrap=True)
+    for r in results["rescored"]:
+        table.add_row(r["label"], f"{r['subset']:.3f}", f"{r['full_search']:.3f}", f"{r['heldout']:.3f}")
     return table

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import random
 import shutil
 import time
 from pathlib import Path
@@ -69,18 +70,22 @@ def resolve_tasks(cfg: ExperimentConfig, base_dir: Path) -> dict[str, dict[str, 
     f = cfg.fitness
     out: dict[str, dict[str, list[dict]]] = {f.search_split: {}, f.heldout_split: {}}
     if f.type == "lm_eval":
-        from evomerge.fitness.lm_eval_scorer import declared_test_split, load_task_config, overlap
+        from evomerge.fitness.lm_eval_scorer import SAMPLES_KEY, declared_test_split, load_task_config, overlap
 
         for task, rel in f.tasks.items():
             path, field = (base_dir / rel).resolve(), f"fitness.tasks.{task}"
-            for split in out:
+            for split in (f.search_split, f.heldout_split):
                 out[split][task] = load_task_config(path, split, field)
             if declared_test_split(path) == f.search_split and not f.allow_test_split:
                 _refuse_test_split(field, f"{path} calls {f.search_split!r} its test split")
-            shared = overlap(out[f.search_split][task], out[f.heldout_split][task])
+            shared, n_search = overlap(out[f.search_split][task], out[f.heldout_split][task])
             if shared:
                 raise ConfigError(f"{field}: {shared} documents appear in both the {f.search_split!r} and "
                                   f"{f.heldout_split!r} splits; held-out numbers would not be held out")
+            if f.search_subset:
+                out.setdefault(f.full_search_split, {})[task] = out[f.search_split][task]
+                out[f.search_split][task] = {**out[f.search_split][task],
+                                             SAMPLES_KEY: subset_indices(n_search, f.search_subset, cfg.seed, task)}
         return out
     if f.search_split == "test" and not f.allow_test_split:
         _refuse_test_split("fitness.search_split", "'test' is a benchmark's test split")
@@ -91,12 +96,21 @@ def resolve_tasks(cfg: ExperimentConfig, base_dir: Path) -> dict[str, dict[str, 
             raise ConfigError(f"{field}: task directory {str(d)!r} does not exist")
         search = load_split(d, f.search_split, field)
         out[f.search_split][task] = search[: f.max_examples] if f.max_examples else search
+        if f.search_subset:
+            out.setdefault(f.full_search_split, {})[task] = search
+            out[f.search_split][task] = [search[i] for i in subset_indices(len(search), f.search_subset, cfg.seed, task)]
         out[f.heldout_split][task] = load_split(d, f.heldout_split, field)
         overlap = {r["prompt"] for r in search} & {r["prompt"] for r in out[f.heldout_split][task]}
         if overlap:
             raise ConfigError(f"{field}: {len(overlap)} prompts appear in both the {f.search_split!r} and "
                               f"{f.heldout_split!r} splits; held-out numbers would not be held out")
     return out
+
+
+def subset_indices(n: int, size: int, seed: int, task: str) -> list[int]:
+    """A fixed random subset of a task's n examples (all of them when size >= n), the same for every candidate."""
+    rng = random.Random(f"{seed}:{task}")  # per task: each task contributes its own `size` (stratified)
+    return sorted(rng.sample(range(n), min(size, n)))
 
 
 def _refuse_test_split(field: str, why: str) -> None:

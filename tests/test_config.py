@@ -43,6 +43,7 @@ def _edit(path, fn):
         (lambda c: c["optimizer"].update(steady_state=True), "optimizer.steady_state: cma works in whole "
                                                              "generations; use one of"),
         (lambda c: c["optimizer"].update(sigma0=-1), "optimizer.sigma0: Input should be greater than 0"),
+        (lambda c: c["fitness"].update(search_subset=10), "fitness.search_subset: use either search_subset"),
     ],
 )
 def test_invalid_fields_are_named(tmp_path, tiny_task_dir, edit, expected):

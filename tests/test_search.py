@@ -235,3 +235,30 @@ def test_multi_objective_search_reports_the_pareto_front(tmp_path, tiny_zoo, tin
     assert all(set(r["heldout"]) == set(tasks) for r in front)
     # the table's evolved row is the front member with the best mean
     assert results["rows"][0]["label"] == f"evolved ({front[0]['label']})"
+
+
+@pytest.mark.parametrize("fitness_type", ["native", "lm_eval"])
+def test_search_on_a_random_subset_is_rechecked_on_the_whole_split(tmp_path, tiny_zoo, tiny_task_dir, fitness_type):
+    """Cheap fitness: candidates are scored on 10 random examples per task (the same for all); at the end the 3 best
+    are re-scored on all 60 search examples and on held-out data, and the winner is the best on all 60."""
+    from tests.test_lm_eval import _lm_eval_tasks
+
+    tasks = (_lm_eval_tasks(tiny_task_dir, tmp_path) if fitness_type == "lm_eval"
+             else {t: str(tiny_task_dir / t) for t in ("add", "cipher", "reverse")})
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_task_dir, baselines={"enabled": False},
+                           fitness={"type": fitness_type, "tasks": tasks, "search_subset": 10, "rescore_top": 3})
+    results = _run(exp, tmp_path / "run")
+    store = RunDir.open(tmp_path / "run").store()
+    try:
+        search = store.evaluations("search")
+        full = {e.label: e for e in store.evaluations("rescore")}
+    finally:
+        store.close()
+    assert all(len(v) == 10 for e in search for v in e.per_example.values())  # the subset, stratified per task
+    assert all(len(v) == 60 for e in full.values() for v in e.per_example.values())  # the whole split
+    rescored = results["rescored"]
+    top3 = sorted(search, key=lambda e: -e.objective)[:3]
+    assert {r["label"] for r in rescored} == {e.label for e in top3}
+    assert [r["full_search"] for r in rescored] == sorted((r["full_search"] for r in rescored), reverse=True)
+    assert results["rows"][0]["label"] == f"evolved ({rescored[0]['label']})"
+    assert results["rows"][0]["average"] == rescored[0]["heldout"]

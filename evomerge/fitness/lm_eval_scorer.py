@@ -35,8 +35,12 @@ def declared_test_split(path: Path) -> str | None:
     return read_mapping(path, "lm-eval task file").get("test_split")
 
 
-def overlap(search: dict, heldout: dict) -> int:
-    """How many held-out documents also appear in the search split, by a hash of their text and target."""
+SAMPLES_KEY = "_evomerge_samples"  # in a task config: the document indices a search subset scores
+
+
+def overlap(search: dict, heldout: dict) -> tuple[int, int]:
+    """(how many held-out documents also appear in the search split, by a hash of their text and target; how many
+    documents the search split has)."""
     import hashlib
 
     from lm_eval.tasks import TaskManager
@@ -48,7 +52,8 @@ def overlap(search: dict, heldout: dict) -> int:
         return {hashlib.sha256(f"{task.doc_to_text(d)}\x00{task.doc_to_target(d)}".encode()).hexdigest()
                 for d in task.eval_docs}
 
-    return len(hashes(tasks[search["task"]]) & hashes(tasks[other["task"]]))
+    ours = hashes(tasks[search["task"]])
+    return len(ours & hashes(tasks[other["task"]])), len(tasks[search["task"]].eval_docs)
 
 
 def _metric(cfg: dict) -> str:
@@ -69,6 +74,9 @@ class LmEvalScorer:
         self.tokenizer, self.cfg, self.weights, self.limit = tokenizer, cfg, weights, limit
         self.names = {c["task"]: ours for ours, c in task_configs.items()}  # lm-eval task name -> ours
         self.metrics = {ours: _metric(c) for ours, c in task_configs.items()}
+        samples = {c["task"]: c[SAMPLES_KEY] for c in task_configs.values() if SAMPLES_KEY in c}
+        self.samples = samples or None
+        task_configs = {t: {k: v for k, v in c.items() if k != SAMPLES_KEY} for t, c in task_configs.items()}
         # built once: building reads and preprocesses the datasets (seconds for real benchmarks)
         self.task_dict = TaskManager(include_defaults=False).load(list(task_configs.values()))
         self._lm = None
@@ -91,7 +99,8 @@ class LmEvalScorer:
         from evomerge.fitness.scorer import _score
 
         lm_cfg = self.cfg.lm_eval
-        out = evaluator.evaluate(lm=self._wrap(model), task_dict=self.task_dict, limit=self.limit, log_samples=True,
+        out = evaluator.evaluate(lm=self._wrap(model), task_dict=self.task_dict, log_samples=True,
+                                 **({"samples": self.samples} if self.samples else {"limit": self.limit}),
                                  bootstrap_iters=0, verbosity="ERROR",
                                  apply_chat_template=lm_cfg.apply_chat_template)
         per_example = {}
