@@ -68,6 +68,20 @@ def _cache_templates() -> None:
         utils.env.from_string = functools.lru_cache(maxsize=4096)(utils.env.from_string)
 
 
+def _quiet_bars() -> None:
+    """lm-eval draws tqdm bars per candidate and task, with `disable=` passed explicitly (so TQDM_DISABLE cannot
+    reach them); evomerge shows its own progress. Its modules' `tqdm` is swapped for one that is always off."""
+    from lm_eval.api import model, task
+    from lm_eval.models import huggingface
+    from tqdm import tqdm
+
+    def off(*args, **kwargs):
+        return tqdm(*args, **{**kwargs, "disable": True})
+
+    for module in (model, task, huggingface):
+        module.tqdm = off
+
+
 def _metric(cfg: dict) -> str:
     return cfg["metric_list"][0]["metric"] if cfg.get("metric_list") else "acc"
 
@@ -82,6 +96,7 @@ class LmEvalScorer:
         from lm_eval.tasks import TaskManager
 
         _cache_templates()
+        _quiet_bars()
         for name in ("lm_eval", "lm-eval"):  # its per-task INFO lines would drown the progress bar
             logging.getLogger(name).setLevel(logging.ERROR)
         self.tokenizer, self.cfg, self.weights, self.limit = tokenizer, cfg, weights, limit
