@@ -200,14 +200,15 @@ class ExperimentConfig(_Strict):
     @model_validator(mode="after")
     def _optimizer_fits_objectives(self) -> ExperimentConfig:
         from evomerge.optim import OPTIMIZERS
+        from evomerge.optim.base import fits, optimizer_names
 
-        if self.optimizer.steady_state and not getattr(OPTIMIZERS[self.optimizer.type], "steady_state", False):
-            able = sorted(n for n, o in OPTIMIZERS.items() if getattr(o, "steady_state", False))
+        cls = OPTIMIZERS[self.optimizer.type]
+        if self.optimizer.steady_state and not cls.steady_state:
+            able = optimizer_names(lambda c: c.steady_state)
             raise ValueError(f"optimizer.steady_state: {self.optimizer.type} works in whole generations; "
                              f"use one of {able}")
-        limit = getattr(OPTIMIZERS[self.optimizer.type], "max_objectives", 1)
-        if limit is not None and self.n_objectives > limit:
-            multi = sorted(n for n, o in OPTIMIZERS.items() if getattr(o, "max_objectives", 1) != 1)
+        if not fits(cls, self.n_objectives, discrete=False):
+            multi = optimizer_names(lambda c: fits(c, self.n_objectives, discrete=False))
             raise ValueError(f"optimizer.type: {self.optimizer.type} is single-objective but fitness.objective is "
                              f"per_task ({self.n_objectives} objectives); use one of {multi}")
         return self

@@ -23,7 +23,7 @@ from evomerge.spaces import SPACES
 from evomerge.report import FinalReport
 from evomerge.search import Evaluator, Search
 from evomerge.store import RunDir, RunStore, Snapshot
-from evomerge.store.rundir import DB_FILE, normalize_url as sa_url
+from evomerge.store.rundir import DB_FILE, normalize_url
 from evomerge.zoo.build import PROFILES, build_zoo
 
 
@@ -202,7 +202,7 @@ class Runner:
         """The run's directory and store, created or checked; nothing is written until every check passed."""
         if RunDir.exists(self.run_dir):
             rundir = RunDir.open(self.run_dir)
-            if self.db is not None and sa_url(self.db) != rundir.db:
+            if self.db is not None and normalize_url(self.db) != rundir.db:
                 raise ConfigError(f"--db: this run keeps its evaluations in {rundir.url} ({self.run_dir / 'run.json'})"
                                   "; a run's store cannot be changed")
             return rundir, False

@@ -79,14 +79,19 @@ class Evaluator:
                                                label=job.label, genome=job.genome, merge_seconds=0.0,
                                                eval_seconds=0.0, attempts=1, worker="cache"))
 
+    def _take(self) -> Evaluation:
+        """The next evaluation any worker finishes, recorded."""
+        ev = self.record(self.executor.next())
+        if ev.kind == "leader":
+            self._fillers.discard(ev.cache_key)
+        self.after_result()
+        return ev
+
     def collect(self) -> Evaluation:
         """The next evaluation of an issued job (leader evaluations are recorded on the way, not returned)."""
-        while True:
-            ev = self.record(self.executor.next())
-            self.after_result()
-            if ev.kind != "leader":
-                return ev
-            self._fillers.discard(ev.cache_key)
+        while (ev := self._take()).kind == "leader":
+            pass
+        return ev
 
     def evaluate(self, jobs: list[Job]) -> Iterator[Evaluation]:
         """Each job's evaluation, cache hits first, then as workers finish. While the batch's last jobs run, workers
@@ -106,9 +111,7 @@ class Evaluator:
     def drain(self) -> None:
         """Wait for every job in flight, leaders included."""
         while self.executor.pending():
-            ev = self.record(self.executor.next())
-            self._fillers.discard(ev.cache_key)
-            self.after_result()
+            self._take()
 
     def _mean_seconds(self, split: str) -> float | None:
         n, t = self._seconds.get(split, (0, 0.0))
@@ -169,10 +172,12 @@ class Search:
             steady = getattr(self.opt, "steady_state", False) and evaluator.executor.n_workers > 1
         self.steady = steady
         store.set_meta("search_total", str(self.total))
-        self.best = store.best("search")
+        stored = store.evaluations("search")  # read once: best so far, floor and count come from it
+        self.done = len(stored)
+        self.best = max((e for e in stored if e.status == "ok"), key=lambda e: e.objective, default=None)
         # the lowest scores seen, for the worst-case value a failed candidate is told
         self._floor = [0.0] * cfg.n_objectives
-        for ev in store.evaluations("search"):
+        for ev in stored:
             self._lower_floor(ev)
 
     # -- shared ----------------------------------------------------------------------------------------------------
@@ -212,7 +217,7 @@ class Search:
         if snap is not None:
             self.opt.load_state(snap.state)
             self.steady = snap.phase == "steady"  # a run goes on the way it started, whatever the workers now
-        done = len(self.store.evaluations("search"))
+        done = self.done
         if done >= self.total and (snap is None or snap.phase != "asked"):
             self.console.print(f"search already complete ({done} evaluations stored)")
             return

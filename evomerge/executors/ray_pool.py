@@ -50,6 +50,18 @@ def connect(address: str | None) -> dict:
     return ray.cluster_resources()
 
 
+def _started(refs: list) -> list[dict]:
+    """The workers' info once they have loaded the sources; a worker that cannot start stops the run, named."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    try:
+        return ray.get(refs)
+    except RayActorError as e:
+        reason = str(getattr(e, "error_msg", e)).strip().splitlines()
+        raise RunError(f"a Ray worker could not start: {reason[-1] if reason else type(e).__name__}") from None
+
+
 class RayExecutor(Executor):
     def __init__(self, worker_args: dict, workers: int | None = None, gpus_per_worker: float | None = None,
                  cpus_per_worker: float | None = None, address: str | None = None, timeout_s: float | None = None,
@@ -82,7 +94,11 @@ class RayExecutor(Executor):
         self._started = 0
         for _ in range(workers):
             self._spawn()
-        infos = ray.get([a.info.remote() for a in self._actors.values()])  # wait until every worker has loaded
+        try:
+            infos = _started([a.info.remote() for a in self._actors.values()])  # wait until every worker has loaded
+        except RunError:
+            self.close()  # the actors, and the local Ray instance if it is ours
+            raise
         self.shape, self.streaming = tuple(infos[0]["shape"]), infos[0]["streaming"]
         for name, info in zip(self._actors, infos, strict=True):
             self._ready(name, info)
@@ -135,7 +151,7 @@ class RayExecutor(Executor):
         if self._started > self.n_workers * (self.max_retries + 3):
             raise RunError(f"Ray workers keep dying ({self._started - self.n_workers} replaced); see the Ray logs")
         new = self._spawn()
-        self._ready(new, ray.get(self._actors[new].info.remote()))
+        self._ready(new, _started([self._actors[new].info.remote()])[0])
 
     def _overdue(self) -> tuple[object, float] | None:
         if self.timeout_s is None or not self._inflight:

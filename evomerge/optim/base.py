@@ -52,13 +52,15 @@ def snap_to_grid(x: np.ndarray, steps: np.ndarray) -> np.ndarray:
     return x
 
 
-def _names(pred) -> list[str]:
+def optimizer_names(pred) -> list[str]:
+    """The registered optimizers whose class satisfies `pred`, sorted: the alternatives an error names."""
     from evomerge.optim import OPTIMIZERS  # the registry imports this module
 
     return sorted(n for n, cls in OPTIMIZERS.items() if pred(cls))
 
 
-def _fits(cls, n_objectives: int, discrete: bool) -> bool:
+def fits(cls, n_objectives: int, discrete: bool) -> bool:
+    """Whether optimizer class `cls` handles this many objectives (and discrete genes, if asked)."""
     limit = getattr(cls, "max_objectives", 1)
     return (limit is None or n_objectives <= limit) and (not discrete or getattr(cls, "supports_steps", False))
 
@@ -80,20 +82,20 @@ class Optimizer:
         self.steps = check_steps(steps, self.dim)
         discrete = bool(np.any(self.steps > 0))
         me = self._name()
-        if not _fits(type(self), self.n_objectives, False):
-            alts = _names(lambda c: _fits(c, self.n_objectives, discrete))
+        if not fits(type(self), self.n_objectives, False):
+            alts = optimizer_names(lambda c: fits(c, self.n_objectives, discrete))
             what = ("is single-objective" if self.max_objectives == 1
                     else f"handles at most {self.max_objectives} objectives")
             raise ValueError(f"{me} {what}; use one of {alts} for {self.n_objectives} objectives "
                              f"(per-task objectives)")
         if discrete and not self.supports_steps:
-            alts = _names(lambda c: _fits(c, self.n_objectives, True))
+            alts = optimizer_names(lambda c: fits(c, self.n_objectives, True))
             genes = np.flatnonzero(self.steps > 0).tolist()
             raise ValueError(f"{me} supports continuous genes only, but genes {genes[:8]}"
                              f"{'…' if len(genes) > 8 else ''} are discrete (steps > 0); use one of {alts}")
 
     def _name(self) -> str:
-        names = _names(lambda c: c is type(self))
+        names = optimizer_names(lambda c: c is type(self))
         return names[0] if names else type(self).__name__
 
     def _check_told(self, genomes: Sequence, values: Sequence) -> list:
@@ -115,8 +117,8 @@ class Optimizer:
         return self._check_told([None], [value])[0]
 
     def _not_steady(self, what: str) -> NotImplementedError:
-        alts = _names(lambda c: getattr(c, "steady_state", False)
-                      and _fits(c, self.n_objectives, bool(np.any(self.steps > 0))))
+        alts = optimizer_names(lambda c: getattr(c, "steady_state", False)
+                      and fits(c, self.n_objectives, bool(np.any(self.steps > 0))))
         return NotImplementedError(f"{what}: {self._name()} works in whole generations (ask/tell) only; for "
                                    f"steady-state ask_one/tell_one use one of {alts}")
 
