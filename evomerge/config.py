@@ -24,10 +24,33 @@ class _Strict(BaseModel):
 
 
 class SourcesConfig(_Strict):
-    base: str = Field(description="base model directory, or zoo:NAME")
-    models: list[str] = Field(min_length=1, description="source model directories (or zoo:NAME), merged onto base")
+    # a model reference: a Hugging Face model directory (relative to the experiment file), zoo:NAME, or run:RUN_DIR
+    # (that finished run's best model, exported once into RUN_DIR/exported/)
+    base: str | None = Field(None, description="base model (layer_weights); a data flow has none")
+    models: list[str] = Field(min_length=1, description="source models merged onto base; for data_flow, the "
+                                                        "flow's models, the first (A) giving embeddings and head")
     # auto: keep task vectors in memory when they fit, else read them from memory-mapped files for every merge
     stream: Literal["auto"] | bool = "auto"
+
+
+class FlowSpaceConfig(_Strict):
+    """data_flow only (see evomerge.spaces.data_flow)."""
+
+    repeats: PositiveInt = 3  # r: the models' layers laid out r times, T = M·r slots (the paper's r = 3)
+    # matrix: the paper's M×M transition scales; step: one scale per slot; none: no scaling
+    scaling: Literal["matrix", "step", "none"] = "matrix"
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    # binary: indicator genes are discrete (cma_wm keeps them on {0, 1}); threshold: continuous, on when > 0.5
+    indicator: Literal["binary", "threshold"] = "binary"
+    init_margin: float = Field(0.25, gt=0, le=0.5)  # threshold: how far from 0.5 the start point puts each slot
+
+    @field_validator("scale_range")
+    @classmethod
+    def _positive(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] < v[1]:
+            raise ValueError(f"expected [low, high] with 0 < low < high (scales must stay positive to fold into an "
+                             f"exported checkpoint), got {list(v)}")
+        return v
 
 
 class SpaceConfig(_Strict):
@@ -41,6 +64,20 @@ class SpaceConfig(_Strict):
     gamma: float = Field(0.01, ge=0, lt=1)
     epsilon: float = Field(0.15, gt=0, lt=0.5)
     rescale: Literal["inverse", "l1", "none"] | None = None  # None: the operator's default
+    flow: FlowSpaceConfig | None = None  # data_flow: its settings (defaults when left out)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flow_defaults(cls, data):
+        if isinstance(data, dict) and data.get("type") == "data_flow" and data.get("flow") is None:
+            data = {**data, "flow": {}}
+        return data
+
+    @model_validator(mode="after")
+    def _flow_only_for_data_flow(self) -> SpaceConfig:
+        if self.flow is not None and self.type != "data_flow":
+            raise ValueError("space.flow: only used with space.type: data_flow")
+        return self
 
     @field_validator("type")
     @classmethod
@@ -187,6 +224,22 @@ class ExperimentConfig(_Strict):
     executor: ExecutorConfig = ExecutorConfig()
 
     @model_validator(mode="after")
+    def _space_fits_sources(self) -> ExperimentConfig:
+        flow = self.space.type == "data_flow"
+        if flow and self.sources.base is not None:
+            raise ValueError("sources.base: a data flow runs over sources.models only (the first is A, which gives "
+                             "the embeddings and head); leave base out")
+        if flow and len(self.sources.models) < 2:
+            raise ValueError(f"sources.models: a data flow needs at least two models, got {len(self.sources.models)}")
+        if not flow and self.sources.base is None:
+            raise ValueError(f"sources.base: required for space.type {self.space.type}")
+        return self
+
+    @property
+    def discrete_genes(self) -> bool:
+        return self.space.type == "data_flow" and self.space.flow.indicator == "binary"
+
+    @model_validator(mode="after")
     def _operator_fits_sources(self) -> ExperimentConfig:
         if self.space.operator == "slerp" and len(self.sources.models) != 1:
             raise ValueError(f"space.operator: slerp interpolates between the base and exactly one source; "
@@ -207,6 +260,11 @@ class ExperimentConfig(_Strict):
             able = optimizer_names(lambda c: c.steady_state)
             raise ValueError(f"optimizer.steady_state: {self.optimizer.type} works in whole generations; "
                              f"use one of {able}")
+        if self.discrete_genes and not fits(cls, self.n_objectives, discrete=True):
+            able = optimizer_names(lambda c: fits(c, self.n_objectives, discrete=True))
+            raise ValueError(f"optimizer.type: {self.optimizer.type} has continuous genes only, but "
+                             f"space.flow.indicator: binary makes the slot indicators discrete; use one of {able}, "
+                             "or indicator: threshold")
         if not fits(cls, self.n_objectives, discrete=False):
             multi = optimizer_names(lambda c: fits(c, self.n_objectives, discrete=False))
             raise ValueError(f"optimizer.type: {self.optimizer.type} is single-objective but fitness.objective is "

@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evomerge.merge import OPERATORS
 from evomerge.merge.materialize import Merger
-from evomerge.recipe import Recipe
+from evomerge.errors import MergeError
+from evomerge.recipe import FlowRecipe, Recipe, parse_recipe
 from evomerge.sources import SourcePool
 
 # Operators whose mergekit method has the same name and meaning, and the rescale values mergekit can express.
@@ -123,9 +124,59 @@ def export_from_run(run_dir: Path, out: Path, rank: int = 1, candidate: str | No
         "candidate": f"{ev.label} (rank {ranked.index(ev) + 1} of {len(ranked)} by search score)",
         "search score": f"{ev.objective:.4f} on the {ev.split!r} split, per task {ev.per_task}",
     }
-    path = export_recipe(Recipe.from_json(ev.recipe), Path(src["base"]), [Path(m) for m in src["models"]], out,
-                         provenance)
+    recipe = parse_recipe(ev.recipe)
+    if isinstance(recipe, FlowRecipe):
+        return export_flow_recipe(recipe, [Path(m) for m in src["models"]], out, provenance), ev.label
+    path = export_recipe(recipe, Path(src["base"]), [Path(m) for m in src["models"]], out, provenance)
     return path, ev.label
+
+
+def export_flow_recipe(recipe: FlowRecipe, models: list[Path], out: Path, provenance: dict | None = None) -> Path:
+    """A data-flow result as a standard checkpoint (scales folded into the output projections, see
+    evomerge.flow), checked against the search-time model's logits, with its card, recipe and — when every scale
+    is 1 — a mergekit passthrough config."""
+    from evomerge.flow import FlowModels, export_flow, passthrough_config
+
+    out = Path(out)
+    flow = FlowModels(models)
+    saved = export_flow(flow, recipe, out)
+    err = _relative_logit_error(flow.build(recipe), saved, flow.tokenizer)
+    if err > 1e-4:
+        raise MergeError(f"export: the saved model's logits differ from the search-time model's by {err:.2e} "
+                         "(relative); not exported faithfully")
+    (out / "evomerge_recipe.json").write_text(recipe.model_dump_json(indent=2))
+    card = {**(provenance or {}), "export check": f"logits match the search-time model to {err:.1e} (relative)"}
+    (out / "README.md").write_text(_flow_card(recipe, models, card))
+    mk = passthrough_config(recipe, models)
+    if mk is not None:
+        (out / "mergekit_config.yml").write_text(yaml.safe_dump(mk, sort_keys=False))
+    return out
+
+
+@torch.no_grad()
+def _relative_logit_error(a: torch.nn.Module, b: torch.nn.Module, tokenizer) -> float:
+    """Relative L2 error between two models' logits on a fixed probe text."""
+    probe = "The quick brown fox jumps over the lazy dog. 12+34=46 " * 2
+    ids = torch.tensor([tokenizer(probe)["input_ids"][: a.config.max_position_embeddings]])
+    la, lb = a(input_ids=ids).logits.double(), b(input_ids=ids).logits.double()
+    return float((la - lb).norm() / la.norm())
+
+
+def _flow_card(recipe: FlowRecipe, models: list[Path], provenance: dict) -> str:
+    front = {"library_name": "transformers", "tags": ["merge", "evomerge", "data-flow"]}
+    steps = [f"| {t} | `{models[m].name}` | {i} | {s:.4g} |" for t, ((m, i), s) in
+             enumerate(zip(recipe.path, recipe.scales, strict=True))]
+    lines = [
+        "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
+        f"# Data-flow merge ({len(recipe.path)} layers)", "",
+        f"Made by evomerge: layers of these models run in the order below, on the embeddings and head of "
+        f"`{models[recipe.host]}`:", "", *[f"- `{m}`" for m in models], "",
+        "The scales multiply the hidden state fed into each layer; this checkpoint folds them into the layers' "
+        "output projections, so it is an ordinary model with duplicated layers.", "",
+        "| step | model | layer | scale |", "|---|---|---|---|", *steps, "",
+        "## How it was found", "", *[f"- {k}: {v}" for k, v in provenance.items()], "",
+    ]
+    return "\n".join(lines)
 
 
 def export_recipe_file(recipe_file: Path, base: Path | None, sources: list[Path], out: Path) -> Path:

@@ -16,7 +16,7 @@ from evomerge.config import ExperimentConfig
 from evomerge.errors import RunError
 from evomerge.executors import Job
 from evomerge.optim.pareto import pareto_front
-from evomerge.recipe import Recipe
+from evomerge.recipe import FlowRecipe, Recipe, parse_recipe
 from evomerge.search import Evaluator
 from evomerge.store import Evaluation, RunStore
 
@@ -26,10 +26,16 @@ FRONT_HELDOUT = 20  # Pareto-front members re-scored on held-out data
 
 class FinalReport:
     def __init__(self, cfg: ExperimentConfig, evaluator: Evaluator, names: list[str], console: Console,
-                 run_dir: Path):
+                 run_dir: Path, shape: tuple = ()):
+        """`shape`: the executor's (sources, layers); a data flow's rows need every model's layer count."""
         self.cfg, self.evaluator, self.names, self.console, self.run_dir = cfg, evaluator, names, console, run_dir
+        self.shape = shape
 
-    def _rows(self, store: RunStore, best: Evaluation) -> list[tuple[str, str, Recipe]]:
+    def _rows(self, store: RunStore, best: Evaluation) -> list[tuple[str, str, Recipe | FlowRecipe]]:
+        if self.cfg.space.type == "data_flow":  # against each model of the flow on its own
+            return [("evolved", f"evolved ({best.label})", parse_recipe(best.recipe)),
+                    *(("source", name, FlowRecipe.identity(i, n))
+                      for i, (name, n) in enumerate(zip(self.names, self.shape[1], strict=True)))]
         k, b = len(self.names), self.cfg.baselines
         rows: list[tuple[str, str, Recipe]] = []
         rows.append(("evolved", f"evolved ({best.label})", Recipe.from_json(best.recipe)))
@@ -84,7 +90,7 @@ class FinalReport:
         ok = [e for e in store.evaluations("search") if e.status == "ok"]
         front = sorted((ok[i] for i in pareto_front([[e.per_task[t] for t in tasks] for e in ok])),
                        key=lambda e: -e.objective)
-        held = self._score_all(store, "front", [(e.label, Recipe.from_json(e.recipe)) for e in front[:FRONT_HELDOUT]])
+        held = self._score_all(store, "front", [(e.label, parse_recipe(e.recipe)) for e in front[:FRONT_HELDOUT]])
         return [{"label": e.label, "search": e.per_task, "search_objective": e.objective,
                  "heldout": h.per_task if h else None, "heldout_objective": h.objective if h else None,
                  "recipe": json.loads(e.recipe)}
@@ -97,7 +103,7 @@ class FinalReport:
         if not f.search_subset:
             return None
         top = sorted((e for e in store.evaluations("search") if e.status == "ok"), key=lambda e: -e.objective)
-        items = [(e.label, Recipe.from_json(e.recipe)) for e in top[: f.rescore_top]]
+        items = [(e.label, parse_recipe(e.recipe)) for e in top[: f.rescore_top]]
         full = self._score_all(store, "rescore", items, split=f.full_search_split)
         held = self._score_all(store, "rescore_heldout", items)
         rows = [{"label": e.label, "subset": e.objective, "full_search": a.objective, "heldout": h.objective,
@@ -115,6 +121,7 @@ class FinalReport:
         rows = self._rows(store, best)
         evals = self._score_all(store, "heldout", [(label, recipe) for _, label, recipe in rows])
         results = _results(self.cfg, self.cfg.fitness.heldout_split, rows, evals, store)
+        results["best_candidate"] = best.label
         front = self._pareto_front(store)
         if front is not None:
             results["pareto_front"] = front

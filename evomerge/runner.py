@@ -28,12 +28,15 @@ from evomerge.zoo.build import PROFILES, build_zoo
 
 
 
-def resolve_models(cfg: ExperimentConfig, base_dir: Path, console: Console) -> tuple[Path, list[Path]]:
-    """`zoo:NAME` → the cached zoo's model; anything else → a directory relative to the experiment file.
+def resolve_models(cfg: ExperimentConfig, base_dir: Path, console: Console) -> tuple[Path | None, list[Path]]:
+    """`zoo:NAME` → the cached zoo's model; `run:DIR` → that finished run's best model (exported once); anything
+    else → a directory relative to the experiment file.
 
     Every reference is checked before the zoo is built (on first use), so a typo fails in a second, not minutes.
     """
-    refs = [("sources.base", cfg.sources.base)] + [(f"sources.models[{i}]", m) for i, m in enumerate(cfg.sources.models)]
+    refs = [(f"sources.models[{i}]", m) for i, m in enumerate(cfg.sources.models)]
+    if cfg.sources.base is not None:
+        refs.insert(0, ("sources.base", cfg.sources.base))
     spec = PROFILES[cfg.zoo]
     known = ("base", *spec.tasks)
     paths: list[Path | str] = []
@@ -43,15 +46,48 @@ def resolve_models(cfg: ExperimentConfig, base_dir: Path, console: Console) -> t
                 raise ConfigError(f"{field}: unknown zoo model {ref!r}; expected one of {['zoo:' + k for k in known]}")
             paths.append(ref.removeprefix("zoo:"))
             continue
+        if ref.startswith("run:"):
+            paths.append(run_best_model(field, (base_dir / ref.removeprefix("run:")).resolve(), console))
+            continue
         path = (base_dir / ref).resolve()
         if not path.is_dir():
             raise ConfigError(f"{field}: model directory {str(path)!r} does not exist (expected a Hugging Face "
-                              "model directory or zoo:NAME)")
+                              "model directory, zoo:NAME or run:RUN_DIR)")
         paths.append(path)
     if any(isinstance(p, str) for p in paths):
         zoo = build_zoo(spec, log=lambda msg: console.print(f"[dim]zoo: {msg}[/]"))
         paths = [zoo / p if isinstance(p, str) else p for p in paths]
+    if cfg.sources.base is None:
+        return None, paths
     return paths[0], paths[1:]
+
+
+def model_name(path: Path) -> str:
+    """How a source is called in tables: its directory's name, or 'RUN CANDIDATE' for a run's exported best."""
+    return f"{path.parent.parent.name} {path.name}" if path.parent.name == "exported" else path.name
+
+
+def run_best_model(field: str, run_dir: Path, console: Console) -> Path:
+    """The best model of a finished run (the winner of its results.json) as a model directory, exported into
+    RUN_DIR/exported/<label> the first time it is asked for: a PS result can become a data flow's model A."""
+    from evomerge.export import export_from_run
+    from evomerge.report import RESULTS_FILE
+
+    results = run_dir / RESULTS_FILE
+    if not RunDir.exists(run_dir):
+        raise ConfigError(f"{field}: {str(run_dir)!r} is not a run directory (expected run:RUN_DIR of a finished run)")
+    if not results.is_file():
+        raise ConfigError(f"{field}: the run {run_dir} has not finished (no {RESULTS_FILE}); finish it first with "
+                          f"`evomerge resume {run_dir}`")
+    label = json.loads(results.read_text())["best_candidate"]
+    out = run_dir / "exported" / label
+    if not (out / "config.json").is_file():
+        with console.status(f"exporting {label} of {run_dir} for {field}"):
+            partial = out.with_name(out.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            export_from_run(run_dir, partial, candidate=label)
+            partial.rename(out)  # complete or absent: a crash mid-export leaves only the .partial
+    return out
 
 
 def resolve_device(name: str) -> str:
@@ -256,7 +292,8 @@ class Runner:
         if self.experiment_text:
             (rundir.path / "experiment.yaml").write_text(self.experiment_text)
         # absolute source paths, so that `evomerge export RUN` needs nothing but the run directory
-        store.set_meta("sources", json.dumps({"base": str(base), "models": [str(m) for m in models]}))
+        store.set_meta("sources", json.dumps({"base": base and str(base), "models": [str(m) for m in models],
+                                              "space": self.cfg.space.type}))
         return snapshot
 
     def _run(self, store, base, models, tasks, snapshot) -> dict:
@@ -264,7 +301,8 @@ class Runner:
         stream = None if cfg.sources.stream == "auto" else cfg.sources.stream
         device = cfg.device if self.executor_cfg.type == "ray" else resolve_device(cfg.device)
         worker_args = {"base": base, "sources": models, "tasks": tasks, "fitness_cfg": cfg.fitness,
-                       "threads": cfg.threads, "stream": stream, "device": device, "base_dir": self.base_dir}
+                       "threads": cfg.threads, "stream": stream, "device": device, "base_dir": self.base_dir,
+                       "flow": cfg.space.type == "data_flow"}
         with self.console.status(f"starting the {self.executor_cfg.type} executor (workers load the sources)"):
             executor = make_executor(self.executor_cfg, worker_args)
         try:
@@ -272,10 +310,11 @@ class Runner:
             if executor.streaming:
                 self.console.print("[yellow]task vectors do not fit in memory: reading sources from memory-mapped "
                                    "files for every merge (slower)[/]")
-            self.names = [Path(m).name for m in models]
+            self.names = [model_name(Path(m)) for m in models]
             space = SPACES[cfg.space.type](cfg.space, *executor.shape)
             Search(cfg, store, self.evaluator, space, self.console, self.events, self.run_dir).run(snapshot)
-            results = FinalReport(cfg, self.evaluator, self.names, self.console, self.run_dir).run(store)
+            results = FinalReport(cfg, self.evaluator, self.names, self.console, self.run_dir,
+                                  executor.shape).run(store)
         finally:
             executor.close()
             self.evaluator.save_telemetry()

@@ -21,7 +21,7 @@ from evomerge.config import ExperimentConfig
 from evomerge.errors import RunError
 from evomerge.executors import Executor, Job
 from evomerge.optim import OPTIMIZERS
-from evomerge.recipe import Recipe
+from evomerge.recipe import FlowRecipe, Recipe, parse_recipe
 from evomerge.store import EventLog, Evaluation, RunStore, Snapshot
 
 LEADERS = 5  # how many of the best search candidates idle workers re-score on held-out data
@@ -48,7 +48,7 @@ class Evaluator:
         self._telemetry_at = 0.0
         self.announce_workers()
 
-    def cache_key(self, recipe: Recipe, split: str) -> str:
+    def cache_key(self, recipe: Recipe | FlowRecipe, split: str) -> str:
         blob = f"{recipe.to_json()}|{split}|{self.cfg.fitness.model_dump_json()}"
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -135,7 +135,7 @@ class Evaluator:
         for ev in self.leaders:
             if not self.executor.free_slots():
                 return
-            recipe = Recipe.from_json(ev.recipe)
+            recipe = parse_recipe(ev.recipe)
             key = self.cache_key(recipe, split)
             if key in self._fillers or self.store.cached(key) is not None:
                 continue
@@ -164,8 +164,9 @@ class Search:
         self.cfg, self.store, self.evaluator, self.space = cfg, store, evaluator, space
         self.console, self.events, self.run_dir = console, events, run_dir
         oc = cfg.optimizer
+        start = {"x0": space.x0} if hasattr(space, "x0") else {}  # a space may know where a search should start
         self.opt = OPTIMIZERS[oc.type](oc, space.dim, seed=cfg.seed, n_objectives=cfg.n_objectives,
-                                       steps=getattr(space, "steps", None))
+                                       steps=getattr(space, "steps", None), **start)
         self.total = oc.generations * self.opt.popsize
         steady = oc.steady_state
         if steady is None:

@@ -14,10 +14,9 @@ class LocalExecutor(Executor):
     def __init__(self, worker_args: dict):
         super().__init__()
         self.worker = Worker(**worker_args)
-        self.shape = (self.worker.pool.n_sources, self.worker.pool.n_blocks)
-        self.streaming = self.worker.pool.streaming
-        self.stats["local"] = WorkerStats("local", pid=os.getpid(), host=socket.gethostname(),
-                                          device=str(self.worker.pool.device))
+        info = self.worker.info()
+        self.shape, self.streaming = info["shape"], info["streaming"]
+        self.stats["local"] = WorkerStats("local", pid=os.getpid(), host=socket.gethostname(), device=info["device"])
         self.stats["local"].ready()
 
     def next(self) -> Evaluation:

@@ -22,7 +22,7 @@ def _serve(conn, worker_args: dict) -> None:
     except Exception as e:  # noqa: BLE001 — reported to the parent, which decides
         conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"))
         return
-    conn.send(("ready", (worker.pool.streaming, worker.pool.n_sources, worker.pool.n_blocks, str(worker.pool.device))))
+    conn.send(("ready", worker.info()))
     while (job := conn.recv()) is not None:
         conn.send(("done", worker.evaluate(job)))
 
@@ -58,10 +58,10 @@ class ProcessExecutor(Executor):
             raise RunError(f"the worker process could not start: {_death(self._wait())}") from None
         if kind == "error":
             raise RunError(f"the worker process could not start: {payload.splitlines()[0]}")
-        self.streaming, n_sources, n_blocks, device = payload
-        self.shape = (n_sources, n_blocks)
+        self.shape, self.streaming = payload["shape"], payload["streaming"]
         self.name = f"process-{len(self.stats)}"
-        self.stats[self.name] = WorkerStats(self.name, pid=self._proc.pid, host=socket.gethostname(), device=device)
+        self.stats[self.name] = WorkerStats(self.name, pid=self._proc.pid, host=socket.gethostname(),
+                                            device=payload["device"])
         self.stats[self.name].ready()
 
     def _wait(self) -> int | None:

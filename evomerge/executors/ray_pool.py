@@ -25,9 +25,7 @@ class RayWorker:
         self.worker = Worker(**worker_args)
 
     def info(self) -> dict:
-        pool = self.worker.pool
-        return {"pid": os.getpid(), "host": socket.gethostname(), "device": str(pool.device),
-                "shape": (pool.n_sources, pool.n_blocks), "streaming": pool.streaming}
+        return {"pid": os.getpid(), "host": socket.gethostname(), **self.worker.info()}
 
     def evaluate(self, job: Job) -> Evaluation:
         return self.worker.evaluate(job)
@@ -99,7 +97,7 @@ class RayExecutor(Executor):
         except RunError:
             self.close()  # the actors, and the local Ray instance if it is ours
             raise
-        self.shape, self.streaming = tuple(infos[0]["shape"]), infos[0]["streaming"]
+        self.shape, self.streaming = infos[0]["shape"], infos[0]["streaming"]
         for name, info in zip(self._actors, infos, strict=True):
             self._ready(name, info)
 

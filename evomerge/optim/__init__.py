@@ -2,7 +2,8 @@
 
 `OPTIMIZERS` is the one registry (name -> class). Every class keeps this contract:
 
-- `Optimizer(cfg, dim, seed, n_objectives=1, steps=None)`: `cfg` an `OptimizerConfig` (popsize, sigma0, x0);
+- `Optimizer(cfg, dim, seed, n_objectives=1, steps=None, x0=None)`: `cfg` an `OptimizerConfig` (popsize, sigma0,
+  x0); `x0` a length-`dim` start point that replaces cfg.x0 (a space's own, e.g. data flow's 'start at A');
   `steps` a length-`dim` array, `steps[i] == 0` a continuous gene, `steps[i] > 0` a discrete gene on the grid
   k·steps[i], k = 0 … ⌊1/steps[i]⌋ (1.0: binary, 0.25: five levels; see `evomerge.optim.base`).
 - class attributes `max_objectives` (1: single-objective, None: any number) and `supports_steps`; asking for more

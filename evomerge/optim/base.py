@@ -72,7 +72,8 @@ class Optimizer:
     supports_steps: bool = False  # whether discrete genes (steps > 0) are allowed
     steady_state: bool = False  # whether ask_one/tell_one (one candidate at a time, told in any order) work
 
-    def __init__(self, cfg, dim: int, seed: int, n_objectives: int = 1, steps: np.ndarray | None = None):
+    def __init__(self, cfg, dim: int, seed: int, n_objectives: int = 1, steps: np.ndarray | None = None,
+                 x0: np.ndarray | None = None):
         if dim < 1:
             raise ValueError(f"a genome needs at least one gene (dim={dim})")
         if n_objectives < 1:
@@ -80,6 +81,10 @@ class Optimizer:
         self.dim = int(dim)
         self.n_objectives = int(n_objectives)
         self.steps = check_steps(steps, self.dim)
+        # where the search starts (CMA-ES's mean): the space's own start point, or cfg.x0 in every gene
+        self.x0 = np.full(self.dim, float(cfg.x0)) if x0 is None else np.clip(np.asarray(x0, dtype=float), 0, 1)
+        if self.x0.shape != (self.dim,):
+            raise ValueError(f"x0 has shape {self.x0.shape}, expected ({self.dim},)")
         discrete = bool(np.any(self.steps > 0))
         me = self._name()
         if not fits(type(self), self.n_objectives, False):

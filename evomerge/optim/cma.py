@@ -28,10 +28,11 @@ class CMAOptimizer(Optimizer):
     impl = CMA
     steady_state = False  # an update ranks a whole generation
 
-    def __init__(self, cfg, dim: int, seed: int, n_objectives: int = 1, steps: np.ndarray | None = None):
-        super().__init__(cfg, dim, seed, n_objectives, steps)
+    def __init__(self, cfg, dim: int, seed: int, n_objectives: int = 1, steps: np.ndarray | None = None,
+                 x0: np.ndarray | None = None):
+        super().__init__(cfg, dim, seed, n_objectives, steps, x0)
         self._es = self.impl(
-            mean=np.full(dim, cfg.x0),
+            mean=self.x0,
             sigma=cfg.sigma0,
             bounds=np.array([[0.0, 1.0]] * dim),
             seed=seed,
@@ -70,13 +71,14 @@ class CMAwMOptimizer(Optimizer):
     supports_steps = True
     steady_state = False  # an update ranks a whole generation
 
-    def __init__(self, cfg, dim: int, seed: int, n_objectives: int = 1, steps: np.ndarray | None = None):
-        super().__init__(cfg, dim, seed, n_objectives, steps)
+    def __init__(self, cfg, dim: int, seed: int, n_objectives: int = 1, steps: np.ndarray | None = None,
+                 x0: np.ndarray | None = None):
+        super().__init__(cfg, dim, seed, n_objectives, steps, x0)
         disc = self.steps > 0
         # a discrete gene's range ends at its top level, so that CMAwM's levels are exactly ours (k·step ≤ 1)
         high = np.where(disc, top_levels(self.steps) * self.steps, 1.0)
         self._es = CMAwM(
-            mean=np.minimum(np.full(dim, cfg.x0), high),
+            mean=np.minimum(self.x0, high),
             sigma=cfg.sigma0,
             bounds=np.stack([np.zeros(dim), high], axis=1),
             steps=self.steps,

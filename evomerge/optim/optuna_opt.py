@@ -60,8 +60,9 @@ class OptunaOptimizer(Optimizer):
     supports_steps = True
     steady_state = True
 
-    def __init__(self, cfg, dim: int, seed: int, n_objectives: int = 1, steps: np.ndarray | None = None):
-        super().__init__(cfg, dim, seed, n_objectives, steps)
+    def __init__(self, cfg, dim: int, seed: int, n_objectives: int = 1, steps: np.ndarray | None = None,
+                 x0: np.ndarray | None = None):
+        super().__init__(cfg, dim, seed, n_objectives, steps, x0)
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # no INFO line per trial
         self._popsize = cfg.popsize or default_popsize(dim)
         width = max(4, len(str(dim - 1)))

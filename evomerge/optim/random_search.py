@@ -22,8 +22,9 @@ class RandomSearch(Optimizer):
     supports_steps = True
     steady_state = True
 
-    def __init__(self, cfg, dim: int, seed: int, n_objectives: int = 1, steps: np.ndarray | None = None):
-        super().__init__(cfg, dim, seed, n_objectives, steps)
+    def __init__(self, cfg, dim: int, seed: int, n_objectives: int = 1, steps: np.ndarray | None = None,
+                 x0: np.ndarray | None = None):
+        super().__init__(cfg, dim, seed, n_objectives, steps, x0)
         self._rng = np.random.default_rng(seed)
         # the same batch size as CMA-ES's default, so that runs compare generation for generation
         self._popsize = cfg.popsize or default_popsize(dim)

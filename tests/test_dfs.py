@@ -1,0 +1,182 @@
+"""Data-flow space (DFS): path execution is exact, the KV cache has one entry per step, exports are standard
+checkpoints that match the search-time model, and DFS / PS+DFS searches run end to end on the tiny zoo."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from rich.console import Console
+from transformers import AutoModelForCausalLM
+
+from evomerge.config import ExperimentConfig, FlowSpaceConfig, SpaceConfig
+from evomerge.errors import ConfigError
+from evomerge.flow import FlowModels, export_flow, passthrough_config
+from evomerge.recipe import FlowRecipe, parse_recipe
+from evomerge.runner import Runner
+from evomerge.spaces.data_flow import DataFlowSpace
+from tests.conftest import write_experiment
+
+PROMPTS = ["12+34=", "abc>", "hello world:"]
+
+
+@pytest.fixture(scope="module")
+def flow(tiny_zoo):
+    return FlowModels([tiny_zoo / "add", tiny_zoo / "reverse"])
+
+
+def _inputs(flow):
+    tok = flow.tokenizer
+    tok.padding_side = "left"  # batched greedy generation with a decoder-only model
+    return tok(PROMPTS, return_tensors="pt", padding=True)
+
+
+def _greedy(model, inputs, **kw):
+    return model.generate(**inputs, max_new_tokens=10, do_sample=False, **kw)
+
+
+@torch.no_grad()
+def test_identity_path_reproduces_each_model_exactly(flow):
+    inputs = _inputs(flow)
+    for k, source in enumerate(flow.models):
+        model = flow.build(FlowRecipe.identity(k, flow.n_layers[k]))
+        assert torch.equal(model(**inputs).logits, source(**inputs).logits)
+        assert torch.equal(_greedy(model, inputs), _greedy(source, inputs))
+
+
+@torch.no_grad()
+def test_a_layer_used_twice_gets_its_own_cache_entry(flow):
+    """With one KV-cache entry per layer instead of per step, cached generation would differ from uncached."""
+    recipe = FlowRecipe(path=((0, 0), (0, 1), (1, 0), (0, 1), (1, 1), (0, 1)), scales=(1.0, 0.8, 1.3, 1.1, 0.7, 1.2))
+    model, inputs = flow.build(recipe), _inputs(flow)
+    cached = _greedy(model, inputs, use_cache=True)
+    assert torch.equal(cached, _greedy(model, inputs, use_cache=False))
+    out = model(**inputs, use_cache=True)
+    assert len(out.past_key_values.layers) == len(recipe.path)
+    # building a flow never changes the sources' own layers
+    assert [layer.self_attn.layer_idx for layer in flow.models[0].model.layers] == [0, 1]
+
+
+@torch.no_grad()
+def test_export_with_scales_is_a_standard_checkpoint_matching_the_search_time_logits(flow, tmp_path):
+    recipe = FlowRecipe(path=((0, 0), (1, 0), (0, 1), (1, 1), (0, 1)), scales=(1.0, 0.6, 1.7, 0.9, 1.4))
+    export_flow(flow, recipe, tmp_path / "out")
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["num_hidden_layers"] == 5 and "auto_map" not in cfg  # no remote code
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    inputs = _inputs(flow)
+    ref = flow.build(recipe)(**inputs).logits.double()
+    got = saved(**inputs).logits.double()
+    assert ((got - ref).norm() / ref.norm()).item() < 1e-4
+    assert passthrough_config(recipe, flow.paths) is None  # mergekit's passthrough cannot scale
+
+
+@torch.no_grad()
+def test_unit_scale_path_equals_mergekit_passthrough_of_the_same_layers(flow, tmp_path):
+    """mergekit (the external oracle) builds the layer stack from our passthrough config; its model must give the
+    logits of the search-time flow model."""
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import MergeOptions, run_merge
+
+    recipe = FlowRecipe(path=((0, 0), (1, 0), (1, 1), (0, 0), (0, 1)), scales=(1.0,) * 5)
+    mk = passthrough_config(recipe, flow.paths)
+    assert [s["sources"][0]["layer_range"] for s in mk["slices"]] == [[0, 1], [0, 2], [0, 2]]
+    run_merge(MergeConfiguration.model_validate(mk), str(tmp_path / "mk"), options=MergeOptions(copy_tokenizer=True))
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "mk").eval()
+    inputs = _inputs(flow)
+    torch.testing.assert_close(theirs(**inputs).logits, flow.build(recipe)(**inputs).logits, rtol=1e-5, atol=1e-5)
+
+
+def _space(**flow_kw) -> DataFlowSpace:
+    return DataFlowSpace(SpaceConfig(type="data_flow", flow=FlowSpaceConfig(**flow_kw)), 2, (2, 3))
+
+
+@pytest.mark.parametrize("scaling,indicator", [("matrix", "binary"), ("step", "threshold"), ("none", "binary")])
+def test_space_starts_at_a_and_decodes_paths_and_scales(scaling, indicator):
+    space = _space(scaling=scaling, indicator=indicator, scale_range=(0.5, 2.0))
+    assert space.t == 3 * 5 and space.dim == 15 + {"matrix": 25, "step": 15, "none": 0}[scaling]
+    assert (space.steps[:15] == (1.0 if indicator == "binary" else 0.0)).all() and not space.steps[15:].any()
+    start = space.decode(space.x0)
+    assert start.path == ((0, 0), (0, 1)) and start.scales == pytest.approx((1.0, 1.0))
+    # every slot off: the forced start and end, A's first and last layer
+    assert space.decode(np.zeros(space.dim)).path == ((0, 0), (0, 1))
+    x = np.zeros(space.dim)
+    x[[0, 3, 4, 5, 6]] = 1.0  # A0 | B1 B2 | (rep 2) A0 A1
+    x[15:] = 1.0  # every scale at the top of the range
+    r = space.decode(x)
+    assert r.path == ((0, 0), (1, 1), (1, 2), (0, 0), (0, 1))
+    expected = 1.0 if scaling == "none" else 2.0
+    assert r.scales == pytest.approx((1.0, *[expected] * 4))  # the first layer is fed the embeddings unscaled
+
+
+def test_matrix_scales_follow_the_transition():
+    space = _space(scaling="matrix")
+    x = np.zeros(space.dim)
+    x[[0, 3]] = 1.0  # A0 -> B1 -> (forced) A1
+    w = np.full((5, 5), 0.0)
+    w[0, 3], w[3, 1] = 1.0, 1 / 3  # global layer ids: A0=0, A1=1, B0=2, B1=3, B2=4
+    x[15:] = w.reshape(-1)
+    r = space.decode(x)
+    assert r.path == ((0, 0), (1, 1), (0, 1)) and r.scales == pytest.approx((1.0, 2.0, 1.0))
+
+
+def test_config_checks():
+    base = {"name": "x", "sources": {"models": ["a", "b"]}, "fitness": {"tasks": {"t": "d"}}}
+    cfg = ExperimentConfig.model_validate({**base, "space": {"type": "data_flow"}, "optimizer": {"type": "cma_wm"}})
+    assert cfg.space.flow == FlowSpaceConfig() and cfg.discrete_genes
+    bad = [({"space": {"type": "data_flow"}}, "cma_wm"),  # binary genes need an optimizer with discrete genes
+           ({"space": {"type": "data_flow"}, "optimizer": {"type": "cma_wm"},
+             "sources": {"base": "q", "models": ["a", "b"]}}, "sources.base"),
+           ({"space": {"type": "data_flow", "flow": {"scale_range": [0, 1]}}, "optimizer": {"type": "cma_wm"}},
+            "0 < low"),
+           ({}, "sources.base: required")]
+    for override, needle in bad:
+        with pytest.raises(Exception, match=needle.replace(".", r"\.")):
+            ExperimentConfig.model_validate({**base, **override})
+
+
+def _dfs_experiment(tmp_path, task_dir, models, indicator="binary", optimizer="cma_wm"):
+    return write_experiment(
+        tmp_path / "dfs.yaml", task_dir, name="dfs", sources={"models": models},
+        space={"type": "data_flow", "flow": {"repeats": 2, "indicator": indicator}},
+        optimizer={"type": optimizer, "generations": 2, "popsize": 4})
+
+
+@pytest.mark.slow
+def test_ps_then_dfs_end_to_end_with_export(tmp_path, tiny_zoo, tiny_task_dir):
+    """PS on the tiny zoo, then DFS with the PS winner as A (run: reference) and the reverse expert as B."""
+    from evomerge.export import export_from_run
+
+    quiet = Console(quiet=True)
+    ps = write_experiment(tmp_path / "ps.yaml", tiny_task_dir, baselines={"enabled": False})
+    Runner(ps, tmp_path / "ps", console=quiet).run()
+    exp = _dfs_experiment(tmp_path, tiny_task_dir, ["run:ps", "zoo:reverse"])
+    results = Runner(exp, tmp_path / "dfs", console=quiet).run()
+    best = json.loads((tmp_path / "ps" / "results.json").read_text())["best_candidate"]
+    assert (tmp_path / "ps" / "exported" / best / "config.json").is_file()
+    labels = [r["label"] for r in results["rows"]]
+    assert labels[1:] == [f"ps {best}", "reverse"] and labels[0].startswith("evolved")
+    evolved = results["rows"][0]["recipe"]
+    assert evolved["kind"] == "flow" and evolved["path"][0] == [0, 0] and evolved["path"][-1] == [0, 1]
+    # the identity row of A is the PS result itself: the same held-out score as the PS run's winner
+    ps_rows = json.loads((tmp_path / "ps" / "results.json").read_text())["rows"]
+    assert results["rows"][1]["average"] == pytest.approx(ps_rows[0]["average"])
+    # export the DFS winner and check it against a fresh search-time build
+    out, label = export_from_run(tmp_path / "dfs", tmp_path / "dfs_model")
+    recipe = parse_recipe((out / "evomerge_recipe.json").read_text())
+    assert isinstance(recipe, FlowRecipe) and "logits match" in (out / "README.md").read_text()
+    AutoModelForCausalLM.from_pretrained(out)
+
+
+@pytest.mark.slow
+def test_threshold_indicators_with_plain_cma_and_a_bad_run_reference(tmp_path, tiny_zoo, tiny_task_dir):
+    exp = _dfs_experiment(tmp_path, tiny_task_dir, ["zoo:add", "zoo:cipher"], indicator="threshold", optimizer="cma")
+    results = Runner(exp, tmp_path / "dfs", console=Console(quiet=True)).run()
+    assert [r["label"] for r in results["rows"]][1:] == ["add", "cipher"]
+    cfg = yaml.safe_load(exp.read_text())
+    cfg["sources"]["models"][0] = "run:nowhere"
+    exp.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=r"sources\.models\[0\]: .*nowhere.* is not a run directory"):
+        Runner(exp, tmp_path / "dfs2", console=Console(quiet=True)).run()
+    assert not (tmp_path / "dfs2").exists()
