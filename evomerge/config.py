@@ -120,20 +120,49 @@ class OptimizerConfig(_Strict):
 
 
 class LmEvalConfig(_Strict):
-    """How the live model is wrapped for lm-evaluation-harness (fitness.type: lm_eval)."""
+    """How the live model is wrapped for lm-evaluation-harness (fitness.type: lm_eval), and generation settings
+    that override every task's own (None: the task's)."""
 
     batch_size: PositiveInt = 64
     add_bos_token: bool | None = None  # None: lm-eval's default for the model
     max_length: PositiveInt | None = None
     apply_chat_template: bool = False
+    system_instruction: str | None = None  # with a chat template: the system message
+    num_fewshot: int | None = Field(None, ge=0)
+    max_gen_toks: PositiveInt | None = None  # generation tasks: max new tokens (too few silently turns wins into losses)
+    until: list[str] | None = None  # generation tasks: stop sequences
+    include_path: str | None = None  # a directory of task YAMLs whose task names `tasks` may use (relative to the file)
+
+
+class TaskSpec(_Strict):
+    """A task spelled out: where it comes from, how its dataset calls the experiment's splits, which metric."""
+
+    # native/python: a directory holding <split>.jsonl; lm_eval: a task YAML file, or the name of a task lm-eval
+    # knows (its registry, or fitness.lm_eval.include_path)
+    source: str
+    # the experiment's split name (search_split, heldout_split) -> the dataset's (e.g. {search: validation})
+    splits: dict[str, str] = {}
+    metric: str | None = None  # lm_eval: the per-example metric (default: the task's first)
+    # a per-example check: an example counts only when its answer also passes it (see evomerge.fitness.checks:
+    # script:japanese, regex:...)
+    check: str | None = None
+
+    @field_validator("check")
+    @classmethod
+    def _known_check(cls, v: str | None) -> str | None:
+        if v is not None:
+            from evomerge.fitness.checks import make_check
+
+            make_check(v)
+        return v
 
 
 class FitnessConfig(_Strict):
     # native: exact match of the answer; python: a per-example scorer of yours, `scorer: module:function`;
     # lm_eval: lm-evaluation-harness tasks from task YAML files, run on the in-memory model
     type: Literal["native", "python", "lm_eval"] = "native"
-    # native/python: task name -> directory holding <split>.jsonl; lm_eval: task name -> lm-eval task YAML file
-    tasks: dict[str, str] = Field(min_length=1)
+    # name -> where the task comes from (see TaskSpec.source), or a TaskSpec
+    tasks: dict[str, str | TaskSpec] = Field(min_length=1)
     lm_eval: LmEvalConfig = LmEvalConfig()
     scorer: str | None = None  # python: "module:function", module relative to the experiment file or importable
     # mean: one objective, the (weighted) mean over tasks; per_task: one objective per task (multi-objective search)
@@ -162,12 +191,27 @@ class FitnessConfig(_Strict):
         if self.search_subset and self.max_examples:
             raise ValueError("fitness.search_subset: use either search_subset (a random subset, re-checked at the "
                              "end) or max_examples (the first N), not both")
+        for name in self.tasks:
+            spec = self.task_spec(name)
+            if spec.metric and self.type != "lm_eval":
+                raise ValueError(f"fitness.tasks.{name}.metric: only used with type: lm_eval (native scores exact "
+                                 "match)")
+            if spec.check and self.type == "python":
+                raise ValueError(f"fitness.tasks.{name}.check: a python scorer applies its own checks")
+            unknown = sorted(set(spec.splits) - {self.search_split, self.heldout_split})
+            if unknown:
+                raise ValueError(f"fitness.tasks.{name}.splits: {unknown} are not this experiment's splits (expected "
+                                 f"keys among {[self.search_split, self.heldout_split]})")
         if self.weights is not None:
             unknown = sorted(set(self.weights) - set(self.tasks))
             if unknown or any(w < 0 for w in self.weights.values()) or not any(self.weights.values()):
                 raise ValueError(f"fitness.weights: expected non-negative weights for tasks among "
                                  f"{sorted(self.tasks)}, not all zero (unknown: {unknown})")
         return self
+
+    def task_spec(self, name: str) -> TaskSpec:
+        spec = self.tasks[name]
+        return TaskSpec(source=spec) if isinstance(spec, str) else spec
 
     @property
     def full_search_split(self) -> str:

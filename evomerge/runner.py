@@ -79,7 +79,9 @@ def run_best_model(field: str, run_dir: Path, console: Console) -> Path:
     if not results.is_file():
         raise ConfigError(f"{field}: the run {run_dir} has not finished (no {RESULTS_FILE}); finish it first with "
                           f"`evomerge resume {run_dir}`")
-    label = json.loads(results.read_text())["best_candidate"]
+    data = json.loads(results.read_text())
+    # runs finished before results.json named its winner: the evolved row's label is "evolved (LABEL)"
+    label = data.get("best_candidate") or data["rows"][0]["label"].removeprefix("evolved (").removesuffix(")")
     out = run_dir / "exported" / label
     if not (out / "config.json").is_file():
         with console.status(f"exporting {label} of {run_dir} for {field}"):
@@ -102,18 +104,20 @@ def resolve_device(name: str) -> str:
 
 def resolve_tasks(cfg: ExperimentConfig, base_dir: Path) -> dict[str, dict[str, list[dict]]]:
     """{split: {task: examples}} for the search and held-out splits ({split: {task: lm-eval task config}} for
-    lm_eval fitness)."""
+    lm_eval fitness). A task's `splits` maps the experiment's split names onto its dataset's."""
     f = cfg.fitness
     out: dict[str, dict[str, list[dict]]] = {f.search_split: {}, f.heldout_split: {}}
     if f.type == "lm_eval":
-        from evomerge.fitness.lm_eval_scorer import SAMPLES_KEY, declared_test_split, load_task_config, overlap
+        from evomerge.fitness.lm_eval_scorer import SAMPLES_KEY, TaskSource, overlap
 
-        for task, rel in f.tasks.items():
-            path, field = (base_dir / rel).resolve(), f"fitness.tasks.{task}"
+        include = (base_dir / f.lm_eval.include_path).resolve() if f.lm_eval.include_path else None
+        for task in f.tasks:
+            spec, field = f.task_spec(task), f"fitness.tasks.{task}"
+            source = TaskSource(spec.source, base_dir, include, field)
             for split in (f.search_split, f.heldout_split):
-                out[split][task] = load_task_config(path, split, field)
-            if declared_test_split(path) == f.search_split and not f.allow_test_split:
-                _refuse_test_split(field, f"{path} calls {f.search_split!r} its test split")
+                out[split][task] = source.config(spec.splits.get(split, split), f.lm_eval)
+            if source.test_split() == spec.splits.get(f.search_split, f.search_split) and not f.allow_test_split:
+                _refuse_test_split(field, f"{source} calls {source.test_split()!r} its test split")
             shared, n_search = overlap(out[f.search_split][task], out[f.heldout_split][task])
             if shared:
                 raise ConfigError(f"{field}: {shared} documents appear in both the {f.search_split!r} and "
@@ -123,19 +127,20 @@ def resolve_tasks(cfg: ExperimentConfig, base_dir: Path) -> dict[str, dict[str, 
                 out[f.search_split][task] = {**out[f.search_split][task],
                                              SAMPLES_KEY: subset_indices(n_search, f.search_subset, cfg.seed, task)}
         return out
-    if f.search_split == "test" and not f.allow_test_split:
-        _refuse_test_split("fitness.search_split", "'test' is a benchmark's test split")
-    for task, rel in f.tasks.items():
-        d = (base_dir / rel).resolve()
-        field = f"fitness.tasks.{task}"
+    for task in f.tasks:
+        spec, field = f.task_spec(task), f"fitness.tasks.{task}"
+        search_name = spec.splits.get(f.search_split, f.search_split)
+        if search_name == "test" and not f.allow_test_split:
+            _refuse_test_split(field if spec.splits else "fitness.search_split", "'test' is a benchmark's test split")
+        d = (base_dir / spec.source).resolve()
         if not d.is_dir():
             raise ConfigError(f"{field}: task directory {str(d)!r} does not exist")
-        search = load_split(d, f.search_split, field)
+        search = load_split(d, search_name, field)
         out[f.search_split][task] = search[: f.max_examples] if f.max_examples else search
         if f.search_subset:
             out.setdefault(f.full_search_split, {})[task] = search
             out[f.search_split][task] = [search[i] for i in subset_indices(len(search), f.search_subset, cfg.seed, task)]
-        out[f.heldout_split][task] = load_split(d, f.heldout_split, field)
+        out[f.heldout_split][task] = load_split(d, spec.splits.get(f.heldout_split, f.heldout_split), field)
         overlap = {r["prompt"] for r in search} & {r["prompt"] for r in out[f.heldout_split][task]}
         if overlap:
             raise ConfigError(f"{field}: {len(overlap)} prompts appear in both the {f.search_split!r} and "

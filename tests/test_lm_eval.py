@@ -13,13 +13,15 @@ pytestmark = pytest.mark.slow
 TASKS = ("add", "cipher", "reverse")
 
 
-def _lm_eval_tasks(task_dir, tmp_path):
+def _lm_eval_tasks(task_dir, tmp_path, suffix=""):
     """The shipped task YAMLs, pointed at the tiny zoo's data (written beside a copy of each file)."""
     out = {}
     for t in TASKS:
-        text = (REPO / "fitness" / "lm_eval" / f"zoo_{t}.yaml").read_text().replace(f"../zoo/{t}/", f"{task_dir}/{t}/")
-        (tmp_path / f"zoo_{t}.yaml").write_text(text)
-        out[t] = str(tmp_path / f"zoo_{t}.yaml")
+        name = f"zoo_{t}{suffix}"
+        text = (REPO / "fitness" / "lm_eval" / f"{name}.yaml").read_text()
+        text = text.replace(f"../zoo/{t}{suffix}/", f"{task_dir}/{t}{suffix}/")
+        (tmp_path / f"{name}.yaml").write_text(text)
+        out[t] = str(tmp_path / f"{name}.yaml")
     return out
 
 
@@ -40,6 +42,89 @@ def test_lm_eval_and_native_agree_per_example(tmp_path, tiny_zoo, tiny_task_dir,
         native = make_scorer(tok, examples, FitnessConfig(tasks=files, mode=mode), tmp_path).score(m)
         assert native.per_example == {t: [float(v) for v in lm_score.per_example[t]] for t in TASKS}
     assert 0 < lm_score.objective < 1 or model == "base"
+
+
+@pytest.mark.parametrize("model", ["base", "cipher"])
+def test_multiple_choice_lm_eval_and_native_agree_per_example(tmp_path, tiny_zoo, tiny_task_dir, model):
+    """The same choice wins under lm-eval's log-likelihood requests and the native scorer's one forward pass."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evomerge.fitness.tasks import load_split
+
+    tok = AutoTokenizer.from_pretrained(tiny_zoo / model)
+    m = AutoModelForCausalLM.from_pretrained(tiny_zoo / model).eval()
+    files = _lm_eval_tasks(tiny_task_dir, tmp_path, suffix="_mc")
+    configs = {t: load_task_config(files[t], "search", t) for t in TASKS}
+    lm_score = make_scorer(tok, configs, FitnessConfig(type="lm_eval", tasks=files), tmp_path).score(m)
+    examples = {t: load_split(tiny_task_dir / f"{t}_mc", "search", t) for t in TASKS}
+    assert all(len(examples[t][0]["choices"]) == 4 for t in TASKS)
+    native = make_scorer(tok, examples, FitnessConfig(tasks=files), tmp_path).score(m)
+    assert native.per_example == lm_score.per_example
+    assert 0.25 < native.objective < 1  # better than chance, not trivial
+
+
+def test_registered_task_names_split_mapping_and_generation_settings(tmp_path, tiny_zoo, tiny_task_dir):
+    """Tasks by name (from fitness.lm_eval.include_path, as from lm-eval's registry), the experiment's splits mapped
+    onto the dataset's, and max_gen_toks passed through: one new token cannot spell a two-digit sum."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evomerge.config import load_experiment
+    from evomerge.runner import resolve_tasks
+
+    _lm_eval_tasks(tiny_task_dir, tmp_path)
+    tasks = {"add": {"source": "zoo_add", "splits": {"search": "search", "heldout": "heldout"}}}
+    exp = write_experiment(tmp_path / "e.yaml", tiny_task_dir, fitness={
+        "type": "lm_eval", "tasks": tasks, "lm_eval": {"include_path": str(tmp_path)}, "max_examples": 30})
+    cfg, base_dir = load_experiment(exp)
+    resolved = resolve_tasks(cfg, base_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_zoo / "add")
+    m = AutoModelForCausalLM.from_pretrained(tiny_zoo / "add").eval()
+    full = make_scorer(tok, resolved["search"], cfg.fitness, base_dir, limit=30).score(m)
+    assert full.per_task["add"] > 0.5
+    short_cfg = cfg.fitness.model_copy(update={"lm_eval": cfg.fitness.lm_eval.model_copy(update={"max_gen_toks": 1})})
+    short = resolve_tasks(cfg.model_copy(update={"fitness": short_cfg}), base_dir)
+    assert short["search"]["add"]["generation_kwargs"]["max_gen_toks"] == 1
+    assert make_scorer(tok, short["search"], short_cfg, base_dir, limit=30).score(m).per_task["add"] == 0.0
+
+
+def test_registry_names_are_checked_against_lm_eval(tmp_path, tiny_task_dir):
+    """Real registry entries: a near-miss names the task, a group is refused, and searching on a benchmark's test
+    split through a split mapping is refused before any data is needed."""
+    from evomerge.config import load_experiment
+    from evomerge.errors import ConfigError
+    from evomerge.runner import resolve_tasks
+
+    def resolve(tasks, **kw):
+        exp = write_experiment(tmp_path / "e.yaml", tiny_task_dir, fitness={"type": "lm_eval", "tasks": tasks, **kw})
+        return resolve_tasks(*load_experiment(exp))
+
+    with pytest.raises(ConfigError, match=r"fitness.tasks.a: 'arc_easyy' is neither .*did you mean 'arc_easy'"):
+        resolve({"a": "arc_easyy"})
+    with pytest.raises(ConfigError, match=r"fitness.tasks.m: 'mmlu' is a group"):
+        resolve({"m": "mmlu"})
+    with pytest.raises(ConfigError, match=r"fitness.tasks.a: lm-eval task 'arc_easy' calls 'test' its test split"):
+        resolve({"a": {"source": "arc_easy", "splits": {"search": "test", "heldout": "validation"}}})
+
+
+def test_language_check_counts_only_answers_that_pass(tmp_path, tiny_zoo, tiny_task_dir):
+    """A per-example check (here: the answer must be digits only) in both native modes and in lm-eval."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evomerge.fitness.tasks import load_split
+
+    tok = AutoTokenizer.from_pretrained(tiny_zoo / "base")
+    m = AutoModelForCausalLM.from_pretrained(tiny_zoo / "base").eval()
+    files = _lm_eval_tasks(tiny_task_dir, tmp_path)
+    examples = {t: load_split(tiny_task_dir / t, "search", t) for t in TASKS}
+    plain = make_scorer(tok, examples, FitnessConfig(tasks=files), tmp_path).score(m)
+    checked_tasks = {t: {"source": f, "check": "regex:[0-9]+"} for t, f in files.items()}
+    for mode in ("teacher_forced", "generate"):
+        checked = make_scorer(tok, examples, FitnessConfig(tasks=checked_tasks, mode=mode), tmp_path).score(m)
+        assert checked.per_task["add"] == plain.per_task["add"] > 0  # sums are digits
+        assert checked.per_task["cipher"] == checked.per_task["reverse"] == 0.0 < plain.per_task["reverse"]
+    configs = {t: load_task_config(files[t], "search", t) for t in TASKS}
+    lm = make_scorer(tok, configs, FitnessConfig(type="lm_eval", tasks=checked_tasks), tmp_path).score(m)
+    assert lm.per_example == checked.per_example
 
 
 def test_search_with_lm_eval_fitness(tmp_path, tiny_zoo, tiny_task_dir):

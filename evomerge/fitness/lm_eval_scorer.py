@@ -15,24 +15,102 @@ from evomerge.config import read_mapping
 from evomerge.errors import ConfigError
 
 
-def load_task_config(path: Path, split: str, field: str) -> dict:
-    """The task YAML at `path` as a config dict for `split`, paths made absolute; errors name `field`."""
-    cfg = read_mapping(path, f"{field} (lm-eval task file)")
-    if "task" not in cfg:
-        raise ConfigError(f"{field}: {path} is not an lm-eval task config (expected a mapping with 'task:')")
-    files = (cfg.get("dataset_kwargs") or {}).get("data_files")
-    if isinstance(files, dict):
-        if split not in files:
-            raise ConfigError(f"{field}: {path} has no data file for split {split!r} (it has {sorted(files)})")
-        cfg["dataset_kwargs"]["data_files"] = {k: str((path.parent / v).resolve()) for k, v in files.items()}
-    cfg["test_split"] = split
-    cfg.pop("validation_split", None)
-    return cfg
+REGISTRY_KEY = "_evomerge_registry"  # in a task config: resolve this registered task in the process that builds it
 
 
-def declared_test_split(path: Path) -> str | None:
-    """The split a task file calls its test split (where a benchmark keeps the numbers it reports)."""
-    return read_mapping(path, "lm-eval task file").get("test_split")
+class TaskSource:
+    """Where an lm-eval task comes from: a task YAML file, or the name of a task lm-eval knows (its registry, plus
+    `fitness.lm_eval.include_path`). Gives the task's config for any split, as a picklable dict."""
+
+    def __init__(self, source: str, base_dir: Path, include: Path | None, field: str):
+        self.field, self.include = field, include
+        path = base_dir / source
+        if source.endswith((".yaml", ".yml")) or path.is_file():
+            self.path, self.name = path.resolve(), None
+            self.raw = read_mapping(self.path, f"{field} (lm-eval task file)")
+            if "task" not in self.raw:
+                raise ConfigError(f"{field}: {self.path} is not an lm-eval task config (expected a mapping with "
+                                  "'task:')")
+        else:
+            self.path, self.name = None, source
+            self.raw = registered_config(source, include, field, resolve_functions=False)
+
+    def __str__(self) -> str:
+        return str(self.path) if self.path else f"lm-eval task {self.name!r}"
+
+    def test_split(self) -> str | None:
+        """The split the task calls its test split (where a benchmark keeps the numbers it reports)."""
+        return self.raw.get("test_split")
+
+    def config(self, split: str, lm_cfg) -> dict:
+        """The task evaluated on dataset split `split`, with the experiment's generation settings."""
+        if self.name is not None:
+            cfg = {"task": self.name, REGISTRY_KEY: {"name": self.name, "include": self.include and str(self.include)}}
+        else:
+            cfg = dict(self.raw)
+            files = (cfg.get("dataset_kwargs") or {}).get("data_files")
+            if isinstance(files, dict):  # relative paths: against the file, not the process's working directory
+                if split not in files:
+                    raise ConfigError(f"{self.field}: {self.path} has no data file for split {split!r} (it has "
+                                      f"{sorted(files)})")
+                cfg["dataset_kwargs"] = {**cfg["dataset_kwargs"],
+                                         "data_files": {k: str((self.path.parent / v).resolve()) for k, v in files.items()}}
+        cfg["test_split"] = split
+        cfg["validation_split"] = None  # lm-eval would evaluate the validation split in place of the test split
+        if lm_cfg.num_fewshot is not None:
+            cfg["num_fewshot"] = lm_cfg.num_fewshot
+        gen = {k: v for k, v in (("max_gen_toks", lm_cfg.max_gen_toks), ("until", lm_cfg.until)) if v is not None}
+        if gen and self.raw.get("output_type") == "generate_until":
+            cfg["generation_kwargs"] = {**(self.raw.get("generation_kwargs") or {}), **gen}
+        return cfg
+
+
+_MANAGERS: dict = {}
+
+
+def _manager(include: str | None):
+    """lm-eval's task index with its built-in tasks (building it reads ~12 s of YAML: once per process)."""
+    from lm_eval.tasks import TaskManager
+
+    if include not in _MANAGERS:
+        _MANAGERS[include] = TaskManager(include_path=include)
+    return _MANAGERS[include]
+
+
+def registered_config(name: str, include: Path | str | None, field: str, resolve_functions: bool = True) -> dict:
+    """The full config of a registered task (includes resolved); ConfigError with near names when unknown."""
+    import difflib
+
+    from lm_eval.tasks._index import Kind
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    tm = _manager(include and str(include))
+    entry = tm.task_index.get(name)
+    if entry is None:
+        near = difflib.get_close_matches(name, tm.all_tasks, n=3)
+        raise ConfigError(f"{field}: {name!r} is neither a task YAML file nor a task lm-eval knows"
+                          + (f" (did you mean {', '.join(map(repr, near))}?)" if near else ""))
+    if entry.kind not in (Kind.TASK,) or entry.yaml_path is None:
+        raise ConfigError(f"{field}: {name!r} is a group or tag of lm-eval tasks, not one task; name its tasks one "
+                          "by one (each is scored and weighted on its own)")
+    return load_yaml(entry.yaml_path, resolve_func=resolve_functions)
+
+
+def buildable(cfg: dict) -> dict:
+    """A task config lm-eval can build in this process: a registered task's own config (its functions loaded
+    here) under the experiment's overrides."""
+    reg = cfg.get(REGISTRY_KEY)
+    if reg is None:
+        return cfg
+    full = registered_config(reg["name"], reg["include"], f"task {reg['name']}")
+    return {**full, **{k: v for k, v in cfg.items() if k != REGISTRY_KEY}}
+
+
+def load_task_config(path: Path, split: str, field: str, lm_cfg=None) -> dict:
+    """The task YAML at `path` as a config dict for `split` (for tests and tools)."""
+    from evomerge.config import LmEvalConfig
+
+    return TaskSource(str(path), Path("/"), None, field).config(split, lm_cfg or LmEvalConfig())
 
 
 SAMPLES_KEY = "_evomerge_samples"  # in a task config: the document indices a search subset scores
@@ -46,7 +124,7 @@ def overlap(search: dict, heldout: dict) -> tuple[int, int]:
     from lm_eval.tasks import TaskManager
 
     other = {**heldout, "task": f"{heldout['task']}__heldout"}  # two configs of one task need two names
-    tasks = TaskManager(include_defaults=False).load([search, other])["tasks"]
+    tasks = TaskManager(include_defaults=False).load([buildable(search), buildable(other)])["tasks"]
 
     def hashes(task) -> set[str]:
         return {hashlib.sha256(f"{task.doc_to_text(d)}\x00{task.doc_to_target(d)}".encode()).hexdigest()
@@ -100,11 +178,19 @@ class LmEvalScorer:
         for name in ("lm_eval", "lm-eval"):  # its per-task INFO lines would drown the progress bar
             logging.getLogger(name).setLevel(logging.ERROR)
         self.tokenizer, self.cfg, self.weights, self.limit = tokenizer, cfg, weights, limit
+        from evomerge.fitness.checks import make_check
+
         self.names = {c["task"]: ours for ours, c in task_configs.items()}  # lm-eval task name -> ours
-        self.metrics = {ours: _metric(c) for ours, c in task_configs.items()}
         samples = {c["task"]: c[SAMPLES_KEY] for c in task_configs.values() if SAMPLES_KEY in c}
         self.samples = samples or None
-        task_configs = {t: {k: v for k, v in c.items() if k != SAMPLES_KEY} for t, c in task_configs.items()}
+        task_configs = {t: buildable({k: v for k, v in c.items() if k != SAMPLES_KEY}) for t, c in task_configs.items()}
+        specs = {ours: cfg.task_spec(ours) for ours in task_configs}
+        self.metrics = {ours: specs[ours].metric or _metric(c) for ours, c in task_configs.items()}
+        self.checks = {ours: make_check(spec.check) for ours, spec in specs.items() if spec.check}
+        for ours in self.checks:
+            if task_configs[ours].get("output_type") != "generate_until":
+                raise ConfigError(f"fitness.tasks.{ours}.check: checks look at generated answers; this task's "
+                                  f"output_type is {task_configs[ours].get('output_type')!r}")
         # built once: building reads and preprocesses the datasets (seconds for real benchmarks)
         self.task_dict = TaskManager(include_defaults=False).load(list(task_configs.values()))
         self._lm = None
@@ -134,6 +220,11 @@ class LmEvalScorer:
         per_example = {}
         for lm_name, samples in out["samples"].items():
             ours = self.names[lm_name]
-            metric = self.metrics[ours]
-            per_example[ours] = [float(s[metric]) for s in sorted(samples, key=lambda s: s["doc_id"])]
+            metric, check = self.metrics[ours], self.checks.get(ours)
+            samples = sorted(samples, key=lambda s: s["doc_id"])
+            if metric not in samples[0]:
+                raise ConfigError(f"fitness.tasks.{ours}.metric: the task has no per-example metric {metric!r} "
+                                  f"(it has {sorted(k for k in samples[0] if isinstance(samples[0][k], int | float))})")
+            per_example[ours] = [float(s[metric]) * (check is None or check(s["filtered_resps"][0]))
+                                 for s in samples]
         return _score({t: per_example[t] for t in self.weights}, self.weights)

@@ -21,13 +21,24 @@ class EncodedBatch:
 
 
 def encode_teacher_forced(tokenizer, examples: list[dict], device: str | torch.device = "cpu") -> EncodedBatch:
-    """Encode examples once; the result is reused for every candidate model."""
-    bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    """Encode examples once (<s> prompt answer </s>); the result is reused for every candidate model."""
+    return encode_pairs(tokenizer, [(ex["prompt"], ex["answer"]) for ex in examples], eos=True, device=device)
+
+
+def encode_choices(tokenizer, examples: list[dict], device: str | torch.device = "cpu") -> EncodedBatch:
+    """Every (prompt, choice) pair of multiple-choice examples, flattened in order (<s> prompt choice)."""
+    return encode_pairs(tokenizer, [(ex["prompt"], c) for ex in examples for c in ex["choices"]], eos=False,
+                        device=device)
+
+
+def encode_pairs(tokenizer, pairs: list[tuple[str, str]], eos: bool, device: str | torch.device = "cpu") -> EncodedBatch:
+    """Right-padded <s> context continuation [</s>] rows; the target mask covers the continuation (and EOS)."""
+    bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
     rows, starts = [], []
-    for ex in examples:
-        p = tokenizer.encode(ex["prompt"], add_special_tokens=False)
-        a = tokenizer.encode(ex["answer"], add_special_tokens=False)
-        rows.append([bos, *p, *a, eos])
+    for context, continuation in pairs:
+        p = tokenizer.encode(context, add_special_tokens=False)
+        a = tokenizer.encode(continuation, add_special_tokens=False)
+        rows.append([bos, *p, *a, *([tokenizer.eos_token_id] if eos else [])])
         starts.append(1 + len(p))
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -57,10 +68,31 @@ def exact_match_teacher_forced(model, enc: EncodedBatch, batch_size: int = 128) 
 
 
 @torch.no_grad()
+def choice_accuracy(model, enc: EncodedBatch, examples: list[dict], batch_size: int = 128) -> torch.Tensor:
+    """Per-example correctness of multiple choice: the gold choice has the highest summed log-likelihood (the first
+    of equal ones wins, as in lm-eval)."""
+    scores = []
+    for i in range(0, enc.input_ids.shape[0], batch_size):
+        ids = enc.input_ids[i : i + batch_size]
+        logits = model(input_ids=ids, attention_mask=enc.attention_mask[i : i + batch_size]).logits[:, :-1]
+        if not torch.isfinite(logits).all():
+            raise FloatingPointError("the model produced non-finite logits")
+        logp = torch.log_softmax(logits.double(), -1).gather(-1, ids[:, 1:, None])[..., 0]
+        scores.append((logp * enc.target_mask[i : i + batch_size]).sum(-1))
+    flat, out, at = torch.cat(scores).cpu(), [], 0
+    for ex in examples:
+        n = len(ex["choices"])
+        out.append(int(torch.argmax(flat[at : at + n])) == ex["gold"])
+        at += n
+    return torch.tensor(out, dtype=torch.bool)
+
+
+@torch.no_grad()
 def exact_match_generate(
-    model, tokenizer, examples: list[dict], max_new_tokens: int = 16, batch_size: int = 128
+    model, tokenizer, examples: list[dict], max_new_tokens: int = 16, batch_size: int = 128, check=None
 ) -> torch.Tensor:
-    """Per-example exact match of real batched greedy generation (left-padded prompts)."""
+    """Per-example exact match of real batched greedy generation (left-padded prompts); with `check`, the
+    generated text must also pass it."""
     device = next(model.parameters()).device
     bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
     out = []
@@ -87,5 +119,5 @@ def exact_match_generate(
                 out.append(False)
                 continue
             text = tokenizer.decode(toks[: toks.index(eos)], skip_special_tokens=True)
-            out.append(text == ex["answer"])
+            out.append(text == ex["answer"] and (check is None or check(text)))
     return torch.tensor(out, dtype=torch.bool)

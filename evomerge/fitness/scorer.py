@@ -9,8 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from evomerge.errors import ConfigError
-from evomerge.fitness.native import encode_teacher_forced, exact_match_generate, exact_match_teacher_forced
+from evomerge.fitness.native import (choice_accuracy, encode_choices, encode_teacher_forced, exact_match_generate,
+                                     exact_match_teacher_forced)
+from evomerge.fitness.tasks import is_multiple_choice
 
 
 @dataclass(frozen=True)
@@ -33,20 +37,35 @@ class NativeScorer:
     (teacher-forced mode)."""
 
     def __init__(self, tokenizer, tasks: dict[str, list[dict]], mode: str = "teacher_forced",
-                 batch_size: int = 128, max_new_tokens: int = 16, weights: dict[str, float] | None = None):
+                 batch_size: int = 128, max_new_tokens: int = 16, weights: dict[str, float] | None = None,
+                 checks: dict[str, Callable[[str], bool]] | None = None):
         self.tokenizer, self.tasks, self.mode = tokenizer, tasks, mode
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self.weights = weights or dict.fromkeys(tasks, 1.0)
-        self._encoded = {t: encode_teacher_forced(tokenizer, ex) for t, ex in tasks.items()} if mode == "teacher_forced" else None
+        self.checks = checks or {}
+        # multiple-choice tasks are scored by log-likelihood in either mode; their pairs are encoded once
+        self._choices = {t: encode_choices(tokenizer, ex) for t, ex in tasks.items() if is_multiple_choice(ex)}
+        self._encoded = ({t: encode_teacher_forced(tokenizer, ex) for t, ex in tasks.items() if t not in self._choices}
+                         if mode == "teacher_forced" else None)
+        # teacher-forced exact match means the answer was generated verbatim: its check is the answer's own
+        for t in self.checks:
+            if t in self._choices:
+                raise ConfigError(f"fitness.tasks.{t}.check: checks look at generated answers; {t} is multiple-choice")
+        self._passes = {t: torch.tensor([self.checks[t](ex["answer"]) for ex in tasks[t]]) for t in self.checks}
 
     def score(self, model) -> Score:
         model.eval()
         per_example = {}
         for task, examples in self.tasks.items():
-            if self._encoded is not None:
+            if task in self._choices:
+                ok = choice_accuracy(model, self._choices[task], examples, self.batch_size)
+            elif self._encoded is not None:
                 ok = exact_match_teacher_forced(model, self._encoded[task], self.batch_size)
+                if task in self._passes:
+                    ok = ok & self._passes[task]
             else:
-                ok = exact_match_generate(model, self.tokenizer, examples, self.max_new_tokens, self.batch_size)
+                ok = exact_match_generate(model, self.tokenizer, examples, self.max_new_tokens, self.batch_size,
+                                          check=self.checks.get(task))
             per_example[task] = [int(v) for v in ok]
         return _score(per_example, self.weights)
 
@@ -95,5 +114,8 @@ def make_scorer(tokenizer, tasks: dict, cfg, base_dir: Path, limit: int | None =
         return LmEvalScorer(tokenizer, tasks, cfg, weights, limit=limit)
     if cfg.type == "python":
         return PythonScorer(tokenizer, tasks, load_scorer_function(cfg.scorer, base_dir), weights)
+    from evomerge.fitness.checks import make_check
+
+    checks = {t: make_check(cfg.task_spec(t).check) for t in cfg.tasks if cfg.task_spec(t).check}
     return NativeScorer(tokenizer, tasks, mode=cfg.mode, batch_size=cfg.batch_size,
-                        max_new_tokens=cfg.max_new_tokens, weights=weights)
+                        max_new_tokens=cfg.max_new_tokens, weights=weights, checks=checks)

@@ -74,14 +74,27 @@ def task_splits(spec: ZooSpec) -> dict[str, dict[str, list[dict[str, str]]]]:
     return {t: make_splits(t, spec.seed, spec.sizes) for t in spec.tasks}
 
 
+MC_CHOICES = 4  # multiple-choice variants: the answer and three other answers of the split
+
+
 def write_task_data(spec: ZooSpec, out: Path) -> None:
-    """Write each task's splits as JSONL: out/<task>/<split>.jsonl."""
+    """Write each task's splits as JSONL: out/<task>/<split>.jsonl, and a multiple-choice variant of every search and
+    held-out split as out/<task>_mc/<split>.jsonl."""
+    from evomerge.fitness.tasks import to_multiple_choice
+
     for task, splits in task_splits(spec).items():
-        (out / task).mkdir(parents=True, exist_ok=True)
         for split, rows in splits.items():
-            with open(out / task / f"{split}.jsonl", "w") as f:
-                for r in rows:
-                    f.write(json.dumps(r) + "\n")
+            _write_jsonl(out / task / f"{split}.jsonl", rows)
+            if split != "train":
+                _write_jsonl(out / f"{task}_mc" / f"{split}.jsonl",
+                             to_multiple_choice(rows, MC_CHOICES, seed=f"{spec.seed}:{task}:{split}"))
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
 
 
 def _encode_train(tokenizer, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
