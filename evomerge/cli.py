@@ -189,17 +189,27 @@ def report(
     watch: Annotated[bool, typer.Option(help="rewrite the report while the run is live (the page reloads itself)")]
     = False,
     every: Annotated[float, typer.Option(help="with --watch: seconds between rewrites", min=1)] = 30.0,
+    screenshot: Annotated[Path | None, typer.Option(help="also save a PNG of the page's top, taken in headless "
+                                                         "Chromium")] = None,
+    width: Annotated[int, typer.Option(help="with --screenshot: the window's width in pixels", min=200)] = 1200,
+    height: Annotated[int, typer.Option(help="with --screenshot: the window's height in pixels", min=200)] = 1600,
 ) -> None:
     """One self-contained HTML page (plots embedded, works offline): progress, leaders, recipe, every candidate."""
+    from evomerge.browser import screenshot as take
     from evomerge.html_report import watch_report, write_report
 
     try:
         path = watch_report(run_dir, out, every, log=console.print) if watch else write_report(run_dir, out)
+        console.print(f"report: {path}")
+        if screenshot is not None:
+            logged = take(path, screenshot, width, height)
+            console.print(f"screenshot: {screenshot}")
+            if logged:
+                raise RunError(f"the page logged {len(logged)} console messages; the first: {logged[0]}")
     except EvomergeError as e:
         _fail(e)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
-    console.print(f"report: {path}")
 
 
 @zoo_app.command("build")

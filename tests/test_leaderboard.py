@@ -6,55 +6,13 @@ import json
 from html.parser import HTMLParser
 
 import pytest
-from rich.console import Console
 from typer.testing import CliRunner
 
 from evomerge.cli import app
 from evomerge.optim.pareto import dominates
-from evomerge.runner import Runner
 from evomerge.store import RunDir
-from tests.conftest import write_experiment
 
 pytestmark = pytest.mark.slow
-
-
-def _poison(nth: set[int]):
-    """A Merger that leaves a NaN in the merged model on its nth calls: those candidates are recorded failed."""
-    import torch
-
-    from evomerge.merge.materialize import Merger
-
-    real, calls = Merger.materialize, {"n": 0}
-
-    def poisoned(self, recipe, model, **kw):
-        real(self, recipe, model, **kw)
-        calls["n"] += 1
-        if calls["n"] in nth:
-            with torch.no_grad():
-                next(p for n, p in model.named_parameters() if n.endswith("norm.weight"))[0] = float("nan")
-    return Merger, "materialize", poisoned
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_zoo, tiny_task_dir):
-    """Two real runs: a multi-objective TIES search per layer with one failed candidate, and a short
-    single-objective CMA-ES search of one weight per source."""
-    tmp = tmp_path_factory.mktemp("boards")
-    multi = write_experiment(tmp / "multi.yaml", tiny_task_dir, name="multi",
-                             space={"type": "layer_weights", "operator": "ties", "granularity": "layer"},
-                             optimizer={"type": "random", "generations": 2, "popsize": 4},
-                             fitness={"type": "native", "objective": "per_task", "max_examples": 20,
-                                      "tasks": {t: str(tiny_task_dir / t) for t in ("add", "cipher", "reverse")}},
-                             baselines={"tuned_weights": [0.5]})
-    single = write_experiment(tmp / "single.yaml", tiny_task_dir, name="single",
-                              space={"type": "layer_weights", "operator": "task_arithmetic", "granularity": "model"},
-                              optimizer={"type": "cma", "generations": 2, "popsize": 4},
-                              baselines={"tuned_weights": [0.5]})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(*_poison({3}))
-        Runner(multi, tmp / "multi", console=Console(quiet=True)).run()
-    Runner(single, tmp / "single", console=Console(quiet=True)).run()
-    return tmp / "multi", tmp / "single"
 
 
 def _store(run_dir):
@@ -70,8 +28,8 @@ def _cli(*args):
     return result
 
 
-def test_json_schema_order_and_numbers_equal_the_store(runs):
-    multi, _ = runs
+def test_json_schema_order_and_numbers_equal_the_store(tiny_runs):
+    multi, _ = tiny_runs
     out = _cli("leaderboard", multi, "--format", "json")
     assert out.exit_code == 0, out.stderr
     doc = json.loads(out.stdout)
@@ -117,8 +75,8 @@ def test_json_schema_order_and_numbers_equal_the_store(runs):
     assert {r["kind"] for r in run["references"]} == {"evolved", "base", "source", "baseline", "tuned"}
 
 
-def test_csv_has_every_candidate_with_the_stored_numbers_and_sorts_by_any_column(runs):
-    multi, _ = runs
+def test_csv_has_every_candidate_with_the_stored_numbers_and_sorts_by_any_column(tiny_runs):
+    multi, _ = tiny_runs
     out = _cli("leaderboard", multi, "--format", "csv")
     assert out.exit_code == 0, out.stderr
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
@@ -166,8 +124,8 @@ class _Cells(HTMLParser):
             self.tables[-1]["rows"].append(self.row)
 
 
-def test_markdown_and_html_show_the_same_rows(runs):
-    multi, _ = runs
+def test_markdown_and_html_show_the_same_rows(tiny_runs):
+    multi, _ = tiny_runs
     md = _cli("leaderboard", multi, "--format", "md").stdout.splitlines()
     table = [line for line in md if line.startswith("| ")]
     header = [c.strip() for c in table[0].strip("|").split("|")]
@@ -190,11 +148,11 @@ def test_markdown_and_html_show_the_same_rows(runs):
         assert row[col] == ("" if e.objective is None else str(e.objective))
 
 
-def test_comparison_across_runs(runs):
-    multi, single = runs
+def test_comparison_across_runs(tiny_runs):
+    multi, single = tiny_runs
     doc = json.loads(_cli("leaderboard", multi, single, "--format", "json").stdout)
     assert [r["name"] for r in doc["runs"]] == ["multi", "single"]
-    for run_dir, comp in zip(runs, doc["comparison"], strict=True):
+    for run_dir, comp in zip(tiny_runs, doc["comparison"], strict=True):
         search = [e for e in _store(run_dir) if e.kind == "search"]
         ok = [e for e in search if e.status == "ok"]
         best = max(ok, key=lambda e: e.objective)
@@ -215,8 +173,8 @@ def test_comparison_across_runs(runs):
     assert "### Comparison" in md and "### Candidates" in md
 
 
-def test_bad_input_is_a_clear_error(runs, tmp_path):
-    multi, _ = runs
+def test_bad_input_is_a_clear_error(tiny_runs, tmp_path):
+    multi, _ = tiny_runs
     for args, msg in [(["--sort", "nope"], "--sort: unknown column 'nope'"),
                       (["--format", "xml"], "--format: unknown format 'xml'")]:
         out = _cli("leaderboard", multi, *args)
@@ -225,10 +183,10 @@ def test_bad_input_is_a_clear_error(runs, tmp_path):
     assert out.exit_code == 2 and "not an evomerge run directory" in out.stderr
 
 
-def test_export_materializes_a_leaderboard_entry_with_its_scores(runs, tmp_path):
+def test_export_materializes_a_leaderboard_entry_with_its_scores(tiny_runs, tmp_path):
     from evomerge.leaderboard import read_board
 
-    _, single = runs
+    _, single = tiny_runs
     board = read_board(single)
     out = _cli("export", single, "--out", tmp_path / "r2", "--rank", "2")
     assert out.exit_code == 0, out.stderr
