@@ -24,21 +24,39 @@ def find_chromium() -> str | None:
     return None
 
 
-def screenshot(page: Path, png: Path, width: int = 1200, height: int = 1600, timeout_s: float = 120) -> list[str]:
-    """Load `page` (a local HTML file) in headless Chromium, save a `width`×`height` screenshot to `png`, and return
-    the console messages the page logged (errors included)."""
+def _run(page: Path, extra: list[str], timeout_s: float) -> subprocess.CompletedProcess:
+    """Chromium, headless, on a local page with a fresh profile (nothing cached, nothing shared) and its log on
+    stderr."""
     browser = find_chromium()
     if browser is None:
         raise ConfigError(f"--screenshot: no Chromium found (looked for {list(BROWSERS)}); install Debian's "
                           "chromium package (apt-get install chromium)")
-    png = Path(png).resolve()
-    with tempfile.TemporaryDirectory() as profile:  # a fresh profile: nothing cached, nothing shared
+    with tempfile.TemporaryDirectory() as profile:
         args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
                 "--disable-extensions", "--enable-logging=stderr", "--v=0", f"--user-data-dir={profile}",
-                "--virtual-time-budget=5000", f"--window-size={width},{height}", f"--screenshot={png}",
-                Path(page).resolve().as_uri()]
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s,
+                "--virtual-time-budget=5000", *extra, Path(page).resolve().as_uri()]
+        return subprocess.run(args, capture_output=True, text=True, timeout=timeout_s,
                               env={**os.environ, "LANG": "C.UTF-8"})
+
+
+def console_messages(stderr: str) -> list[str]:
+    return [m.group(1) for line in stderr.splitlines() if (m := _CONSOLE.search(line))]
+
+
+def screenshot(page: Path, png: Path, width: int = 1200, height: int = 1600, timeout_s: float = 120) -> list[str]:
+    """Load `page` (a local HTML file) in headless Chromium, save a `width`×`height` screenshot to `png`, and return
+    the console messages the page logged (errors included)."""
+    png = Path(png).resolve()
+    png.unlink(missing_ok=True)
+    proc = _run(page, [f"--window-size={width},{height}", f"--screenshot={png}"], timeout_s)
     if not png.is_file():
-        raise RuntimeError(f"{browser} wrote no screenshot (exit {proc.returncode}): {proc.stderr[-2000:]}")
-    return [m.group(1) for line in proc.stderr.splitlines() if (m := _CONSOLE.search(line))]
+        raise RuntimeError(f"Chromium wrote no screenshot (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    return console_messages(proc.stderr)
+
+
+def dom(page: Path, timeout_s: float = 120) -> tuple[str, list[str]]:
+    """The page's DOM after its scripts ran (serialized HTML), and its console messages."""
+    proc = _run(page, ["--dump-dom"], timeout_s)
+    if proc.returncode != 0:
+        raise RuntimeError(f"Chromium could not load {page} (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    return proc.stdout, console_messages(proc.stderr)

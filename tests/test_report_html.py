@@ -15,6 +15,7 @@ from evomerge.browser import find_chromium, screenshot
 from evomerge.cli import app
 from evomerge.html_report import SECTIONS, archive_diversity, render_report, write_report
 from evomerge.leaderboard import read_board
+from tests.test_leaderboard import _Cells
 
 pytestmark = pytest.mark.slow
 
@@ -117,3 +118,24 @@ def test_report_in_headless_chromium_shows_its_plots_and_logs_no_console_errors(
     from PIL import Image
 
     assert Image.open(tmp_path / "cli.png").size == (800, 600)
+
+
+def test_table_columns_sort_on_click_in_chromium(tiny_runs, chromium, tmp_path):
+    """The page's own script, run by the browser: two clicks on 'objective' order the rows by it, largest first,
+    and empty cells stay last."""
+    from evomerge.browser import dom
+
+    multi, _ = tiny_runs
+    page = CliRunner().invoke(app, ["leaderboard", str(multi), "--format", "html", "--sort", "id"]).stdout
+    click = "<script>var th = [...document.querySelectorAll('th')].find(h => h.textContent === 'objective');" \
+            "th.click(); th.click();</script>"
+    (tmp_path / "board.html").write_text(page.replace("</body>", click + "</body>"))
+    html_out, logged = dom(tmp_path / "board.html")
+    assert logged == []
+    cells = _Cells()
+    cells.feed(html_out)
+    (t,) = cells.tables
+    col = t["head"].index("objective")
+    values = [r[col] for r in t["rows"]]
+    numbers = [float(v) for v in values if v]
+    assert numbers == sorted(numbers, reverse=True) and values[-1] == "" and len(numbers) == 7
