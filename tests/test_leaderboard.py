@@ -200,3 +200,22 @@ def test_export_materializes_a_leaderboard_entry_with_its_scores(tiny_runs, tmp_
     card = (tmp_path / "c" / "README.md").read_text()
     assert first.heldout is not None and f"held-out score: {first.heldout:.4f}" in card
     assert (tmp_path / "c" / "model.safetensors").is_file()
+
+
+def test_an_optimizer_that_knows_parents_fills_the_column(tiny_runs, monkeypatch):
+    """The hook a breeding optimizer (M2N2) uses: a reader registered for its type, fed the store."""
+    from evomerge.leaderboard import PARENTS, read_board
+
+    multi, _ = tiny_runs
+    seen = {}
+
+    def first_generation_parents(store, search):
+        seen["store"] = store.run_id
+        return {e.label: ["g0-0", "g0-1"] for e in search if e.generation == 1}
+
+    monkeypatch.setitem(PARENTS, "random", first_generation_parents)
+    board = read_board(multi)
+    assert seen["store"] == board.run_id
+    assert all(c.parents == (["g0-0", "g0-1"] if c.generation == 1 else []) for c in board.candidates)
+    rows = list(csv.DictReader(io.StringIO(_cli("leaderboard", multi, "--format", "csv").stdout)))
+    assert {r["parents"] for r in rows} == {"", "g0-0 g0-1"}

@@ -139,3 +139,12 @@ def test_table_columns_sort_on_click_in_chromium(tiny_runs, chromium, tmp_path):
     values = [r[col] for r in t["rows"]]
     numbers = [float(v) for v in values if v]
     assert numbers == sorted(numbers, reverse=True) and values[-1] == "" and len(numbers) == 7
+
+
+def test_watching_a_finished_run_shows_it_once_and_returns(tiny_runs, tmp_path):
+    _, single = tiny_runs
+    out = CliRunner().invoke(app, ["status", str(single), "--watch", "--every", "0.1"])
+    assert out.exit_code == 0 and "finished" in out.stdout and "8/8 search" in out.stdout
+    out = CliRunner().invoke(app, ["report", str(single), "--watch", "--out", str(tmp_path / "r.html")])
+    assert out.exit_code == 0 and out.stdout.count("wrote") == 1 and "finished" in out.stdout
+    assert (tmp_path / "r.html").is_file() and not (tmp_path / "r.html.tmp").exists()
