@@ -121,21 +121,16 @@ def _progress(board: Board) -> str:
     return _img(fig, "search objective of every candidate over evaluations, with the best so far")
 
 
-def _leader_rows(board: Board) -> list[tuple[str, dict[str, float]]]:
-    leaders = [c for c in _ok(board) if c.heldout_per_task][:LEADERS]
-    rows = [(f"{c.id} (rank {c.rank})", c.heldout_per_task) for c in leaders]
-    rows += [(r["label"], r["per_task"]) for r in board.references if r["kind"] != "evolved"]
-    return rows
-
-
 @section("tasks", "Per-task scores of the leaders against the sources and baselines (held-out split)")
 def _tasks(board: Board) -> str:
     import numpy as np
 
-    rows = _leader_rows(board)
-    if not any(board.by_id(label.split(" ")[0]) for label, _ in rows) or len(rows) < 2:
+    leaders = [c for c in _ok(board) if c.heldout_per_task][:LEADERS]
+    if not leaders:
         raise Missing("no held-out scores yet (they come with the run's final table); the leaderboard below has "
                       "the search-split scores")
+    rows = [(f"{c.id} (rank {c.rank})", c.heldout_per_task) for c in leaders]
+    rows += [(r["label"], r["per_task"]) for r in board.references if r["kind"] != "evolved"]  # evolved: a leader
     tasks = board.tasks
     fig = _figure(9, 0.18 * len(rows) * (len(tasks) + 1) + 1.2)
     ax = fig.add_subplot()

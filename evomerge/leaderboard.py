@@ -38,7 +38,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from evomerge.config import ExperimentConfig
+from pydantic import ValidationError
+
+from evomerge.config import ExperimentConfig, format_validation_error
 from evomerge.errors import ConfigError
 from evomerge.optim.pareto import pareto_front
 from evomerge.store import Evaluation, RunDir, RunStore
@@ -148,7 +150,10 @@ def read_board(path: Path) -> Board:
         if text is None:
             raise ConfigError(f"{path}: the run store holds no experiment config (expected a run started by "
                               "`evomerge run`)")
-        cfg = ExperimentConfig.model_validate_json(text)
+        try:
+            cfg = ExperimentConfig.model_validate_json(text)
+        except ValidationError as e:
+            raise ConfigError(format_validation_error(e, f"{path}: stored experiment config")) from None
         sources = [Path(m).name for m in json.loads(store.get_meta("sources") or '{"models": []}')["models"]]
         evals = store.evaluations()
         finished = store.get_meta("finished") is not None

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import shutil
 from html.parser import HTMLParser
 
 import pytest
@@ -181,6 +182,16 @@ def test_bad_input_is_a_clear_error(tiny_runs, tmp_path):
         assert out.exit_code == 2 and msg in out.stderr
     out = _cli("leaderboard", tmp_path)
     assert out.exit_code == 2 and "not an evomerge run directory" in out.stderr
+    # a run made by an evomerge with an optimizer this one lacks: named, not a traceback
+    shutil.copytree(multi, tmp_path / "other")
+    store = RunDir.open(tmp_path / "other").store()
+    try:
+        cfg = json.loads(store.get_meta("config"))
+        store.set_meta("config", json.dumps({**cfg, "optimizer": {**cfg["optimizer"], "type": "newer_opt"}}))
+    finally:
+        store.close()
+    out = _cli("leaderboard", tmp_path / "other")
+    assert out.exit_code == 2 and "stored experiment config: optimizer.type: unknown optimizer 'newer_opt'" in out.stderr
 
 
 def test_export_materializes_a_leaderboard_entry_with_its_scores(tiny_runs, tmp_path):
