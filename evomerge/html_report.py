@@ -96,13 +96,12 @@ def _progress(board: Board) -> str:
     ax = fig.add_subplot()
     ok = [c for c in cands if c.status == "ok"]
     gens = np.array([c.generation for c in ok])
-    sc = ax.scatter([c.evaluation for c in ok], [c.objective for c in ok], c=gens, cmap="viridis", s=12,
+    sc = ax.scatter([c.evaluation for c in ok], [c.objective for c in ok], c=gens, cmap="viridis", s=12, zorder=3,
                     alpha=0.7, label="candidate")
     failed = [c for c in cands if c.status != "ok"]
-    if failed:
-        low = min(c.objective for c in ok)
-        ax.scatter([c.evaluation for c in failed], [low] * len(failed), marker="x", color="red", s=20,
-                   label=f"failed ({len(failed)})")
+    if failed:  # no score: marked along the bottom edge
+        ax.scatter([c.evaluation for c in failed], [0.03] * len(failed), transform=ax.get_xaxis_transform(),
+                   marker="x", color="red", s=20, label=f"failed ({len(failed)})")
     curve = best_so_far(board)
     ax.step(range(1, len(curve) + 1), [np.nan if v is None else v for v in curve], where="post", color="black",
             lw=2, label="best so far")
