@@ -191,7 +191,8 @@ def test_bad_input_is_a_clear_error(tiny_runs, tmp_path):
     finally:
         store.close()
     out = _cli("leaderboard", tmp_path / "other")
-    assert out.exit_code == 2 and "stored experiment config: optimizer.type: unknown optimizer 'newer_opt'" in out.stderr
+    assert out.exit_code == 2
+    assert "stored experiment config: optimizer.type: unknown optimizer 'newer_opt'" in out.stderr
 
 
 def test_export_materializes_a_leaderboard_entry_with_its_scores(tiny_runs, tmp_path):
