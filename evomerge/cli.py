@@ -86,16 +86,24 @@ def resume(
 def status(
     run_dir: Annotated[Path, typer.Argument(help="run directory")],
     as_json: Annotated[bool, typer.Option("--json", help="print the status as JSON")] = False,
+    watch: Annotated[bool, typer.Option(help="keep the table on screen, refreshed, until the run finishes "
+                                             "(Ctrl-C to leave)")] = False,
+    every: Annotated[float, typer.Option(help="with --watch: seconds between refreshes", min=0.1)] = 2.0,
 ) -> None:
     """Progress, best so far, failures, evaluations per hour and ETA of a run (live or not)."""
     import json
 
-    from evomerge.status import render_status, run_status
+    from evomerge.status import render_status, run_status, watch_status
 
     try:
+        if watch:
+            watch_status(run_dir, console, every)
+            return
         s = run_status(run_dir)
     except EvomergeError as e:
         _fail(e)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
     console.print_json(json.dumps(s)) if as_json else console.print(render_status(s))
 
 
@@ -145,6 +153,63 @@ def export(
     except EvomergeError as e:
         _fail(e)
     console.print(f"exported {label} to {path}")
+
+
+@app.command()
+def leaderboard(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run directories (several: a comparison is added)")],
+    fmt: Annotated[str, typer.Option("--format", help="csv | json | md | html")] = "md",
+    sort: Annotated[str, typer.Option(help="order by this column (e.g. heldout, search_add, eval_s)")] = "rank",
+    desc: Annotated[bool, typer.Option(help="with --sort: largest first")] = False,
+    top: Annotated[int | None, typer.Option(help="only the first N rows", min=1)] = None,
+    comparison: Annotated[bool, typer.Option(help="only the comparison of the runs (best per run, evaluations to "
+                                                  "95% of the final best)")] = False,
+    out: Annotated[Path | None, typer.Option(help="write to this file instead of the terminal")] = None,
+) -> None:
+    """Every candidate of one or more runs, ranked, with per-task search and held-out scores."""
+    import sys
+
+    from evomerge.leaderboard import read_board, render
+
+    try:
+        text = render([read_board(d) for d in run_dirs], fmt, sort, desc, top, comparison)
+    except EvomergeError as e:
+        _fail(e)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text)
+        console.print(f"wrote {out}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="run directory")],
+    out: Annotated[Path | None, typer.Option(help="the HTML file (default RUN_DIR/report.html)")] = None,
+    watch: Annotated[bool, typer.Option(help="rewrite the report while the run is live (the page reloads itself)")]
+    = False,
+    every: Annotated[float, typer.Option(help="with --watch: seconds between rewrites", min=1)] = 30.0,
+    screenshot: Annotated[Path | None, typer.Option(help="also save a PNG of the page's top, taken in headless "
+                                                         "Chromium")] = None,
+    width: Annotated[int, typer.Option(help="with --screenshot: the window's width in pixels", min=200)] = 1200,
+    height: Annotated[int, typer.Option(help="with --screenshot: the window's height in pixels", min=200)] = 1600,
+) -> None:
+    """One self-contained HTML page (plots embedded, works offline): progress, leaders, recipe, every candidate."""
+    from evomerge.browser import screenshot as take
+    from evomerge.html_report import watch_report, write_report
+
+    try:
+        path = watch_report(run_dir, out, every, log=console.print) if watch else write_report(run_dir, out)
+        console.print(f"report: {path}")
+        if screenshot is not None:
+            logged = take(path, screenshot, width, height)
+            console.print(f"screenshot: {screenshot}")
+            if logged:
+                raise RunError(f"the page logged {len(logged)} console messages; the first: {logged[0]}")
+    except EvomergeError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
 
 
 @zoo_app.command("build")

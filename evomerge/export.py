@@ -96,39 +96,47 @@ def export_recipe(recipe: Recipe, base: Path, sources: list[Path], out: Path, pr
 
 
 def export_from_run(run_dir: Path, out: Path, rank: int = 1, candidate: str | None = None) -> tuple[Path, str]:
-    """Export the rank-`rank` search candidate of a run (by search objective), or the one labelled `candidate`."""
+    """Export a leaderboard entry of a run: the candidate of rank `rank` (by search objective, as `evomerge
+    leaderboard` ranks them), or the one with id `candidate`; its scores go into the model card."""
     from evomerge.errors import ConfigError
+    from evomerge.leaderboard import read_board
     from evomerge.store import RunDir
 
+    board = read_board(run_dir)
     store = RunDir.open(run_dir).store()
     try:
         meta = store.get_meta("sources")
-        ranked = sorted((e for e in store.evaluations("search") if e.status == "ok"), key=lambda e: -e.objective)
-        name = store.get_meta("config")
     finally:
         store.close()
+    ranked = [c for c in board.candidates if c.rank is not None]
     if meta is None or not ranked:
         raise ConfigError(f"{run_dir}: the run has no successful search evaluation to export yet")
     if candidate is not None:
-        chosen = [e for e in ranked if e.label == candidate]
-        if not chosen:
+        c = board.by_id(candidate)
+        if c is None or c.rank is None:
             raise ConfigError(f"--candidate: no successful candidate {candidate!r} in {run_dir}")
-        ev = chosen[0]
     else:
         if not 1 <= rank <= len(ranked):
             raise ConfigError(f"--rank: expected 1..{len(ranked)}, got {rank}")
-        ev = ranked[rank - 1]
+        c = ranked[rank - 1]
     src = json.loads(meta)
+    split = board.cfg.fitness
     provenance = {
-        "experiment": json.loads(name)["name"], "run directory": str(Path(run_dir).resolve()),
-        "candidate": f"{ev.label} (rank {ranked.index(ev) + 1} of {len(ranked)} by search score)",
-        "search score": f"{ev.objective:.4f} on the {ev.split!r} split, per task {ev.per_task}",
+        "experiment": board.name, "run directory": str(Path(run_dir).resolve()),
+        "candidate": f"{c.id} (rank {c.rank} of {len(ranked)} by search score; generation {c.generation})",
+        "search score": f"{c.objective:.4f} on the {split.search_split!r} split, per task "
+                        + ", ".join(f"{t} {v:.4f}" for t, v in c.search.items()),
     }
-    recipe = parse_recipe(ev.recipe)
+    if c.heldout is not None:
+        provenance["held-out score"] = (f"{c.heldout:.4f} on the {split.heldout_split!r} split, per task "
+                                        + ", ".join(f"{t} {v:.4f}" for t, v in c.heldout_per_task.items()))
+    if c.parents:
+        provenance["parents"] = ", ".join(c.parents)
+    recipe = parse_recipe(json.dumps(c.recipe))
     if isinstance(recipe, FlowRecipe):
-        return export_flow_recipe(recipe, [Path(m) for m in src["models"]], out, provenance), ev.label
+        return export_flow_recipe(recipe, [Path(m) for m in src["models"]], out, provenance), c.id
     path = export_recipe(recipe, Path(src["base"]), [Path(m) for m in src["models"]], out, provenance)
-    return path, ev.label
+    return path, c.id
 
 
 def export_flow_recipe(recipe: FlowRecipe, models: list[Path], out: Path, provenance: dict | None = None) -> Path:

@@ -133,7 +133,8 @@ class FinalReport:
             self.console.print(render_front(results))
         if rescored is not None:
             self.console.print(render_rescored(results))
-        self.console.print(f"written to {self.run_dir / RESULTS_FILE}")
+        self.console.print(f"written to {self.run_dir / RESULTS_FILE}; every candidate: evomerge leaderboard "
+                           f"{self.run_dir}; plots: evomerge report {self.run_dir}")
         return results
 
 

@@ -128,3 +128,16 @@ def render_runs(runs: list[dict], folder: Path) -> Table:
                       str(ev["done"]), str(ev["failed"]), "–" if best is None else f"{best['objective']:.4f}", updated)
     return table
 
+
+
+def watch_status(path: Path, console, every: float = 2.0) -> dict:
+    """The status table kept on screen and refreshed every `every` seconds until the run is finished."""
+    from rich.live import Live
+
+    s = run_status(path)
+    with Live(render_status(s), console=console, refresh_per_second=4, transient=False) as live:
+        while s["state"] != "finished":
+            time.sleep(every)
+            s = run_status(path)
+            live.update(render_status(s))
+    return s

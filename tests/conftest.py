@@ -64,3 +64,47 @@ def write_experiment(path: Path, task_dir: Path, **overrides) -> Path:
     cfg.update(overrides)
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def _poison(nth: set[int]):
+    """monkeypatch.setattr arguments for a Merger that leaves a NaN in the merged model on its nth calls: those
+    candidates are recorded failed (the scorer's logit check catches them), and the run goes on."""
+    import torch
+
+    from evomerge.merge.materialize import Merger
+
+    real, calls = Merger.materialize, {"n": 0}
+
+    def poisoned(self, recipe, model, **kw):
+        real(self, recipe, model, **kw)
+        calls["n"] += 1
+        if calls["n"] in nth:
+            with torch.no_grad():
+                next(p for n, p in model.named_parameters() if n.endswith("norm.weight"))[0] = float("nan")
+    return Merger, "materialize", poisoned
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory, tiny_zoo, tiny_task_dir):
+    """Two real runs: a multi-objective TIES search per layer with one failed candidate, and a short
+    single-objective CMA-ES search of one weight per source."""
+    from rich.console import Console
+
+    from evomerge.runner import Runner
+
+    tmp = tmp_path_factory.mktemp("boards")
+    multi = write_experiment(tmp / "multi.yaml", tiny_task_dir, name="multi",
+                             space={"type": "layer_weights", "operator": "ties", "granularity": "layer"},
+                             optimizer={"type": "random", "generations": 2, "popsize": 4},
+                             fitness={"type": "native", "objective": "per_task", "max_examples": 20,
+                                      "tasks": {t: str(tiny_task_dir / t) for t in ("add", "cipher", "reverse")}},
+                             baselines={"tuned_weights": [0.5]})
+    single = write_experiment(tmp / "single.yaml", tiny_task_dir, name="single",
+                              space={"type": "layer_weights", "operator": "task_arithmetic", "granularity": "model"},
+                              optimizer={"type": "cma", "generations": 2, "popsize": 4},
+                              baselines={"tuned_weights": [0.5]})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(*_poison({3}))
+        Runner(multi, tmp / "multi", console=Console(quiet=True)).run()
+    Runner(single, tmp / "single", console=Console(quiet=True)).run()
+    return tmp / "multi", tmp / "single"
