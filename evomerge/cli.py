@@ -127,7 +127,14 @@ def validate(experiment: Annotated[Path, typer.Argument(help="experiment YAML fi
     from evomerge.config import load_experiment
 
     try:
-        cfg, _ = load_experiment(experiment)
+        cfg, base_dir = load_experiment(experiment)
+        if cfg.fitness.type == "lm_eval":  # task files parse (registry names and data are checked when a run starts)
+            from evomerge.fitness.lm_eval_scorer import TaskSource
+
+            for task in cfg.fitness.tasks:
+                source = cfg.fitness.task_spec(task).source
+                if source.endswith((".yaml", ".yml")):
+                    TaskSource(source, base_dir, None, f"fitness.tasks.{task}")
     except EvomergeError as e:
         _fail(e)
     console.print(f"{experiment}: ok ({cfg.name})")

@@ -84,7 +84,7 @@ def test_every_shipped_experiment_and_preset_validates():
     from evomerge.config import load_experiment
     from tests.conftest import REPO
 
-    for exp in sorted((REPO / "experiments").glob("*.yaml")):
+    for exp in sorted((REPO / "experiments").rglob("*.yaml")):  # templates/ too
         load_experiment(exp)
     for preset in sorted((REPO / "search_spaces").glob("*.yaml")):
         from evomerge.config import SpaceConfig, read_mapping

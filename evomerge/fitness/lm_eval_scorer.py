@@ -225,6 +225,6 @@ class LmEvalScorer:
             if metric not in samples[0]:
                 raise ConfigError(f"fitness.tasks.{ours}.metric: the task has no per-example metric {metric!r} "
                                   f"(it has {sorted(k for k in samples[0] if isinstance(samples[0][k], int | float))})")
-            per_example[ours] = [float(s[metric]) * (check is None or check(s["filtered_resps"][0]))
-                                 for s in samples]
+            # a check reads the raw generation (filters may have cut it down to the final number)
+            per_example[ours] = [float(s[metric]) * (check is None or check(s["resps"][0][0])) for s in samples]
         return _score({t: per_example[t] for t in self.weights}, self.weights)
