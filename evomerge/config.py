@@ -176,6 +176,9 @@ class FitnessConfig(_Strict):
     # end the `rescore_top` best candidates are scored on the whole search split and on the held-out split
     search_subset: PositiveInt | None = None
     rescore_top: int = Field(5, ge=1)
+    # also every N search evaluations (whole generations): the `rescore_top` best so far on the whole search split
+    # (with search_subset) and on the held-out split, kept in results.json as `checkpoints`
+    rescore_every: PositiveInt | None = None
     mode: Literal["teacher_forced", "generate"] = "teacher_forced"
     batch_size: PositiveInt = 128
     max_new_tokens: PositiveInt = 16

@@ -127,6 +127,9 @@ class FinalReport:
             results["pareto_front"] = front
         if rescored is not None:
             results["rescored"] = rescored
+        checkpoints = _checkpoints(store)
+        if checkpoints:
+            results["checkpoints"] = checkpoints
         (self.run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
         self.console.print(render_table(results))
         if front is not None:
@@ -136,6 +139,22 @@ class FinalReport:
         self.console.print(f"written to {self.run_dir / RESULTS_FILE}; every candidate: evomerge leaderboard "
                            f"{self.run_dir}; plots: evomerge report {self.run_dir}")
         return results
+
+
+def _checkpoints(store: RunStore) -> list[dict]:
+    """The periodic re-scores (fitness.rescore_every), oldest first: per checkpoint, the best candidates then, with
+    their search-split (subset) score, whole-search-split score (subset runs) and held-out score."""
+    from evomerge.search import CHECKPOINT_KINDS
+
+    full_kind, held_kind = CHECKPOINT_KINDS
+    search = {e.label: e.objective for e in store.evaluations("search")}
+    full = {(e.generation, e.label): e.objective for e in store.evaluations(full_kind)}
+    out: dict[int, list[dict]] = {}
+    for e in sorted(store.evaluations(held_kind), key=lambda e: (e.generation, e.idx)):
+        out.setdefault(e.generation, []).append({"label": e.label, "search": search.get(e.label),
+                                                 "full_search": full.get((e.generation, e.label)),
+                                                 "heldout": e.objective})
+    return [{"evaluations": n, "top": rows} for n, rows in sorted(out.items())]
 
 
 def _flat(ev: Evaluation) -> list[int]:

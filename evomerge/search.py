@@ -24,6 +24,7 @@ from evomerge.optim import OPTIMIZERS
 from evomerge.recipe import FlowRecipe, Recipe, parse_recipe
 from evomerge.store import EventLog, Evaluation, RunStore, Snapshot
 
+CHECKPOINT_KINDS = ("checkpoint", "checkpoint_heldout")  # periodic re-scores: whole search split, held-out split
 LEADERS = 5  # how many of the best search candidates idle workers re-score on held-out data
 TELEMETRY_EVERY_S = 10.0
 
@@ -172,6 +173,9 @@ class Search:
         if steady is None:
             steady = getattr(self.opt, "steady_state", False) and evaluator.executor.n_workers > 1
         self.steady = steady
+        if steady and cfg.fitness.rescore_every:
+            console.print("[yellow]fitness.rescore_every: a steady-state search re-scores its best candidates at "
+                          "the end only[/]")
         store.set_meta("search_total", str(self.total))
         stored = store.evaluations("search")  # read once: best so far, floor and count come from it
         self.done = len(stored)
@@ -180,6 +184,7 @@ class Search:
         self._floor = [0.0] * cfg.n_objectives
         for ev in stored:
             self._lower_floor(ev)
+        self._checkpoints = {ev.generation for ev in store.evaluations(CHECKPOINT_KINDS[-1])}
 
     # -- shared ----------------------------------------------------------------------------------------------------
     def _job(self, n: int, x: np.ndarray) -> Job:
@@ -271,6 +276,27 @@ class Search:
             self.opt.tell(genomes, self._values([evals[i] for i in range(len(genomes))]))
             self.store.save_snapshot(gen, "told", self.opt.state())
             self.events.emit("generation_told", generation=gen, best=self.best.objective, best_label=self.best.label)
+            self._checkpoint((gen + 1) * self.opt.popsize)
+
+    def _checkpoint(self, done: int) -> None:
+        """Every `fitness.rescore_every` evaluations: the best candidates so far on the whole search split (after a
+        subset search) and on the held-out split, so that a run's record shows when the subset started to fool
+        the search. Stored under the evaluation count reached; scores repeat from the cache, never recomputed."""
+        f = self.cfg.fitness
+        if not f.rescore_every or done // f.rescore_every <= max(self._checkpoints, default=0) // f.rescore_every:
+            return  # no multiple of rescore_every passed since the last checkpoint
+        self._checkpoints.add(done)
+        top = sorted((e for e in self.store.evaluations("search") if e.status == "ok"), key=lambda e: -e.objective)
+        splits = dict(zip(CHECKPOINT_KINDS, (f.full_search_split, f.heldout_split), strict=True))
+        if not f.search_subset:
+            splits.pop(CHECKPOINT_KINDS[0])
+        jobs = [Job(kind, done, i, e.label, split, parse_recipe(e.recipe))
+                for kind, split in splits.items() for i, e in enumerate(top[: f.rescore_top])
+                if self.store.get(kind, done, i, e.label) is None]
+        with self.console.status(f"re-scoring the {len(top[: f.rescore_top])} best after {done} evaluations"):
+            for _ in self.evaluator.evaluate(jobs):
+                pass
+        self.events.emit("checkpoint", evaluations=done, candidates=[e.label for e in top[: f.rescore_top]])
 
     # -- steady-state ----------------------------------------------------------------------------------------------
     def _save_steady(self, asked: int, inflight: dict[int, np.ndarray]) -> None:

@@ -262,3 +262,31 @@ def test_search_on_a_random_subset_is_rechecked_on_the_whole_split(tmp_path, tin
     assert [r["full_search"] for r in rescored] == sorted((r["full_search"] for r in rescored), reverse=True)
     assert results["rows"][0]["label"] == f"evolved ({rescored[0]['label']})"
     assert results["rows"][0]["average"] == rescored[0]["heldout"]
+
+
+def test_periodic_rescoring_every_n_evaluations(tmp_path, tiny_zoo, tiny_task_dir):
+    """fitness.rescore_every: after every 4 evaluations (each generation here) the 2 best so far are scored on the
+    whole search split and on held-out data; results.json keeps each checkpoint, and the final re-scoring of the same
+    candidates comes from the cache."""
+    tasks = {t: str(tiny_task_dir / t) for t in ("add", "cipher", "reverse")}
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_task_dir, baselines={"enabled": False},
+                           optimizer={"type": "cma", "generations": 3, "popsize": 4},
+                           fitness={"type": "native", "tasks": tasks, "search_subset": 10, "rescore_top": 2,
+                                    "rescore_every": 4})
+    results = _run(exp, tmp_path / "run")
+    store = RunDir.open(tmp_path / "run").store()
+    try:
+        search = store.evaluations("search")
+        held = store.evaluations("checkpoint_heldout")
+        final_held = store.evaluations("rescore_heldout")
+    finally:
+        store.close()
+    checkpoints = results["checkpoints"]
+    assert [c["evaluations"] for c in checkpoints] == [4, 8, 12]
+    for c in checkpoints:
+        best_then = sorted(search[: c["evaluations"]], key=lambda e: -e.objective)[:2]
+        assert [r["label"] for r in c["top"]] == [e.label for e in best_then]
+        assert all(r["full_search"] is not None and 0 <= r["heldout"] <= 1 for r in c["top"])
+    assert len(held) == 3 * 2
+    # the last checkpoint saw the final top 2: the end of the run copied their held-out scores
+    assert {e.worker for e in final_held} == {"cache"}
