@@ -127,6 +127,22 @@ def test_language_check_counts_only_answers_that_pass(tmp_path, tiny_zoo, tiny_t
     assert lm.per_example == checked.per_example
 
 
+def test_kept_requests_give_each_candidate_its_own_answers(tmp_path, tiny_zoo, tiny_task_dir):
+    """One scorer reuses lm-eval's built requests across candidates: scoring A, B, A gives A's and B's own scores
+    (responses never carry over), equal to fresh scorers'."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_zoo / "base")
+    models = {n: AutoModelForCausalLM.from_pretrained(tiny_zoo / n).eval() for n in ("add", "reverse")}
+    files = _lm_eval_tasks(tiny_task_dir, tmp_path)
+    cfg = FitnessConfig(type="lm_eval", tasks=files)
+    configs = {t: load_task_config(files[t], "search", t) for t in TASKS}
+    shared = make_scorer(tok, configs, cfg, tmp_path, limit=20)
+    got = [shared.score(models[n]).per_example for n in ("add", "reverse", "add")]
+    fresh = {n: make_scorer(tok, configs, cfg, tmp_path, limit=20).score(m).per_example for n, m in models.items()}
+    assert got == [fresh["add"], fresh["reverse"], fresh["add"]] and fresh["add"] != fresh["reverse"]
+
+
 def test_search_with_lm_eval_fitness(tmp_path, tiny_zoo, tiny_task_dir):
     from evomerge.runner import Runner
 

@@ -160,6 +160,26 @@ def _quiet_bars() -> None:
         module.tqdm = off
 
 
+def _keep_requests(task) -> None:
+    """lm-eval rebuilds a task's requests (templates rendered, few-shot contexts, one Instance per request) on
+    every evaluate() call; they depend on the task and the settings, never on the model. The built instances are
+    kept per settings and reused for every candidate, their responses cleared first."""
+    build, kept = task.build_all_requests, {}
+
+    def build_once(**kw):
+        key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kw.items()
+                           if isinstance(v, str | int | float | bool | list | type(None))))
+        if key not in kept:
+            build(**kw)
+            kept[key] = task._instances
+        task._instances = kept[key]
+        for inst in task._instances:
+            inst.resps.clear()
+            inst.filtered_resps.clear()
+
+    task.build_all_requests = build_once
+
+
 def _metric(cfg: dict) -> str:
     return cfg["metric_list"][0]["metric"] if cfg.get("metric_list") else "acc"
 
@@ -193,6 +213,8 @@ class LmEvalScorer:
                                   f"output_type is {task_configs[ours].get('output_type')!r}")
         # built once: building reads and preprocesses the datasets (seconds for real benchmarks)
         self.task_dict = TaskManager(include_defaults=False).load(list(task_configs.values()))
+        for task in self.task_dict["tasks"].values():
+            _keep_requests(task)
         self._lm = None
         self._model = None
 
