@@ -230,7 +230,7 @@ def _dfs(board: Board) -> str:
                       "space adds one")
     names = board.sources or []
     # [[model, layer], ...] in execution order; models by name where the run knows them
-    steps = [(names[m] if m < len(names) else str(m), int(layer)) for m, layer in path]
+    steps = [(names[m] if isinstance(m, int) and m < len(names) else str(m), int(layer)) for m, layer in path]
     return _img(path_figure(steps, f"{best.id}: {len(steps)} layers"), "the best candidate's layer path")
 
 

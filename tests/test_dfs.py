@@ -162,6 +162,15 @@ def test_ps_then_dfs_end_to_end_with_export(tmp_path, tiny_zoo, tiny_task_dir):
     # the identity row of A is the PS result itself: the same held-out score as the PS run's winner
     ps_rows = json.loads((tmp_path / "ps" / "results.json").read_text())["rows"]
     assert results["rows"][1]["average"] == pytest.approx(ps_rows[0]["average"])
+    # the report draws the winner's path, by model name; the leaderboard summarizes flows
+    from evomerge.html_report import render_report
+    from evomerge.leaderboard import read_board
+
+    board = read_board(tmp_path / "dfs")
+    page = render_report(board)
+    dfs = page[page.index("id='dfs'"):].split("</section>")[0]
+    assert "<img" in dfs and "Left out" not in dfs
+    assert board.candidates[0].operator == "data_flow" and "layers" in board.candidates[0].recipe_summary
     # export the DFS winner and check it against a fresh search-time build
     out, label = export_from_run(tmp_path / "dfs", tmp_path / "dfs_model")
     recipe = parse_recipe((out / "evomerge_recipe.json").read_text())
