@@ -66,8 +66,42 @@ def run(
     """Run (or continue) a search and print the held-out comparison table."""
     from evomerge.runner import Runner
 
+    if _experiment_kind(experiment) == "m2n2_digits":
+        return _run_digits(experiment, run_dir)
     _run(lambda: Runner(experiment, run_dir, console=console, force=force, db=db,
                         executor=_executor_overrides(workers, ray_address)))
+
+
+def _experiment_kind(path: Path) -> str | None:
+    """The top-level `kind:` of an experiment file: absent for merge searches; `m2n2_digits` for the M2N2 paper's
+    digits reproduction, which merges no Hugging Face models and has its own runner."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except yaml.YAMLError:
+        return None  # load_experiment reports it
+    return raw.get("kind") if isinstance(raw, dict) else None
+
+
+def _run_digits(experiment: Path, run_dir: Path | None) -> None:
+    import time
+
+    from evomerge.config import read_mapping
+    from evomerge.m2n2.digits import load_config, run_digits
+
+    try:
+        cfg = load_config(read_mapping(experiment, "experiment file"), str(experiment))
+    except EvomergeError as e:
+        _fail(e)
+    out = run_dir or Path("runs") / cfg.name
+    console.print(f"run directory: {out}")
+    t0 = time.perf_counter()
+    res = run_digits(cfg, out, log=console.print)
+    for key, s in res["summary"].items():
+        console.print(f"{key:28s} test {s['test_mean']:.4f} ± {s['test_std']:.4f} over {s['seeds']} seeds at "
+                      f"{s['forward_passes']} passes ({s['passes_per_s_mean']} passes/s)")
+    console.print(f"{time.perf_counter() - t0:.0f} s; results in {out / 'results.json'}, curves in {out / 'curves.png'}")
 
 
 @app.command()
