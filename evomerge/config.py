@@ -64,6 +64,15 @@ class SpaceConfig(_Strict):
         return v
 
 
+class M2N2Config(_Strict):
+    """M2N2's switches (optimizer.type m2n2); the archive size is optimizer.popsize (default 20)."""
+
+    alpha: float = Field(1.0, ge=0)  # resource-competition exponent; 0: a plain GA
+    attraction: bool = True  # second parent by attraction to the first (else by shared fitness)
+    split_point: bool = True  # crossover with a split point (else one SLERP of the whole models)
+    crossover: bool = True  # else a child is a copy of its first parent
+
+
 class OptimizerConfig(_Strict):
     type: str = "cma"
     generations: PositiveInt = 10
@@ -73,6 +82,7 @@ class OptimizerConfig(_Strict):
     # None: steady-state (a new candidate the moment any result lands) when the optimizer can and there is more
     # than one worker; false: whole generations (exactly reproducible); true: always steady-state
     steady_state: bool | None = None
+    m2n2: M2N2Config = M2N2Config()
 
     @field_validator("type")
     @classmethod
@@ -191,6 +201,13 @@ class ExperimentConfig(_Strict):
         if self.space.operator == "slerp" and len(self.sources.models) != 1:
             raise ValueError(f"space.operator: slerp interpolates between the base and exactly one source; "
                              f"sources.models lists {len(self.sources.models)}")
+        return self
+
+    @model_validator(mode="after")
+    def _mosaic_is_m2n2(self) -> ExperimentConfig:
+        if (self.space.type == "mosaic") != (self.optimizer.type == "m2n2"):
+            raise ValueError(f"space.type {self.space.type!r} with optimizer.type {self.optimizer.type!r}: the "
+                             f"m2n2 optimizer and the mosaic space only work together")
         return self
 
     @property

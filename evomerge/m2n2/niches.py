@@ -119,10 +119,11 @@ class Niches:
 
     # -- breeding --------------------------------------------------------------------------------------------------
     def _pick(self, weights: np.ndarray, fallback: np.ndarray) -> int:
-        total = weights.sum()
-        if not total > 0:  # nobody scores / attracts: fall back (uniform over the candidates)
-            weights, total = fallback.astype(float), fallback.sum()
-        return int(self.rng.choice(len(weights), p=weights / total))
+        """An index drawn with probability ∝ weights, or ∝ fallback where every weight is 0 (the reference code
+        divides by zero there)."""
+        if not weights.sum() > 0:
+            weights = fallback
+        return int(self.rng.choice(len(weights), p=weights / weights.sum()))
 
     def parents(self) -> tuple[int, int]:
         """(A, B): A by shared fitness, B by attraction to A (or again by shared fitness)."""
@@ -133,11 +134,13 @@ class Niches:
             self._shared = competition(self.scores, self.settings.alpha)
         shared = self._shared
         fit = np.where(filled, shared.sum(axis=1), 0.0)
-        a = self._pick(fit, filled)
-        if self.settings.attraction:
-            b = self._pick(np.where(filled, attraction(shared, a), 0.0), filled)
+        if not fit.sum() > 0:  # no member scores anything: uniform over the filled slots
+            fit = filled.astype(float)
+        a = self._pick(fit, fit)
+        if self.settings.attraction:  # nothing attracts a member that is best everywhere: B is then drawn like A
+            b = self._pick(np.where(filled, attraction(shared, a), 0.0), fit)
         else:
-            b = self._pick(fit, filled)
+            b = self._pick(fit, fit)
         return a, b
 
     def breed(self, pool: list | None = None):
