@@ -150,10 +150,15 @@ def runs(folder: Annotated[Path, typer.Argument(help="folder holding run directo
 @app.command()
 def validate(experiment: Annotated[Path, typer.Argument(help="experiment YAML file")]) -> None:
     """Check an experiment file without running it."""
-    from evomerge.config import load_experiment
+    from evomerge.config import load_experiment, read_mapping
 
     try:
-        cfg, _ = load_experiment(experiment)
+        if _experiment_kind(experiment) == "m2n2_digits":
+            from evomerge.m2n2.digits import load_config
+
+            cfg = load_config(read_mapping(experiment, "experiment file"), str(experiment))
+        else:
+            cfg, _ = load_experiment(experiment)
     except EvomergeError as e:
         _fail(e)
     console.print(f"{experiment}: ok ({cfg.name})")
