@@ -208,6 +208,10 @@ class ExperimentConfig(_Strict):
         if (self.space.type == "mosaic") != (self.optimizer.type == "m2n2"):
             raise ValueError(f"space.type {self.space.type!r} with optimizer.type {self.optimizer.type!r}: the "
                              f"m2n2 optimizer and the mosaic space only work together")
+        unused = sorted(self.space.model_fields_set - {"type"})
+        if self.space.type == "mosaic" and unused:
+            raise ValueError(f"space.{unused[0]}: not used by the mosaic space (a mosaic is a linear per-tensor "
+                             f"combination of the sources); remove {unused}")
         return self
 
     @property

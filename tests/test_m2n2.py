@@ -272,6 +272,10 @@ def test_m2n2_needs_the_mosaic_space(tmp_path, tiny_task_dir):
     path = write_experiment(tmp_path / "e.yaml", tiny_task_dir, optimizer={"type": "m2n2"})
     with pytest.raises(ConfigError, match="only work together"):
         load_experiment(path)
+    path = write_experiment(tmp_path / "e.yaml", tiny_task_dir, optimizer={"type": "m2n2"},
+                            space={"type": "mosaic", "operator": "ties"})
+    with pytest.raises(ConfigError, match=r"space\.operator: not used by the mosaic space"):
+        load_experiment(path)
 
 
 @pytest.mark.slow
