@@ -41,6 +41,8 @@ class SpaceConfig(_Strict):
     gamma: float = Field(0.01, ge=0, lt=1)
     epsilon: float = Field(0.15, gt=0, lt=0.5)
     rescale: Literal["inverse", "l1", "none"] | None = None  # None: the operator's default
+    # mosaic only: split points may fall every this many rows inside a tensor (None: between whole tensors)
+    rows: PositiveInt | None = None
 
     @field_validator("type")
     @classmethod
@@ -208,10 +210,12 @@ class ExperimentConfig(_Strict):
         if (self.space.type == "mosaic") != (self.optimizer.type == "m2n2"):
             raise ValueError(f"space.type {self.space.type!r} with optimizer.type {self.optimizer.type!r}: the "
                              f"m2n2 optimizer and the mosaic space only work together")
-        unused = sorted(self.space.model_fields_set - {"type"})
+        unused = sorted(self.space.model_fields_set - {"type", "rows"})
         if self.space.type == "mosaic" and unused:
             raise ValueError(f"space.{unused[0]}: not used by the mosaic space (a mosaic is a linear per-tensor "
                              f"combination of the sources); remove {unused}")
+        if self.space.type != "mosaic" and self.space.rows is not None:
+            raise ValueError("space.rows: only used by the mosaic space (row-level split points)")
         return self
 
     @property

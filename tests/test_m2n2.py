@@ -7,6 +7,7 @@ import json
 import math
 import pickle
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from evomerge.config import M2N2Config, OptimizerConfig
-from evomerge.errors import ConfigError
+from evomerge.errors import ConfigError, MergeError
 from evomerge.m2n2.flat import FlatBackend
 from evomerge.m2n2.niches import Niches, NicheSettings, attraction, competition, shared_fitness, slerp_scales, snap
 from evomerge.merge.materialize import Merger
@@ -178,13 +179,16 @@ def f64_experts(tiny_zoo, tmp_path_factory):
     return dirs[0], dirs[1:]
 
 
-def test_mosaics_materialize_what_a_flat_vector_reference_computes(f64_experts):
+@pytest.mark.parametrize("rows", [None, 7])
+def test_mosaics_materialize_what_a_flat_vector_reference_computes(f64_experts, rows):
     """The same M2N2 run twice: archive members as full flat parameter vectors (the paper's explicit form) and as
-    mosaics; every mosaic, materialized by the merge engine, must equal its flat twin."""
+    mosaics, split points between tensors (rows None) or between blocks of 7 rows; every mosaic, materialized by the
+    merge engine, must equal its flat twin."""
     base, experts = f64_experts
-    space = MosaicSpace(None, len(experts), 0, sources=experts)
+    space = MosaicSpace(SimpleNamespace(rows=rows), len(experts), 0, sources=experts)
+    tensors = list(dict.fromkeys(u.name for u in space.units))
     sds = [load_state_dict(p) for p in experts]
-    flat_sources = [torch.cat([sd[n].reshape(-1) for n in space.names]) for sd in sds]
+    flat_sources = [torch.cat([sd[n].reshape(-1) for n in tensors]) for sd in sds]
     mosaic_be = space.backend()
     flat_be = FlatBackend(mosaic_be.size, boundaries=mosaic_be.boundaries)
     settings = NicheSettings(popsize=6)
@@ -210,13 +214,22 @@ def test_mosaics_materialize_what_a_flat_vector_reference_computes(f64_experts):
     assert replaced >= 5  # the archive really turned over
     pool = SourcePool(base, experts)
     merger = Merger(pool)
-    split_members = 0
+    split_members = inside = 0
+    owner = np.array([tensors.index(u.name) for u in space.units])
     for c, ref in zip(mosaic.members, flat.members, strict=True):
         recipe = space.decode(c.reshape(-1), seed=0)
-        got = torch.cat([merger.merged_tensor(recipe, n).reshape(-1) for n in space.names])
+        got = torch.cat([merger.merged_tensor(recipe, n).reshape(-1) for n in tensors])
         assert torch.allclose(got, ref, rtol=0, atol=1e-12 * float(ref.abs().max())), float((got - ref).abs().max())
         split_members += len({tuple(np.round(r, 12)) for r in c}) > 1
-    assert split_members >= 1  # some member is a real mosaic: different coefficients in different tensors
+        inside += any(len({tuple(np.round(r, 12)) for r in c[owner == t]}) > 1 for t in range(len(tensors)))
+    assert split_members >= 1  # some member is a real mosaic: different coefficients in different units
+    assert (inside >= 1) == (rows is not None)  # with row units, some tensor is itself split between sources
+    if rows is not None:
+        name = tensors[1]
+        broken = recipe.model_copy(update={"groups": {k: v for k, v in recipe.groups.items()
+                                                      if k != space.units[owner.tolist().index(1)].group}})
+        with pytest.raises(MergeError, match=f"row groups of tensor {name}"):
+            merger.merged_tensor(broken, name)
 
 
 def _optimizer(space, seed: int, **m2n2):

@@ -1,16 +1,19 @@
-"""Archive members as mosaics: per tensor ("unit"), a coefficient vector over the K source models.
+"""Archive members as mosaics: per unit (a tensor, or a block of a tensor's rows), a coefficient vector over the
+K source models.
 
 Every descendant of the sources under M2N2's crossover is, tensor by tensor, a linear combination of the sources
 (SLERP and the split point only ever combine two parents' units with two scalars), so a member is a [U, K] matrix C
 and stands for the model whose tensor u is Σₖ C[u, k]·θₖ[u] — never a copy of the weights. SLERP's one global angle
-needs ⟨A, B⟩ = Σᵤ C_A[u]ᵀ Gᵤ C_B[u] only, with Gᵤ[k, l] = ⟨θₖ[u], θₗ[u]⟩ the per-tensor Gram matrices of the
-sources, computed once, streaming one tensor at a time. Splits fall between tensors (DESIGN §6: tensor
-granularity), at the tensor boundary nearest to a split point drawn over all parameters, as the paper draws it.
+needs ⟨A, B⟩ = Σᵤ C_A[u]ᵀ Gᵤ C_B[u] only, with Gᵤ[k, l] = ⟨θₖ[u], θₗ[u]⟩ the per-unit Gram matrices of the
+sources, computed once, streaming one tensor at a time. Splits fall between units (DESIGN §6: tensor or row
+granularity), at the unit boundary nearest to a split point drawn over all parameters, as the paper draws it.
+Units follow the parameters' order: tensors in file order, a tensor's rows top to bottom.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -20,21 +23,51 @@ import torch
 from evomerge.sources import MappedCheckpoint
 
 
-def source_units(path: Path) -> list[tuple[str, int]]:
-    """(name, number of parameters) of every floating-point tensor of a checkpoint, in its file order — the tensors
-    a merge writes (`SourcePool.base` holds the same ones)."""
-    meta = MappedCheckpoint(path).meta
-    return [(n, int(np.prod(m.shape, dtype=np.int64))) for n, m in meta.items() if m.is_floating_point()]
+@dataclass(frozen=True)
+class Unit:
+    """Rows [start, end) of tensor `name` (all of it when rows is None): `size` parameters."""
+
+    name: str
+    start: int
+    end: int
+    size: int
+    whole: bool
+
+    @property
+    def group(self) -> str:
+        """Its group name in a recipe: the tensor's name, or '<name>@<start>:<end>' (granularity 'rows')."""
+        return self.name if self.whole else f"{self.name}@{self.start}:{self.end}"
 
 
-def source_gram(paths: list[Path], names: list[str]) -> np.ndarray:
-    """Gᵤ[k, l] = ⟨θₖ[u], θₗ[u]⟩ for every tensor u (float64, [U, K, K]), reading one tensor of each source at a
+def source_units(path: Path, rows: int | None = None) -> list[Unit]:
+    """The units of every floating-point tensor of a checkpoint, in its file order — the tensors a merge writes
+    (`SourcePool.base` holds the same ones); with `rows`, each tensor cut into blocks of that many rows."""
+    out = []
+    for name, m in MappedCheckpoint(path).meta.items():
+        if not m.is_floating_point():
+            continue
+        shape = tuple(m.shape) or (1,)
+        per_row = int(np.prod(shape[1:], dtype=np.int64))
+        step = shape[0] if rows is None else rows
+        for a in range(0, shape[0], step):
+            b = min(a + step, shape[0])
+            out.append(Unit(name, a, b, (b - a) * per_row, whole=rows is None))
+    return out
+
+
+def source_gram(paths: list[Path], units: list[Unit]) -> np.ndarray:
+    """Gᵤ[k, l] = ⟨θₖ[u], θₗ[u]⟩ for every unit u (float64, [U, K, K]), reading one tensor of each source at a
     time from memory-mapped files."""
     cks = [MappedCheckpoint(p) for p in paths]
-    out = np.empty((len(names), len(paths), len(paths)))
-    for u, name in enumerate(names):
-        stack = torch.stack([ck[name].to(torch.float64).reshape(-1) for ck in cks])
-        out[u] = (stack @ stack.T).numpy()
+    out = np.empty((len(units), len(paths), len(paths)))
+    stack, loaded = None, None
+    for i, u in enumerate(units):
+        if u.name != loaded:  # a tensor's units are consecutive: each tensor is read once
+            stack = torch.stack([ck[u.name].to(torch.float64).reshape(-1) for ck in cks])
+            loaded = u.name
+        per_row = u.size // (u.end - u.start)
+        part = stack[:, u.start * per_row : u.end * per_row]
+        out[i] = (part @ part.T).numpy()
     return out
 
 
