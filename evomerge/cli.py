@@ -64,24 +64,13 @@ def run(
     ray_address: RayAddressOpt = None,
 ) -> None:
     """Run (or continue) a search and print the held-out comparison table."""
+    from evomerge.config import experiment_kind
     from evomerge.runner import Runner
 
-    if _experiment_kind(experiment) == "m2n2_digits":
+    if experiment_kind(experiment) == "m2n2_digits":  # the M2N2 paper's digits reproduction: its own runner
         return _run_digits(experiment, run_dir)
     _run(lambda: Runner(experiment, run_dir, console=console, force=force, db=db,
                         executor=_executor_overrides(workers, ray_address)))
-
-
-def _experiment_kind(path: Path) -> str | None:
-    """The top-level `kind:` of an experiment file: absent for merge searches; `m2n2_digits` for the M2N2 paper's
-    digits reproduction, which merges no Hugging Face models and has its own runner."""
-    import yaml
-
-    try:
-        raw = yaml.safe_load(path.read_text()) if path.is_file() else None
-    except yaml.YAMLError:
-        return None  # load_experiment reports it
-    return raw.get("kind") if isinstance(raw, dict) else None
 
 
 def _run_digits(experiment: Path, run_dir: Path | None) -> None:
@@ -150,10 +139,10 @@ def runs(folder: Annotated[Path, typer.Argument(help="folder holding run directo
 @app.command()
 def validate(experiment: Annotated[Path, typer.Argument(help="experiment YAML file")]) -> None:
     """Check an experiment file without running it."""
-    from evomerge.config import load_experiment, read_mapping
+    from evomerge.config import experiment_kind, load_experiment, read_mapping
 
     try:
-        if _experiment_kind(experiment) == "m2n2_digits":
+        if experiment_kind(experiment) == "m2n2_digits":
             from evomerge.m2n2.digits import load_config
 
             cfg = load_config(read_mapping(experiment, "experiment file"), str(experiment))

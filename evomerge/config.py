@@ -274,6 +274,16 @@ def read_mapping(path: Path, what: str) -> dict:
     return data
 
 
+def experiment_kind(path: Path) -> str | None:
+    """The top-level `kind:` of an experiment file: absent for merge searches; `m2n2_digits` for the M2N2 paper's
+    digits reproduction (`evomerge.m2n2.digits`), which merges no Hugging Face models and has its own runner."""
+    try:
+        raw = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except yaml.YAMLError:
+        return None  # load_experiment reports it
+    return raw.get("kind") if isinstance(raw, dict) else None
+
+
 def load_experiment(path: str | Path) -> tuple[ExperimentConfig, Path]:
     """Parse and validate an experiment file; returns the config and the directory paths are relative to."""
     path = Path(path)
