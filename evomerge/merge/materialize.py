@@ -24,6 +24,7 @@ class Merger:
 
     def __init__(self, pool: SourcePool):
         self.pool = pool
+        self._rows: tuple[Recipe | None, dict] = (None, {})  # the last 'rows' recipe and its parsed groups
 
     def merged_tensor(self, recipe: Recipe, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
         """The merged value of one tensor, written into `out` when given (the live parameter, in place)."""
@@ -59,7 +60,9 @@ class Merger:
         base, deltas = self.pool.base[name], self.pool.stacked[name]
         target = out if out is not None and out.is_contiguous() else torch.empty_like(base)
         covered = 0
-        for a, b, gp in row_groups(recipe).get(name, []):
+        if self._rows[0] is not recipe:  # parsed once per recipe, not once per tensor
+            self._rows = (recipe, row_groups(recipe))
+        for a, b, gp in self._rows[1].get(name, []):
             if a != covered:
                 break
             params = MergeParams(weights=gp.weights, lam=recipe.lam, normalize=recipe.normalize)
@@ -98,11 +101,7 @@ class Merger:
 
 
 def row_groups(recipe: Recipe) -> dict[str, list[tuple[int, int, object]]]:
-    """tensor name -> [(first row, end row, GroupParams)] sorted, from a 'rows' recipe's group names (cached per
-    recipe: materializing one reads every tensor's groups)."""
-    cached = _ROWS_CACHE.get(id(recipe))
-    if cached is not None and cached[0] is recipe:
-        return cached[1]
+    """tensor name -> [(first row, end row, GroupParams)], sorted, from a 'rows' recipe's group names."""
     index: dict[str, list] = {}
     for key, gp in recipe.groups.items():
         name, _, span = key.rpartition("@")
@@ -113,9 +112,4 @@ def row_groups(recipe: Recipe) -> dict[str, list[tuple[int, int, object]]]:
             raise MergeError(f"group {key!r}: granularity 'rows' expects groups named '<tensor>@<first>:<end>'") from None
     for spans in index.values():
         spans.sort(key=lambda s: s[0])
-    _ROWS_CACHE.clear()  # one recipe at a time: a worker materializes recipes one after another
-    _ROWS_CACHE[id(recipe)] = (recipe, index)
     return index
-
-
-_ROWS_CACHE: dict[int, tuple[Recipe, dict]] = {}
