@@ -64,10 +64,33 @@ def run(
     ray_address: RayAddressOpt = None,
 ) -> None:
     """Run (or continue) a search and print the held-out comparison table."""
+    from evomerge.config import experiment_kind
     from evomerge.runner import Runner
 
+    if experiment_kind(experiment) == "m2n2_digits":  # the M2N2 paper's digits reproduction: its own runner
+        return _run_digits(experiment, run_dir)
     _run(lambda: Runner(experiment, run_dir, console=console, force=force, db=db,
                         executor=_executor_overrides(workers, ray_address)))
+
+
+def _run_digits(experiment: Path, run_dir: Path | None) -> None:
+    import time
+
+    from evomerge.config import read_mapping
+    from evomerge.m2n2.digits import load_config, run_digits
+
+    try:
+        cfg = load_config(read_mapping(experiment, "experiment file"), str(experiment))
+    except EvomergeError as e:
+        _fail(e)
+    out = run_dir or Path("runs") / cfg.name
+    console.print(f"run directory: {out}")
+    t0 = time.perf_counter()
+    res = run_digits(cfg, out, log=console.print)
+    for key, s in res["summary"].items():
+        console.print(f"{key:28s} test {s['test_mean']:.4f} ± {s['test_std']:.4f} over {s['seeds']} seeds at "
+                      f"{s['forward_passes']} passes ({s['passes_per_s_mean']} passes/s)")
+    console.print(f"{time.perf_counter() - t0:.0f} s; results in {out / 'results.json'}, curves in {out / 'curves.png'}")
 
 
 @app.command()
@@ -124,17 +147,22 @@ def runs(folder: Annotated[Path, typer.Argument(help="folder holding run directo
 @app.command()
 def validate(experiment: Annotated[Path, typer.Argument(help="experiment YAML file")]) -> None:
     """Check an experiment file without running it."""
-    from evomerge.config import load_experiment
+    from evomerge.config import experiment_kind, load_experiment, read_mapping
 
     try:
-        cfg, base_dir = load_experiment(experiment)
-        if cfg.fitness.type == "lm_eval":  # task files parse (registry names and data are checked when a run starts)
-            from evomerge.fitness.lm_eval_scorer import TaskSource
+        if experiment_kind(experiment) == "m2n2_digits":
+            from evomerge.m2n2.digits import load_config
 
-            for task in cfg.fitness.tasks:
-                source = cfg.fitness.task_spec(task).source
-                if source.endswith((".yaml", ".yml")):
-                    TaskSource(source, base_dir, None, f"fitness.tasks.{task}")
+            cfg = load_config(read_mapping(experiment, "experiment file"), str(experiment))
+        else:
+            cfg, base_dir = load_experiment(experiment)
+            if cfg.fitness.type == "lm_eval":  # task files parse (registry names and data: when a run starts)
+                from evomerge.fitness.lm_eval_scorer import TaskSource
+
+                for task in cfg.fitness.tasks:
+                    source = cfg.fitness.task_spec(task).source
+                    if source.endswith((".yaml", ".yml")):
+                        TaskSource(source, base_dir, None, f"fitness.tasks.{task}")
     except EvomergeError as e:
         _fail(e)
     console.print(f"{experiment}: ok ({cfg.name})")

@@ -65,6 +65,8 @@ class SpaceConfig(_Strict):
     epsilon: float = Field(0.15, gt=0, lt=0.5)
     rescale: Literal["inverse", "l1", "none"] | None = None  # None: the operator's default
     flow: FlowSpaceConfig | None = None  # data_flow: its settings (defaults when left out)
+    # mosaic only: split points may fall every this many rows inside a tensor (None: between whole tensors)
+    rows: PositiveInt | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -101,6 +103,15 @@ class SpaceConfig(_Strict):
         return v
 
 
+class M2N2Config(_Strict):
+    """M2N2's switches (optimizer.type m2n2); the archive size is optimizer.popsize (default 20)."""
+
+    alpha: float = Field(1.0, ge=0)  # resource-competition exponent; 0: a plain GA
+    attraction: bool = True  # second parent by attraction to the first (else by shared fitness)
+    split_point: bool = True  # crossover with a split point (else one SLERP of the whole models)
+    crossover: bool = True  # else a child is a copy of its first parent
+
+
 class OptimizerConfig(_Strict):
     type: str = "cma"
     generations: PositiveInt = 10
@@ -110,6 +121,7 @@ class OptimizerConfig(_Strict):
     # None: steady-state (a new candidate the moment any result lands) when the optimizer can and there is more
     # than one worker; false: whole generations (exactly reproducible); true: always steady-state
     steady_state: bool | None = None
+    m2n2: M2N2Config = M2N2Config()
 
     @field_validator("type")
     @classmethod
@@ -293,6 +305,19 @@ class ExperimentConfig(_Strict):
                              f"sources.models lists {len(self.sources.models)}")
         return self
 
+    @model_validator(mode="after")
+    def _mosaic_is_m2n2(self) -> ExperimentConfig:
+        if (self.space.type == "mosaic") != (self.optimizer.type == "m2n2"):
+            raise ValueError(f"space.type {self.space.type!r} with optimizer.type {self.optimizer.type!r}: the "
+                             f"m2n2 optimizer and the mosaic space only work together")
+        unused = sorted(self.space.model_fields_set - {"type", "rows"})
+        if self.space.type == "mosaic" and unused:
+            raise ValueError(f"space.{unused[0]}: not used by the mosaic space (a mosaic is a linear per-tensor "
+                             f"combination of the sources); remove {unused}")
+        if self.space.type != "mosaic" and self.space.rows is not None:
+            raise ValueError("space.rows: only used by the mosaic space (row-level split points)")
+        return self
+
     @property
     def n_objectives(self) -> int:
         return len(self.fitness.tasks) if self.fitness.objective == "per_task" else 1
@@ -352,6 +377,16 @@ def read_mapping(path: Path, what: str) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{what}: {path} must hold a YAML mapping of fields")
     return data
+
+
+def experiment_kind(path: Path) -> str | None:
+    """The top-level `kind:` of an experiment file: absent for merge searches; `m2n2_digits` for the M2N2 paper's
+    digits reproduction (`evomerge.m2n2.digits`), which merges no Hugging Face models and has its own runner."""
+    try:
+        raw = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except yaml.YAMLError:
+        return None  # load_experiment reports it
+    return raw.get("kind") if isinstance(raw, dict) else None
 
 
 def load_experiment(path: str | Path) -> tuple[ExperimentConfig, Path]:

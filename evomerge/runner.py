@@ -316,7 +316,9 @@ class Runner:
                 self.console.print("[yellow]task vectors do not fit in memory: reading sources from memory-mapped "
                                    "files for every merge (slower)[/]")
             self.names = [model_name(Path(m)) for m in models]
-            space = SPACES[cfg.space.type](cfg.space, *executor.shape)
+            space_cls = SPACES[cfg.space.type]
+            extra = {"sources": models} if getattr(space_cls, "needs_sources", False) else {}  # the mosaic space
+            space = space_cls(cfg.space, *executor.shape, **extra)
             Search(cfg, store, self.evaluator, space, self.console, self.events, self.run_dir).run(snapshot)
             results = FinalReport(cfg, self.evaluator, self.names, self.console, self.run_dir,
                                   executor.shape).run(store)

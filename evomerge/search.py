@@ -165,9 +165,13 @@ class Search:
         self.cfg, self.store, self.evaluator, self.space = cfg, store, evaluator, space
         self.console, self.events, self.run_dir = console, events, run_dir
         oc = cfg.optimizer
-        start = {"x0": space.x0} if hasattr(space, "x0") else {}  # a space may know where a search should start
-        self.opt = OPTIMIZERS[oc.type](oc, space.dim, seed=cfg.seed, n_objectives=cfg.n_objectives,
-                                       steps=getattr(space, "steps", None), **start)
+        cls = OPTIMIZERS[oc.type]
+        extra = {"space": space} if getattr(cls, "needs_space", False) else {}
+        if hasattr(space, "x0"):  # a space may know where a search should start
+            extra["x0"] = space.x0
+        self.opt = cls(oc, space.dim, seed=cfg.seed, n_objectives=cfg.n_objectives,
+                       steps=getattr(space, "steps", None), **extra)
+        self._examples = getattr(cls, "wants_examples", False)  # M2N2 learns from per-example scores
         self.total = oc.generations * self.opt.popsize
         steady = oc.steady_state
         if steady is None:
@@ -218,6 +222,12 @@ class Search:
         than anything seen (0 for accuracies)."""
         out = [self._objectives(e) if e.status == "ok" else self._floor for e in evals]
         return [v[0] for v in out] if self.cfg.n_objectives == 1 else [tuple(v) for v in out]
+
+    def _example_row(self, ev: Evaluation) -> list[float] | None:
+        """The per-example scores of an evaluation, task after task in the config's order (None: it failed)."""
+        if ev.status != "ok":
+            return None
+        return [float(v) for t in self.cfg.fitness.tasks for v in ev.per_example[t]]
 
     def run(self, snap: Snapshot | None) -> None:
         if snap is not None:
@@ -273,7 +283,11 @@ class Search:
             if all(evals[i].status != "ok" for i in evals):
                 raise RunError(f"every candidate of generation {gen + 1} failed; first error: "
                                f"{evals[0].error.splitlines()[0]}")
-            self.opt.tell(genomes, self._values([evals[i] for i in range(len(genomes))]))
+            told = [evals[i] for i in range(len(genomes))]
+            if self._examples:
+                self.opt.tell(genomes, self._values(told), [self._example_row(e) for e in told])
+            else:
+                self.opt.tell(genomes, self._values(told))
             self.store.save_snapshot(gen, "told", self.opt.state())
             self.events.emit("generation_told", generation=gen, best=self.best.objective, best_label=self.best.label)
             self._checkpoint((gen + 1) * self.opt.popsize)
@@ -350,7 +364,10 @@ class Search:
             self._tell(n, hit, inflight, asked)
 
     def _tell(self, n: int, ev: Evaluation, inflight: dict[int, np.ndarray], asked: int) -> None:
-        self.opt.tell_one(inflight.pop(n), self._values([ev])[0])
+        if self._examples:
+            self.opt.tell_one(inflight.pop(n), self._values([ev])[0], self._example_row(ev))
+        else:
+            self.opt.tell_one(inflight.pop(n), self._values([ev])[0])
         self._save_steady(asked, inflight)
 
 

@@ -32,9 +32,11 @@ def block_index(name: str) -> int | None:
 
 
 def layer_group(name: str, granularity: str | int, n_blocks: int) -> str:
-    """The group a tensor belongs to: 'all' | 'embed' | 'head' | 'layers.<a>-<b>'."""
+    """The group a tensor belongs to: 'all' | 'embed' | 'head' | 'layers.<a>-<b>' | (granularity 'tensor') its name."""
     if granularity == "model":
         return "all"
+    if granularity == "tensor":
+        return name
     idx = block_index(name)
     if idx is None:
         return "embed" if _EMBED.search(name) else "head"

@@ -10,7 +10,8 @@ from evomerge.config import OptimizerConfig
 from evomerge.optim import OPTIMIZERS
 from evomerge.optim.pareto import dominates, pareto_front
 
-NAMES = sorted(OPTIMIZERS)
+# optimizers over a genome alone; m2n2 also needs its mosaic space and per-example scores (tests/test_m2n2.py)
+NAMES = sorted(n for n in OPTIMIZERS if not getattr(OPTIMIZERS[n], "needs_space", False))
 TARGET = np.array([0.2, 0.8, 0.35, 0.6, 0.5])
 STEPS = np.array([0.0, 1.0, 0.25])  # continuous, binary, five levels
 GRID_TARGET = np.array([0.35, 1.0, 0.75])  # on the grid of STEPS

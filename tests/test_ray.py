@@ -86,13 +86,15 @@ def test_a_killed_actor_is_replaced_and_no_evaluation_is_lost(tmp_path, tiny_zoo
     assert [e["worker"] for e in started] == ["ray-0", "ray-1", "ray-2"]
 
 
-def test_steady_state_search_keeps_workers_busy_and_resumes(tmp_path, tiny_zoo, tiny_task_dir, monkeypatch):
-    """Random search, steady-state on two actors: a stop in the middle is resumed without losing or recomputing an
-    evaluation, and the candidates asked before the stop go out again."""
+@pytest.mark.parametrize("optimizer", ["tpe", "m2n2"])
+def test_steady_state_search_keeps_workers_busy_and_resumes(tmp_path, tiny_zoo, tiny_task_dir, monkeypatch, optimizer):
+    """TPE, and M2N2 over mosaics, steady-state on two actors: a stop in the middle is resumed without losing or
+    recomputing an evaluation, and the candidates asked before the stop go out again."""
     from evomerge.search import Evaluator
 
+    space = {"space": {"type": "mosaic"}} if optimizer == "m2n2" else {}
     exp = write_experiment(tmp_path / "exp.yaml", tiny_task_dir, executor=RAY, baselines={"enabled": False},
-                           optimizer={"type": "tpe", "generations": 4, "popsize": 4})
+                           optimizer={"type": optimizer, "generations": 4, "popsize": 4}, **space)
     real, seen = Evaluator.record, {"n": 0}
 
     def stopping(self, ev):

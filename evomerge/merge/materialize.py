@@ -24,6 +24,7 @@ class Merger:
 
     def __init__(self, pool: SourcePool):
         self.pool = pool
+        self._rows: tuple[Recipe | None, dict] = (None, {})  # the last 'rows' recipe and its parsed groups
 
     def merged_tensor(self, recipe: Recipe, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
         """The merged value of one tensor, written into `out` when given (the live parameter, in place)."""
@@ -31,6 +32,8 @@ class Merger:
             op = OPERATORS[recipe.operator]
         except KeyError:
             raise MergeError(f"unknown operator {recipe.operator!r}; expected one of {sorted(OPERATORS)}") from None
+        if recipe.granularity == "rows":
+            return self._merged_rows(op, recipe, name, out)
         group = layer_group(name, recipe.granularity, self.pool.n_blocks)
         try:
             params = recipe.groups[group]
@@ -48,6 +51,29 @@ class Merger:
                              normalize=recipe.normalize, rescale=recipe.rescale, gamma=recipe.gamma,
                              epsilon=recipe.epsilon)
         return op.merge(inputs, params, out=out)
+
+    def _merged_rows(self, op, recipe: Recipe, name: str, out: torch.Tensor | None) -> torch.Tensor:
+        """Granularity 'rows' (M2N2's row-level mosaics): groups named '<tensor>@<first row>:<end row>', each merged
+        on its rows; together they must cover the tensor's rows. Linear and task arithmetic only."""
+        if recipe.operator not in ("linear", "task_arithmetic"):
+            raise MergeError(f"granularity 'rows' supports linear and task_arithmetic, not {recipe.operator!r}")
+        base, deltas = self.pool.base[name], self.pool.stacked[name]
+        target = out if out is not None and out.is_contiguous() else torch.empty_like(base)
+        covered = 0
+        if self._rows[0] is not recipe:  # parsed once per recipe, not once per tensor
+            self._rows = (recipe, row_groups(recipe))
+        for a, b, gp in self._rows[1].get(name, []):
+            if a != covered:
+                break
+            params = MergeParams(weights=gp.weights, lam=recipe.lam, normalize=recipe.normalize)
+            op.merge(TensorInputs(base=base[a:b], deltas=deltas[:, a:b]), params, out=target[a:b])
+            covered = b
+        if covered != base.shape[0]:
+            raise MergeError(f"recipe's row groups of tensor {name} do not cover its rows 0:{base.shape[0]} "
+                             f"in order (stopped at row {covered})")
+        if out is not None and target is not out:
+            out.copy_(target)
+        return target if out is None else out
 
     def _generator(self, seed: int, name: str) -> torch.Generator:
         # the pool's device, not pool.base[name].device: a streaming pool would read the tensor from disk for it
@@ -72,3 +98,18 @@ class Merger:
         for name in self.pool.base:
             if not torch.isfinite(live[name]).all():
                 raise MergeError(f"merge produced NaN/Inf in tensor {name}")
+
+
+def row_groups(recipe: Recipe) -> dict[str, list[tuple[int, int, object]]]:
+    """tensor name -> [(first row, end row, GroupParams)], sorted, from a 'rows' recipe's group names."""
+    index: dict[str, list] = {}
+    for key, gp in recipe.groups.items():
+        name, _, span = key.rpartition("@")
+        a, _, b = span.partition(":")
+        try:
+            index.setdefault(name, []).append((int(a), int(b), gp))
+        except ValueError:
+            raise MergeError(f"group {key!r}: granularity 'rows' expects groups named '<tensor>@<first>:<end>'") from None
+    for spans in index.values():
+        spans.sort(key=lambda s: s[0])
+    return index

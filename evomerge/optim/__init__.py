@@ -30,11 +30,15 @@
 
 Optimizers: `cma`, `sep_cma` (CMA-ES, continuous, one objective), `cma_wm` (CMA-ES with margin, for discrete genes,
 one objective), all three in whole generations only; `tpe`, `gp`, `nsga2` (Optuna samplers, discrete genes, any
-number of objectives, steady-state too), `random` (the baseline, anything, steady-state too). `pareto_front`
+number of objectives, steady-state too), `random` (the baseline, anything, steady-state too), `m2n2` (M2N2 over
+the mosaic space only, one objective, steady-state too; it learns from per-example scores: classes with
+`wants_examples` take `tell(genomes, values, examples)` / `tell_one(genome, value, examples)`, and classes with
+`needs_space` are constructed with `space=` the search space). `pareto_front`
 (`evomerge.optim.pareto`) picks the non-dominated points of a multi-objective run.
 """
 
 from evomerge.optim.cma import CMAOptimizer, CMAwMOptimizer, SepCMAOptimizer
+from evomerge.optim.m2n2 import M2N2Optimizer
 from evomerge.optim.optuna_opt import GPOptimizer, NSGA2Optimizer, TPEOptimizer
 from evomerge.optim.random_search import RandomSearch
 
@@ -46,4 +50,5 @@ OPTIMIZERS = {
     "gp": GPOptimizer,
     "nsga2": NSGA2Optimizer,
     "random": RandomSearch,
+    "m2n2": M2N2Optimizer,
 }

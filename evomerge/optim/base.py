@@ -123,6 +123,7 @@ class Optimizer:
 
     def _not_steady(self, what: str) -> NotImplementedError:
         alts = optimizer_names(lambda c: getattr(c, "steady_state", False)
+                      and not getattr(c, "needs_space", False)  # m2n2: its own space, not a drop-in
                       and fits(c, self.n_objectives, bool(np.any(self.steps > 0))))
         return NotImplementedError(f"{what}: {self._name()} works in whole generations (ask/tell) only; for "
                                    f"steady-state ask_one/tell_one use one of {alts}")
