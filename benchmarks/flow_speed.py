@@ -11,26 +11,15 @@ in the same run.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from timing import median_seconds  # benchmarks/timing.py (scripts run from benchmarks/)
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from evomerge.flow import FlowModels, export_flow
 from evomerge.recipe import FlowRecipe
-
-
-def _median_seconds(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -59,9 +48,9 @@ def main() -> None:
         ids = torch.randint(3, cfg.vocab_size, (args.batch, 24))
         gen = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
         with torch.no_grad():
-            build_s = _median_seconds(lambda: flow.build(recipe), args.reps)
-            flow_s = _median_seconds(lambda: model.generate(ids, **gen), args.reps)
-            anchor_s = _median_seconds(lambda: anchor.generate(ids, **gen), args.reps)
+            build_s = median_seconds(lambda: flow.build(recipe), args.reps)
+            flow_s = median_seconds(lambda: model.generate(ids, **gen), args.reps)
+            anchor_s = median_seconds(lambda: anchor.generate(ids, **gen), args.reps)
             same = torch.equal(model.generate(ids, **gen), anchor.generate(ids, **gen))
     tokens = args.batch * args.new_tokens
     print(f"path of {len(path)} steps (3 layers used twice), batch {args.batch}, {args.new_tokens} new tokens")

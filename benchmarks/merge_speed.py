@@ -11,7 +11,6 @@ computed during the warm-up, once per source, as in a search). Ratios compare fi
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import threading
 import time
@@ -19,21 +18,12 @@ from pathlib import Path
 
 import psutil
 import torch
+from timing import median_seconds  # benchmarks/timing.py (scripts run from benchmarks/)
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from evomerge.merge.materialize import Merger
 from evomerge.recipe import Recipe
 from evomerge.sources import SourcePool
-
-
-def _timed(fn, reps: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def peak_extra_bytes(fn) -> int:
@@ -99,7 +89,7 @@ def main() -> None:
             "dare_ties": Recipe(operator="dare_ties", groups={"all": {"weights": w, "densities": (0.5, 0.4, 0.6)}}),
         }
         # as in a search: NaN/Inf are caught at the logits, so no separate scan of the weights
-        ours = {name: _timed(lambda r=r: merger.materialize(r, live, check_finite=False), args.reps)
+        ours = {name: median_seconds(lambda r=r: merger.materialize(r, live, check_finite=False), args.reps)
                 for name, r in recipes.items()}
 
         largest = max(v.numel() * v.element_size() for v in pool.base.values())
@@ -115,7 +105,7 @@ def main() -> None:
             for k, b in pool.base.items():
                 torch.addmv(b.reshape(-1), stacked[k].t(), wt, out=out[k])
 
-        floor_s = _timed(floor, args.reps)
+        floor_s = median_seconds(floor, args.reps)
 
         from mergekit.merge_methods.api import merge_state_dicts
 
@@ -135,7 +125,7 @@ def main() -> None:
             if name != "linear":  # linear merges the models themselves; the others merge task vectors onto a base
                 models, base = {"base": sds[0], **models}, "base"
             per_input = {key: dict(zip(ids, vals, strict=True)) for key, vals in params.items()}
-            theirs[name] = _timed(lambda m=models, b=base, n=name, p=per_input: merge_state_dicts(m, n, base=b, parameters=p),
+            theirs[name] = median_seconds(lambda m=models, b=base, n=name, p=per_input: merge_state_dicts(m, n, base=b, parameters=p),
                                   1 if name == "ties" else args.reps)
 
         gbytes = 5 * n_params * 4 / 1e9  # task arithmetic reads base + 3 task vectors, writes 1

@@ -144,6 +144,12 @@ class Optimizer:
     def tell(self, genomes: list[np.ndarray], values: list) -> None:
         raise NotImplementedError
 
+    def _no_generation_out(self, what: str) -> None:
+        """Steady-state optimizers that also ask whole generations: the two modes do not interleave."""
+        if getattr(self, "_generation_out", False):
+            raise RuntimeError(f"{what}: the genomes of the last ask() are not told yet; tell them first (whole "
+                               "generations and steady-state do not interleave)")
+
     def ask_one(self) -> np.ndarray:
         """One genome (steady-state optimizers only), outstanding until `tell_one`."""
         raise self._not_steady("ask_one")

@@ -80,9 +80,7 @@ class M2N2Optimizer(Optimizer):
 
     # -- steady-state ----------------------------------------------------------------------------------------------
     def ask_one(self) -> np.ndarray:
-        if self._generation_out:
-            raise RuntimeError("ask_one: the genomes of the last ask() are not told yet; tell them first (whole "
-                               "generations and steady-state do not interleave)")
+        self._no_generation_out("ask_one")
         x = self._next()
         self._outstanding.append(x)
         return x.copy()

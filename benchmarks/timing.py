@@ -1,0 +1,16 @@
+"""Shared by the benchmarks: the median wall time of a call after a warm-up."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+
+def median_seconds(fn, reps: int) -> float:
+    fn()  # warm-up: first-call costs (allocation, compilation, caches) are not per-call costs
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
