@@ -119,7 +119,11 @@ def resume(
     ray_address: RayAddressOpt = None,
 ) -> None:
     """Continue a stopped run with the experiment config it was started with."""
+    from evomerge.blackbox.runner import BlackboxRunner, is_blackbox_run
     from evomerge.runner import Runner
+
+    if is_blackbox_run(run_dir):
+        return _run(lambda: BlackboxRunner.resume(run_dir, console=console))
 
     _run(lambda: Runner.resume(run_dir, console=console, executor=_executor_overrides(workers, ray_address)))
 
@@ -158,10 +162,11 @@ def runs(folder: Annotated[Path, typer.Argument(help="folder holding run directo
 @app.command()
 def validate(experiment: Annotated[Path, typer.Argument(help="experiment YAML file")]) -> None:
     """Check an experiment file without running it."""
+    from evomerge.blackbox.config import is_blackbox, load_blackbox
     from evomerge.config import load_experiment
 
     try:
-        cfg, _ = load_experiment(experiment)
+        cfg, _ = (load_blackbox if is_blackbox(experiment) else load_experiment)(experiment)
     except EvomergeError as e:
         _fail(e)
     console.print(f"{experiment}: ok ({cfg.name})")

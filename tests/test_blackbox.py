@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -204,24 +205,54 @@ def test_completions_follow_the_openai_shape_and_match_accuracy(service, tiny_ta
     assert [ch["text"] == e["answer"] for ch, e in zip(out["choices"], ex, strict=True)] == correct
 
 
-def test_client_retries_transient_errors_but_not_bad_requests():
-    calls = []
+@pytest.fixture
+def flaky_server():
+    """A real HTTP server on loopback that answers from a script: [(delay_s, status, body), ...], then 200."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        calls.append(request.url.path)
-        if len(calls) <= 2:
-            return httpx.Response(503, json={"detail": {"code": "busy", "message": "try later"}})
-        return httpx.Response(200, json={"loss": 1.5, "n": 1, "budget_left": 9})
+    script, seen = [], []
 
-    c = MergeClient("http://127.0.0.1:1", "t", backoff_s=0.001)
-    c._http = httpx.Client(base_url=c.url, transport=httpx.MockTransport(handler))
-    assert c.evaluate([1.0], [1.0], [{"prompt": "1+1=", "answer": "2"}])["loss"] == 1.5
-    assert len(calls) == 3 and c.retried == 2 and c.queries == 1
-    c._http = httpx.Client(base_url=c.url, transport=httpx.MockTransport(
-        lambda r: httpx.Response(422, json={"detail": {"message": "alpha: bad"}})))
-    with pytest.raises(ServiceError, match="HTTP 422: alpha: bad"):
-        c.evaluate([1.0], [1.0], [{"prompt": "1+1=", "answer": "2"}])
-    assert c.retried == 2  # no retry of a 4xx other than 429
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 — the stdlib's name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(self.path)
+            delay, status, body = script.pop(0) if script else (0, 200, {"loss": 1.5, "n": 1, "budget_left": 9})
+            time.sleep(delay)
+            data = json.dumps(body).encode()
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except OSError:  # the client gave up (time-out) before the answer
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", script, seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_client_retries_transient_errors_but_not_bad_requests(flaky_server):
+    url, script, seen = flaky_server
+    ex = [{"prompt": "1+1=", "answer": "2"}]
+    busy = {"detail": {"code": "busy", "message": "try later"}}
+    script += [(0, 503, busy), (0.6, 200, {}), (0, 429, busy)]  # a 5xx, a time-out, a rate limit, then the answer
+    with MergeClient(url, "t", backoff_s=0.001, timeout_s=0.3) as c:
+        assert c.evaluate([1.0], [1.0], ex)["loss"] == 1.5
+        assert len(seen) == 4 and c.retried == 3 and c.queries == 1
+        script.append((0, 422, {"detail": {"code": "invalid_request", "message": "alpha: bad"}}))
+        with pytest.raises(ServiceError, match="HTTP 422: alpha: bad"):
+            c.evaluate([1.0], [1.0], ex)
+        assert len(seen) == 5  # a 4xx other than 429 is not retried
+        script += [(0, 503, busy)] * 3
+        with pytest.raises(ServiceError, match="failed after 3 attempts .*HTTP 503: try later"):
+            MergeClient(url, "t", retries=2, backoff_s=0.001).evaluate([1.0], [1.0], ex)
 
 
 # -- a whole run that cannot read the adapters ---------------------------------------------------------------------
@@ -245,8 +276,8 @@ def _experiment(path: Path, task_dir: Path, url: str, token_file: Path) -> Path:
 @pytest.mark.skipif(not _can_unshare(), reason="needs a mount namespace (root, unshare) to hide the adapters")
 def test_run_as_a_process_that_cannot_read_the_adapters(service, tiny_lora, evomerge_home, tiny_task_dir, tmp_path):
     """`evomerge run` in a mount namespace where the whole model store (zoo + LoRA repository) is an empty tmpfs:
-    the search still runs — it only ever talks HTTP — and the token appears nowhere in the run directory. A second
-    run of the same experiment resumes from the store and sends no query."""
+    the search still runs — it only ever talks HTTP — and the token appears nowhere in the run directory. `evomerge resume`
+    then replays the run from its store and sends no query."""
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     exp = _experiment(tmp_path / "bb.yaml", tiny_task_dir, service, token_file)
@@ -278,7 +309,7 @@ def test_run_as_a_process_that_cannot_read_the_adapters(service, tiny_lora, evom
             assert TOKEN.encode() not in f.read_bytes(), f"the token leaked into {f}"
 
     before = budget()
-    r = subprocess.run([sys.executable, "-m", "evomerge.cli", "run", str(exp), "--run-dir", str(run_dir)],
+    r = subprocess.run([sys.executable, "-m", "evomerge.cli", "resume", str(run_dir)],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert budget() == before  # every answer came from the store
@@ -299,3 +330,23 @@ def test_failed_queries_are_recorded_and_the_run_reports(service, tiny_task_dir,
     failed = [e for e in store.evaluations() if e.status == "failed"]
     store.close()
     assert failed and "budget" in failed[0].error
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda c: c["service"].update(launch="none"), "service.url: launch none needs the URL"),
+    (lambda c: c["stages"].update(popsize=0), "stages.popsize: Input should be greater than 0"),
+    (lambda c: c.update(ablations=["no_scale"]), "ablations[0]"),
+    (lambda c: c["data"].update(tasks={}), "data.tasks"),
+])
+def test_bad_blackbox_experiment_is_named(tmp_path, edit, expected):
+    from typer.testing import CliRunner
+
+    from evomerge.cli import app
+
+    cfg = yaml.safe_load((REPO / "experiments" / "blackbox_lora.yaml").read_text())
+    cfg["data"]["tasks"] = {t: str(REPO / "fitness" / "zoo" / t) for t in cfg["data"]["tasks"]}
+    edit(cfg)
+    path = tmp_path / "bb.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2 and expected in result.stderr, result.stderr

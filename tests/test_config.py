@@ -84,8 +84,10 @@ def test_every_shipped_experiment_and_preset_validates():
     from evomerge.config import load_experiment
     from tests.conftest import REPO
 
+    from evomerge.blackbox.config import is_blackbox, load_blackbox
+
     for exp in sorted((REPO / "experiments").glob("*.yaml")):
-        load_experiment(exp)
+        (load_blackbox if is_blackbox(exp) else load_experiment)(exp)
     for preset in sorted((REPO / "search_spaces").glob("*.yaml")):
         from evomerge.config import SpaceConfig, read_mapping
 

@@ -42,14 +42,42 @@ class BudgetSpent(Exception):
     pass
 
 
+def is_blackbox_run(run_dir: Path) -> bool:
+    """Whether a run directory holds a black-box run (its store says kind: blackbox)."""
+    if not RunDir.exists(run_dir):
+        return False
+    store = RunDir.open(run_dir).store()
+    try:
+        return store.get_meta("kind") == "blackbox"
+    finally:
+        store.close()
+
+
 class BlackboxRunner:
-    def __init__(self, experiment: str | Path, run_dir: str | Path | None = None, console: Console | None = None,
-                 force: bool = False):
+    def __init__(self, experiment: str | Path | None, run_dir: str | Path | None = None,
+                 console: Console | None = None, force: bool = False):
         self.console = console or Console()
         self.force = force
-        self.experiment_text = Path(experiment).read_text()
-        self.cfg, self.base_dir = load_blackbox(experiment)
-        self.run_dir = Path(run_dir) if run_dir else Path("runs") / self.cfg.name
+        if experiment is not None:
+            self.experiment_text = Path(experiment).read_text()
+            self.cfg, self.base_dir = load_blackbox(experiment)
+            self.run_dir = Path(run_dir) if run_dir else Path("runs") / self.cfg.name
+        else:
+            self.run_dir = Path(run_dir)
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, console: Console | None = None) -> BlackboxRunner:
+        """A runner for an existing black-box run, with the config and base directory it was started with."""
+        self = cls(None, run_dir, console)
+        store = RunDir.open(self.run_dir).store()
+        try:
+            text, base_dir = store.get_meta("config"), store.get_meta("base_dir")
+            self.cfg = BlackboxExperiment.model_validate_json(text)
+            self.base_dir = Path(base_dir)
+        finally:
+            store.close()
+        self.experiment_text = (self.run_dir / "experiment.yaml").read_text()
+        return self
 
     # -- data and service ---------------------------------------------------------------------------------------
     def _data(self) -> tuple[list[dict], dict[str, list[dict]]]:
@@ -239,10 +267,10 @@ class BlackboxRunner:
             rows += whitebox_results(base, repo, val, held, cfg.whitebox.lams, cfg.whitebox.ties_density)
         for r in rows:
             r["average"] = float(np.mean(list(r["heldout"].values()))) if r["heldout"] else None
+        kinds = [e.kind for e in store.evaluations()]
         results = {"adapters": ids, "validation_examples": len(val), "rows": rows, "budget_stop": spent,
                    "queries": {"search": sum(p["queries"] for p in phases.values()),
-                               "baselines": sum(1 for k in self.stored_now(store) if k.kind == "tune"),
-                               "heldout": sum(1 for k in self.stored_now(store) if k.kind == "heldout"),
+                               "baselines": kinds.count("tune"), "heldout": kinds.count("heldout"),
                                "total_answered_by_service_this_process": client.queries,
                                "retried": client.retried},
                    "phases": phases}
@@ -251,10 +279,6 @@ class BlackboxRunner:
         self.events.emit("run_finished", best=rows[0]["label"] if rows else None)
         self.console.print(render_table(results))
         return results
-
-    @staticmethod
-    def stored_now(store: RunStore) -> list[Evaluation]:
-        return store.evaluations()
 
     def _candidates(self, store, client, ids, phases, val) -> list[dict]:
         """The merges the table compares, all reached through the API: the search's results, the LoRAHub-style
