@@ -317,7 +317,8 @@ def test_run_as_a_process_that_cannot_read_the_adapters(service, tiny_lora, evom
 
 
 def test_failed_queries_are_recorded_and_the_run_reports(service, tiny_task_dir, tmp_path):
-    """A token whose budget runs out mid-search: the refused query is a failed evaluation, the run still reports."""
+    """A token whose budget runs out mid-search: the refused query is a failed evaluation and the run still
+    reports; given a token with budget, the run continues and asks the refused queries again."""
     from evomerge.blackbox.runner import BlackboxRunner
     from evomerge.store import RunDir
 
@@ -330,6 +331,13 @@ def test_failed_queries_are_recorded_and_the_run_reports(service, tiny_task_dir,
     failed = [e for e in store.evaluations() if e.status == "failed"]
     store.close()
     assert failed and "budget" in failed[0].error
+    tokens.write_text(TOKEN + "\n")  # a token with budget left: the same run goes on where it stopped
+    results = BlackboxRunner(exp, tmp_path / "run").run()
+    assert results["budget_stop"] is None and results["queries"]["search"] == 24
+    store = RunDir.open(tmp_path / "run").store()
+    assert all(e.status == "ok" for e in store.evaluations("search"))
+    assert all(row["heldout"] and "error" not in row for row in results["rows"])
+    store.close()
 
 
 @pytest.mark.parametrize("edit, expected", [

@@ -33,6 +33,7 @@ from evomerge.store import RunDir, RunStore
 from evomerge.store.database import Evaluation
 from evomerge.store.rundir import DB_FILE
 
+BUDGET_PREFIX = "budget exhausted: "
 FAILED_VALUE = 1e3  # the fitness of a failed query: ranks below any real loss
 # phase -> generation offset in the store (each phase's generations are numbered from its offset)
 PHASE_OFFSET = {"denoise": 0, "scale": 1000, "no_denoise": 2000, "no_flip": 3000}
@@ -183,9 +184,9 @@ class BlackboxRunner:
         key = (kind, gen, idx, label)
         genome = [float(v) for v in np.concatenate([alpha, beta])]
         old = self.stored.get(key)
-        if old is not None and old.genome is not None and np.allclose(old.genome, genome):
-            if old.error and "budget" in old.error:
-                raise BudgetSpent(old.error)
+        # a stored answer is reused; a query refused for want of budget is asked again (the budget may be new)
+        if old is not None and old.genome is not None and np.allclose(old.genome, genome) and \
+                not (old.error or "").startswith(BUDGET_PREFIX):
             return old
         t0 = time.time()
         try:
@@ -194,7 +195,8 @@ class BlackboxRunner:
                             per_task={"loss": r["loss"]}, genome=genome, eval_seconds=time.time() - t0,
                             per_example={"correct": [float(c) for c in r.get("per_example_correct", [])]})
         except ServiceError as e:
-            ev = Evaluation(kind, gen, idx, label, "query", "failed", genome=genome, error=str(e),
+            error = f"{BUDGET_PREFIX}{e}" if isinstance(e, BudgetExhausted) else str(e)
+            ev = Evaluation(kind, gen, idx, label, "query", "failed", genome=genome, error=error,
                             eval_seconds=time.time() - t0)
             store.add(ev)
             self.events.emit("evaluation_failed", label=label, error=str(e))
@@ -326,11 +328,12 @@ class BlackboxRunner:
         """Held-out accuracy per task of each candidate: one query over all held-out examples, split by task."""
         examples = [e for rows in held.values() for e in rows]
         rows = []
-        for k, c in enumerate(candidates):
+        for c in candidates:
             row = {k_: c[k_] for k_ in ("label", "queries", "validation_loss")}
             row.update(alpha=[float(v) for v in c["alpha"]], beta=[float(v) for v in c["beta"]], heldout={})
             try:
-                ev = self._query(store, client, "heldout", 0, k, c["label"], c["alpha"], c["beta"], examples,
+                # keyed by label alone: a resumed run may list more candidates before this one
+                ev = self._query(store, client, "heldout", 0, 0, c["label"], c["alpha"], c["beta"], examples,
                                  accuracy=True)
             except BudgetSpent as e:
                 row["error"] = str(e)
