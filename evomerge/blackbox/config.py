@@ -65,7 +65,7 @@ class WhiteboxConfig(_Strict):
     """Task arithmetic and TIES over the same adapters, computed locally (needs the weights: a comparison only)."""
 
     enabled: bool = True
-    lams: list[float] = [0.1, 0.2, 0.3, 0.5, 0.7, 1.0]
+    lams: list[float] = [0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0]
     ties_density: float = Field(0.5, gt=0, le=1)
 
 

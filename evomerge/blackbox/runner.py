@@ -302,10 +302,13 @@ class BlackboxRunner:
             p = phases["denoise"]
             out.append({"label": "stage 1 only (denoise, β = 1/N)", "alpha": alpha, "beta": np.full(n, 1 / n),
                         "queries": p["queries"], "validation_loss": p["loss"]})
-        out.append({"label": "uniform merge (α = 1, β = 1/N)", "alpha": ones, "beta": np.full(n, 1 / n),
-                    "queries": 1, "validation_loss": None})
+        fixed = [("uniform merge (α = 1, β = 1/N)", np.full(n, 1 / n)), ("base model (β = 0)", np.zeros(n))]
         singles = []
         try:
+            for k, (label, beta) in enumerate(fixed):
+                ev = self._query(store, client, "tune", 1, k, label, ones, beta, val)
+                out.append({"label": label, "alpha": ones, "beta": beta, "queries": 1,
+                            "validation_loss": ev.per_task.get("loss")})
             for i in range(n):
                 beta = np.zeros(n)
                 beta[i] = 1.0
@@ -320,8 +323,6 @@ class BlackboxRunner:
             beta[i] = 1.0
             out.append({"label": f"best single adapter ({ids[i]})", "alpha": ones, "beta": beta,
                         "queries": len(singles), "validation_loss": loss})
-        out.append({"label": "base model (β = 0)", "alpha": ones, "beta": np.zeros(n), "queries": 0,
-                    "validation_loss": None})
         return out
 
     def _heldout(self, store, client, candidates: list[dict], held: dict[str, list[dict]]) -> list[dict]:
