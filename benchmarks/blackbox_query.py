@@ -50,21 +50,20 @@ def main() -> None:
     rng = np.random.default_rng(0)
     merges = [(rng.uniform(0, 1, n), rng.uniform(-1.5, 1.5, n)) for _ in range(args.repeats)]
     merge_s, score_s, http_s = [], [], []
-    for a, b in merges:
-        t0 = time.perf_counter()
-        d = blackbox_deltas(repo, a, b)
-        t1 = time.perf_counter()
-        with pool.merged(d) as model:
-            score_examples(model, enc)
-        merge_s.append(t1 - t0)
-        score_s.append(time.perf_counter() - t1)
     log = Path("/tmp") / f"blackbox_query_service_{os.getpid()}.log"
     with local_service(base, repo_dir, log) as (url, token), MergeClient(url, token) as client:
         client.evaluate(*merges[0], examples)  # warm-up
-        for a, b in merges:
+        for a, b in merges:  # interleaved, so that both sides see the same machine load
             t0 = time.perf_counter()
+            d = blackbox_deltas(repo, a, b)
+            t1 = time.perf_counter()
+            with pool.merged(d) as model:
+                score_examples(model, enc)
+            t2 = time.perf_counter()
             client.evaluate(a, b, examples)
-            http_s.append(time.perf_counter() - t0)
+            merge_s.append(t1 - t0)
+            score_s.append(t2 - t1)
+            http_s.append(time.perf_counter() - t2)
     med = {k: statistics.median(v) for k, v in (("merge", merge_s), ("score", score_s), ("query", http_s))}
     overhead = 1 - (med["merge"] + med["score"]) / med["query"]
     print(json.dumps({"adapters": n, "examples": len(examples), "repeats": args.repeats,

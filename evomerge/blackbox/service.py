@@ -164,6 +164,9 @@ class MergeService:
         self.pool = ModelPool(base_dir, list(self.repo.modules), replicas)
         self.datasets = datasets or {}
         self.limits = limits or Limits()
+        self._encoded: dict[tuple, object] = {}
+        self._lock = threading.Lock()
+        self._vocab = set(self.pool.tokenizer.get_vocab())
 
     def check_merge(self, m: MergeSpec, where: str = "") -> None:
         n = len(self.repo)
@@ -197,20 +200,33 @@ class MergeService:
             raise _bad("examples: expected at least one example")
         if len(rows) > lim.max_examples:
             raise _bad(f"examples: {len(rows)} examples; at most {lim.max_examples} per request", 413)
-        vocab = self.pool.tokenizer.get_vocab()
+        vocab = self._vocab
         for i, r in enumerate(rows):
             for key in ("prompt", "answer"):
                 text = r[key]
                 if not text or len(text) > lim.max_chars:
                     raise _bad(f"examples[{i}].{key}: expected 1 to {lim.max_chars} characters, got {len(text)}")
-                unknown = sorted(set(text) - set(vocab))
+                unknown = sorted(set(text) - vocab)
                 if unknown:
                     raise _bad(f"examples[{i}].{key}: characters {unknown} are not in the model's vocabulary")
         return rows
 
-    def evaluate(self, req: EvaluateRequest) -> tuple[torch.Tensor, torch.Tensor]:
+    def encoded(self, rows: list[dict]):
+        """Tokenized examples, cached: a search sends the same validation examples with every query."""
+        key = tuple((r["prompt"], r["answer"]) for r in rows)
+        with self._lock:
+            enc = self._encoded.get(key)
+        if enc is None:
+            enc = encode(self.pool.tokenizer, rows)
+            with self._lock:
+                if len(self._encoded) >= 64:
+                    self._encoded.pop(next(iter(self._encoded)))  # oldest first
+                self._encoded[key] = enc
+        return enc
+
+    def evaluate(self, req: EvaluateRequest, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         deltas = blackbox_deltas(self.repo, req.alpha, req.beta)
-        enc = encode(self.pool.tokenizer, self.examples(req))
+        enc = self.encoded(rows)
         with self.pool.merged(deltas) as model:
             return score_examples(model, enc)
 
@@ -218,9 +234,8 @@ class MergeService:
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not prompts or len(prompts) > self.limits.max_examples:
             raise _bad(f"prompt: expected 1 to {self.limits.max_examples} prompts")
-        vocab = set(self.pool.tokenizer.get_vocab())
         for i, p in enumerate(prompts):
-            if not p or len(p) > self.limits.max_chars or set(p) - vocab:
+            if not p or len(p) > self.limits.max_chars or set(p) - self._vocab:
                 raise _bad(f"prompt[{i}]: expected 1 to {self.limits.max_chars} characters of the model's vocabulary")
         return prompts
 
@@ -296,10 +311,10 @@ def create_app(service: MergeService, tokens: dict[str, int]) -> FastAPI:
     def evaluate(req: EvaluateRequest, tok: str = Depends(token)) -> EvaluateResponse:
         """Merge the adapters with (α, β), score the examples: mean loss over the answer tokens (+ accuracy)."""
         service.check_merge(req)
-        service.examples(req)  # validated before the query is charged
+        rows = service.examples(req)  # validated before the query is charged
         left = budgets.charge(tok)
         try:
-            losses, correct = service.evaluate(req)
+            losses, correct = service.evaluate(req, rows)
         except FloatingPointError as e:
             raise HTTPException(422, detail={"code": "diverged", "message": str(e)}) from None
         return EvaluateResponse(
