@@ -314,6 +314,11 @@ def test_run_as_a_process_that_cannot_read_the_adapters(service, tiny_lora, evom
     assert r.returncode == 0, r.stderr[-3000:]
     assert budget() == before  # every answer came from the store
     assert json.loads((run_dir / "results.json").read_text())["rows"] == results["rows"]
+    from evomerge.status import run_status
+
+    s = run_status(run_dir)
+    assert s["state"] == "finished" and s["generations"] == {"done": 6, "total": 6}
+    assert s["evaluations"]["done"] == s["evaluations"]["total"] == 24
 
 
 def test_failed_queries_are_recorded_and_the_run_reports(service, tiny_task_dir, tmp_path):

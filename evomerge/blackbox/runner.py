@@ -204,6 +204,7 @@ class BlackboxRunner:
                 raise BudgetSpent(str(e)) from None
             return ev
         store.add(ev)
+        self.events.emit("evaluation", label=label, status="ok", worker="service")
         return ev
 
     def _stage(self, store, client, phase: str, x0: np.ndarray, bounds: tuple[float, float], budget: int,
@@ -241,6 +242,8 @@ class BlackboxRunner:
         st, cfg = self.cfg.stages, self.cfg
         ids = client.adapters()
         n = len(ids)
+        budgets = [st.denoise_budget, st.scale_budget] + [st.scale_budget] * len(cfg.ablations)
+        store.set_meta("search_total", str(sum(b // st.popsize * st.popsize for b in budgets)))
         ones, uniform = np.ones(n), np.full(n, 1.0 / n)
         phases: dict[str, dict] = {}
         spent = None
