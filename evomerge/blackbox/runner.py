@@ -26,7 +26,7 @@ from rich.table import Table
 
 from evomerge.blackbox.client import BudgetExhausted, MergeClient, ServiceError, read_token
 from evomerge.blackbox.config import BlackboxExperiment, load_blackbox
-from evomerge.errors import ConfigError, RunError
+from evomerge.errors import ConfigError, EvomergeError
 from evomerge.fitness.tasks import load_split
 from evomerge.runner import _check_config
 from evomerge.store import RunDir, RunStore
@@ -44,10 +44,12 @@ class BudgetSpent(Exception):
 
 
 def is_blackbox_run(run_dir: Path) -> bool:
-    """Whether a run directory holds a black-box run (its store says kind: blackbox)."""
-    if not RunDir.exists(run_dir):
+    """Whether a run directory holds a black-box run (its store says kind: blackbox). A directory that cannot be
+    read is not one: the regular resume path reports what is wrong with it."""
+    try:
+        store = RunDir.open(run_dir).store()
+    except EvomergeError:
         return False
-    store = RunDir.open(run_dir).store()
     try:
         return store.get_meta("kind") == "blackbox"
     finally:
