@@ -67,8 +67,13 @@ def run(
     from evomerge.config import experiment_kind
     from evomerge.runner import Runner
 
-    if experiment_kind(experiment) == "m2n2_digits":  # the M2N2 paper's digits reproduction: its own runner
+    kind = experiment_kind(experiment)
+    if kind == "m2n2_digits":  # the M2N2 paper's digits reproduction: its own runner
         return _run_digits(experiment, run_dir)
+    if kind == "blackbox":  # the two-stage search over a merge service's API
+        from evomerge.blackbox.runner import BlackboxRunner
+
+        return _run(lambda: BlackboxRunner(experiment, run_dir, console=console, force=force))
     _run(lambda: Runner(experiment, run_dir, console=console, force=force, db=db,
                         executor=_executor_overrides(workers, ray_address)))
 
@@ -94,13 +99,53 @@ def _run_digits(experiment: Path, run_dir: Path | None) -> None:
 
 
 @app.command()
+def serve(
+    base: Annotated[Path, typer.Option(help="base model directory (Hugging Face format)")],
+    repository: Annotated[Path, typer.Option(help="directory of PEFT LoRA adapters, one folder each")],
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    tokens_file: Annotated[Path | None, typer.Option(help="file of API tokens, lines 'TOKEN [BUDGET]' (default: "
+                                                          "the token in $EVOMERGE_SERVICE_TOKEN)")] = None,
+    budget: Annotated[int, typer.Option(help="queries per token when the token line names no budget")] = 10_000,
+    dataset: Annotated[list[str] | None, typer.Option(help="a dataset clients may name: NAME=DIR of "
+                                                           "<split>.jsonl (repeat)")] = None,
+    replicas: Annotated[int, typer.Option(help="live copies of the base model (concurrent merges)")] = 1,
+    threads: Annotated[int, typer.Option(help="torch threads")] = 1,
+) -> None:
+    """Serve black-box LoRA merging over HTTP: clients send per-adapter α and β, get losses or completions."""
+    import torch
+    import uvicorn
+
+    from evomerge.blackbox.service import MergeService, create_app, read_tokens
+
+    torch.set_num_threads(threads)
+    try:
+        datasets = {}
+        for item in dataset or []:
+            name, sep, d = item.partition("=")
+            if not sep or not Path(d).is_dir():
+                raise EvomergeError(f"--dataset: expected NAME=DIR with an existing directory, got {item!r}")
+            datasets[name] = Path(d)
+        tokens = read_tokens(tokens_file, budget)
+        service = MergeService(base, repository, datasets, replicas=replicas)
+    except EvomergeError as e:
+        _fail(e)
+    console.print(f"serving {len(service.repo)} adapters on http://{host}:{port} (OpenAPI: /docs, /openapi.json)")
+    uvicorn.run(create_app(service, tokens), host=host, port=port, log_level="warning")
+
+
+@app.command()
 def resume(
     run_dir: Annotated[Path, typer.Argument(help="run directory")],
     workers: WorkersOpt = None,
     ray_address: RayAddressOpt = None,
 ) -> None:
     """Continue a stopped run with the experiment config it was started with."""
+    from evomerge.blackbox.runner import BlackboxRunner, is_blackbox_run
     from evomerge.runner import Runner
+
+    if is_blackbox_run(run_dir):
+        return _run(lambda: BlackboxRunner.resume(run_dir, console=console))
 
     _run(lambda: Runner.resume(run_dir, console=console, executor=_executor_overrides(workers, ray_address)))
 
@@ -150,10 +195,15 @@ def validate(experiment: Annotated[Path, typer.Argument(help="experiment YAML fi
     from evomerge.config import experiment_kind, load_experiment, read_mapping
 
     try:
-        if experiment_kind(experiment) == "m2n2_digits":
+        kind = experiment_kind(experiment)
+        if kind == "m2n2_digits":
             from evomerge.m2n2.digits import load_config
 
             cfg = load_config(read_mapping(experiment, "experiment file"), str(experiment))
+        elif kind == "blackbox":
+            from evomerge.blackbox.config import load_blackbox
+
+            cfg, _ = load_blackbox(experiment)
         else:
             cfg, base_dir = load_experiment(experiment)
             if cfg.fitness.type == "lm_eval":  # task files parse (registry names and data: when a run starts)
@@ -251,6 +301,8 @@ def report(
 def zoo_build(
     profile: Annotated[str, typer.Option(help="zoo profile: default | tiny")] = "default",
     force: Annotated[bool, typer.Option(help="rebuild even if cached")] = False,
+    lora: Annotated[bool, typer.Option(help="also build the zoo's LoRA repository (adapters of the base, for "
+                                            "black-box merging; cached apart from the zoo)")] = False,
 ) -> None:
     """Build the zoo's base and expert models (cached under $EVOMERGE_HOME)."""
     import json
@@ -259,11 +311,24 @@ def zoo_build(
 
     if profile not in PROFILES:
         _fail(EvomergeError(f"--profile: unknown profile {profile!r}; expected one of {sorted(PROFILES)}"))
+    if lora:
+        _build_lora(profile, force)
     out = build_zoo(PROFILES[profile], force=force, log=console.print)
     report = json.loads((out / "zoo.json").read_text())
     console.print(f"zoo at {out} (built in {report['build_seconds']} s)")
     for name, acc in report["models"].items():
         console.print(f"  {name:8s} " + "  ".join(f"{t}={a:.3f}" for t, a in acc.items()))
+
+
+def _build_lora(profile: str, force: bool) -> None:
+    import json
+
+    from evomerge.zoo.lora import LORA_PROFILES, build_lora_repo
+
+    out = build_lora_repo(LORA_PROFILES[profile], force=force, log=console.print)
+    report = json.loads((out / "repo.json").read_text())
+    console.print(f"LoRA repository at {out}: {len(report['adapters'])} adapters (built in "
+                  f"{report['build_seconds']} s)")
 
 
 @zoo_app.command("data")

@@ -381,7 +381,8 @@ def read_mapping(path: Path, what: str) -> dict:
 
 def experiment_kind(path: Path) -> str | None:
     """The top-level `kind:` of an experiment file: absent for merge searches; `m2n2_digits` for the M2N2 paper's
-    digits reproduction (`evomerge.m2n2.digits`), which merges no Hugging Face models and has its own runner."""
+    digits reproduction (`evomerge.m2n2.digits`), which merges no Hugging Face models and has its own runner;
+    `blackbox` for black-box merging through a merge service (`evomerge.blackbox`)."""
     try:
         raw = yaml.safe_load(path.read_text()) if path.is_file() else None
     except yaml.YAMLError:

@@ -30,11 +30,23 @@ def _throughput(events: list[dict]) -> tuple[float | None, float]:
     return (count / live * 3600 if live > 0 else None), live
 
 
+def _name_and_generations(store) -> tuple[str, int]:
+    text = store.get_meta("config") or "{}"
+    if store.get_meta("kind") == "blackbox":  # CMA-ES stages over a merge service (evomerge.blackbox)
+        raw = json.loads(text)
+        st = raw["stages"]
+        budgets = [st["denoise_budget"], st["scale_budget"]] + [st["scale_budget"]] * len(raw["ablations"])
+        return raw["name"], sum(b // st["popsize"] for b in budgets)
+    cfg = ExperimentConfig.model_validate_json(text)
+    return cfg.name, cfg.optimizer.generations
+
+
 def run_status(path: Path) -> dict:
     rundir = RunDir.open(path)
     store = rundir.store()
     try:
-        cfg = ExperimentConfig.model_validate_json(store.get_meta("config") or "{}")
+        name, generations = _name_and_generations(store)
+        blackbox = store.get_meta("kind") == "blackbox"
         search = store.evaluations("search")
         best = store.best("search")
         snap = store.last_snapshot()
@@ -46,14 +58,17 @@ def run_status(path: Path) -> dict:
         store.close()
     pid = rundir.running_pid()
     told = (snap.generation + (snap.phase == "told")) if snap else 0
+    if blackbox:  # a black-box run keeps no snapshot: its events count the generations
+        told = len({(e.get("phase"), e.get("generation")) for e in read_events(rundir.path / EVENTS_FILE)
+                    if e["event"] == "generation"})  # distinct: a resumed run replays its generations
     failed = [e for e in search if e.status != "ok"]
     rate, live = _throughput(read_events(rundir.path / EVENTS_FILE))
     total = None if total is None else int(total)
     remaining = None if total is None else max(total - len(search), 0)
     return {
-        "run_dir": str(rundir.path), "name": cfg.name, "run_id": rundir.run_id, "store": rundir.url,
+        "run_dir": str(rundir.path), "name": name, "run_id": rundir.run_id, "store": rundir.url,
         "state": "running" if pid else ("finished" if finished else "stopped"), "pid": pid,
-        "generations": {"done": told, "total": cfg.optimizer.generations},
+        "generations": {"done": told, "total": generations},
         "evaluations": {"done": len(search), "total": total, "failed": len(failed), "heldout": heldout},
         "failure_reasons": Counter(e.error.splitlines()[0] for e in failed).most_common(3),
         "best": None if best is None else {"label": best.label, "objective": best.objective,

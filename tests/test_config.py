@@ -85,9 +85,14 @@ def test_every_shipped_experiment_and_preset_validates():
     from evomerge.m2n2.digits import load_config
     from tests.conftest import REPO
 
+    from evomerge.blackbox.config import load_blackbox
+
     for exp in sorted((REPO / "experiments").rglob("*.yaml")):  # templates/ too
-        if experiment_kind(exp) == "m2n2_digits":
+        kind = experiment_kind(exp)
+        if kind == "m2n2_digits":
             load_config(read_mapping(exp, "experiment file"), str(exp))
+        elif kind == "blackbox":
+            load_blackbox(exp)
         else:
             load_experiment(exp)
     for preset in sorted((REPO / "search_spaces").glob("*.yaml")):

@@ -1,0 +1,99 @@
+"""The schema of a black-box merging experiment (`kind: blackbox` in the experiment file).
+
+Nothing in it is a secret: the API token is named by an environment variable or a file path, and read when the run
+starts, so neither the run directory nor the store ever holds it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+
+from evomerge.config import format_validation_error, read_mapping
+from evomerge.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServiceConfig(_Strict):
+    # local: start `evomerge serve` as a subprocess for the run and stop it after; none: use a running service at url
+    launch: Literal["local", "none"] = "local"
+    url: str | None = None
+    token_env: str = "EVOMERGE_SERVICE_TOKEN"
+    token_file: str | None = None
+    # launch local only: what the provider hosts
+    base: str = "zoo:base"
+    repository: str = "zoo:lora"
+    replicas: PositiveInt = 1
+    # the client
+    retries: int = Field(4, ge=0)
+    timeout_s: float = Field(120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _url_or_launch(self) -> ServiceConfig:
+        if self.launch == "none" and not self.url:
+            raise ValueError("service.url: launch none needs the URL of a running service (e.g. http://127.0.0.1:8000)")
+        if self.launch == "local" and self.url:
+            raise ValueError("service.url: launch local starts its own service; set launch: none to use a URL")
+        return self
+
+
+class DataConfig(_Strict):
+    tasks: dict[str, str] = Field(min_length=1, description="task name -> directory of <split>.jsonl (the user's data)")
+    search_split: str = "search"
+    heldout_split: str = "heldout"
+    max_examples: PositiveInt = 32  # validation examples per task sent with every query
+
+
+class StagesConfig(_Strict):
+    """The two CMA-ES stages with the paper's defaults (DESIGN §6)."""
+
+    popsize: PositiveInt = 20
+    sigma0: float = Field(0.05, gt=0)
+    denoise_budget: PositiveInt = 400  # evaluations of stage 1 (α, β fixed at 1/N)
+    scale_budget: PositiveInt = 800  # evaluations of stage 2 (β, α fixed)
+    lam_denoise: float = Field(0.05, ge=0)
+    lam_scale: float = Field(0.05, ge=0)
+    beta_bound: float = Field(1.5, gt=0)
+
+
+class WhiteboxConfig(_Strict):
+    """Task arithmetic and TIES over the same adapters, computed locally (needs the weights: a comparison only)."""
+
+    enabled: bool = True
+    lams: list[float] = [0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0]
+    ties_density: float = Field(0.5, gt=0, le=1)
+
+
+class BlackboxExperiment(_Strict):
+    kind: Literal["blackbox"]
+    name: str
+    seed: int = 42
+    zoo: Literal["default", "tiny"] = "default"
+    threads: PositiveInt = 1
+    service: ServiceConfig = ServiceConfig()
+    data: DataConfig
+    stages: StagesConfig = StagesConfig()
+    ablations: list[Literal["no_denoise", "no_flip"]] = ["no_denoise", "no_flip"]
+    whitebox: WhiteboxConfig = WhiteboxConfig()
+
+
+def is_blackbox(path: Path) -> bool:
+    """Whether an experiment file declares `kind: blackbox` (read without validating the rest)."""
+    from evomerge.config import experiment_kind
+
+    return experiment_kind(Path(path)) == "blackbox"
+
+
+def load_blackbox(path: str | Path) -> tuple[BlackboxExperiment, Path]:
+    path = Path(path)
+    raw = read_mapping(path, "experiment file")
+    try:
+        cfg = BlackboxExperiment.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, str(path))) from None
+    return cfg, path.parent.resolve()

@@ -1,0 +1,340 @@
+"""The merge service: a provider hosts a base model and a LoRA repository behind an HTTP API (DESIGN §6).
+
+Clients send per-adapter sparsity α and scale β plus validation examples (or the name of a dataset the server
+knows) and get back scalars — the mean validation loss, optionally per-example losses and accuracy — or greedy
+completions (OpenAI completion shape). They never receive a weight. Every endpoint but /healthz needs a bearer
+token; each token has a query budget. Versioned under /v1; FastAPI serves the OpenAPI document at /openapi.json.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+import torch
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from evomerge.blackbox.lora_merge import LoraRepository, ModelPool, blackbox_deltas, encode, score_examples
+from evomerge.errors import ConfigError
+from evomerge.fitness.tasks import load_split
+
+API_VERSION = "v1"
+TOKEN_ENV = "EVOMERGE_SERVICE_TOKEN"
+
+
+@dataclass
+class Limits:
+    max_body_bytes: int = 1 << 20
+    max_examples: int = 1024
+    max_chars: int = 48  # per prompt or answer: the zoo's models see at most 64 positions
+    max_new_tokens: int = 32
+    beta_bound: float = 5.0  # |β| ≤ this: larger scales only make a model diverge
+
+
+@dataclass
+class Budgets:
+    """Queries left per token; the tokens themselves are never logged or returned."""
+
+    left: dict[str, int]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def match(self, token: str) -> str | None:
+        for known in self.left:  # constant-time compare per candidate token
+            if hmac.compare_digest(known.encode(), token.encode()):
+                return known
+        return None
+
+    def charge(self, token: str) -> int:
+        with self.lock:
+            if self.left[token] <= 0:
+                raise HTTPException(429, detail={"code": "budget_exhausted",
+                                                 "message": "this token's query budget is used up"})
+            self.left[token] -= 1
+            return self.left[token]
+
+
+def read_tokens(tokens_file: Path | None, budget: int) -> dict[str, int]:
+    """Tokens from a file (lines `TOKEN [BUDGET]`, # comments) or else the EVOMERGE_SERVICE_TOKEN variable."""
+    tokens: dict[str, int] = {}
+    if tokens_file is not None:
+        if not tokens_file.is_file():
+            raise ConfigError(f"--tokens-file: {tokens_file} not found (expected lines 'TOKEN [BUDGET]')")
+        for n, line in enumerate(tokens_file.read_text().splitlines(), 1):
+            parts = line.split("#", 1)[0].split()
+            if not parts:
+                continue
+            if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+                raise ConfigError(f"--tokens-file: {tokens_file} line {n}: expected 'TOKEN [BUDGET]' with an "
+                                  "integer budget")
+            tokens[parts[0]] = int(parts[1]) if len(parts) == 2 else budget
+    elif os.environ.get(TOKEN_ENV):
+        tokens[os.environ[TOKEN_ENV]] = budget
+    if not tokens:
+        raise ConfigError(f"no API token: set {TOKEN_ENV} or pass --tokens-file (the service refuses to run open)")
+    return tokens
+
+
+# -- request and response schemas -----------------------------------------------------------------------------------
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class Example(_Strict):
+    prompt: str
+    answer: str
+
+
+class DatasetRef(_Strict):
+    name: str = Field(description="a dataset the server knows (GET /v1/datasets)")
+    split: str = "search"
+    limit: int | None = Field(None, ge=1)
+
+
+class MergeSpec(_Strict):
+    alpha: list[FiniteFloat] = Field(description="per-adapter sparsity in [0, 1], in the order of GET /v1/adapters")
+    beta: list[FiniteFloat] = Field(description="per-adapter scale, |β| ≤ the server's bound")
+
+
+class EvaluateRequest(MergeSpec):
+    examples: list[Example] | None = None
+    dataset: DatasetRef | None = None
+    per_example: bool = False
+    accuracy: bool = False
+
+
+class EvaluateResponse(BaseModel):
+    loss: float
+    n: int
+    accuracy: float | None = None
+    per_example_loss: list[float] | None = None
+    per_example_correct: list[bool] | None = None
+    budget_left: int
+
+
+class CompletionRequest(_Strict):
+    model: str = "merge"
+    prompt: str | list[str]
+    max_tokens: int = Field(16, ge=1)
+    temperature: float = Field(0.0, ge=0, le=0, description="greedy decoding only")
+    merge: MergeSpec
+
+
+class CompletionChoice(BaseModel):
+    text: str
+    index: int
+    finish_reason: Literal["stop", "length"]
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: dict[str, int]
+
+
+class AdapterList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[str]
+
+
+def _bad(message: str, status: int = 422) -> HTTPException:
+    return HTTPException(status, detail={"code": "invalid_request", "message": message})
+
+
+# -- the application ------------------------------------------------------------------------------------------------
+class MergeService:
+    def __init__(self, base_dir: Path, repo_dir: Path, datasets: dict[str, Path] | None = None,
+                 replicas: int = 1, limits: Limits | None = None):
+        self.repo = LoraRepository(repo_dir)
+        self.pool = ModelPool(base_dir, list(self.repo.modules), replicas)
+        self.datasets = datasets or {}
+        self.limits = limits or Limits()
+        self._encoded: dict[tuple, object] = {}
+        self._lock = threading.Lock()
+        self._vocab = set(self.pool.tokenizer.get_vocab())
+
+    def check_merge(self, m: MergeSpec, where: str = "") -> None:
+        n = len(self.repo)
+        for name, vec in (("alpha", m.alpha), ("beta", m.beta)):
+            if len(vec) != n:
+                raise _bad(f"{where}{name}: expected {n} values (one per adapter of GET /v1/adapters), got {len(vec)}")
+        bad = [i for i, a in enumerate(m.alpha) if not 0.0 <= a <= 1.0]
+        if bad:
+            raise _bad(f"{where}alpha[{bad[0]}]: {m.alpha[bad[0]]} is out of bounds (expected 0 ≤ α ≤ 1)")
+        bound = self.limits.beta_bound
+        bad = [i for i, b in enumerate(m.beta) if abs(b) > bound]
+        if bad:
+            raise _bad(f"{where}beta[{bad[0]}]: {m.beta[bad[0]]} is out of bounds (expected |β| ≤ {bound})")
+
+    def examples(self, req: EvaluateRequest) -> list[dict]:
+        if (req.examples is None) == (req.dataset is None):
+            raise _bad("give either examples or dataset, not both or neither")
+        if req.dataset is not None:
+            ref = req.dataset
+            if ref.name not in self.datasets:
+                raise _bad(f"dataset.name: unknown dataset {ref.name!r}; expected one of {sorted(self.datasets)}")
+            try:
+                rows = load_split(self.datasets[ref.name], ref.split, f"dataset {ref.name}")
+            except ConfigError:
+                raise _bad(f"dataset.split: dataset {ref.name!r} has no split {ref.split!r}") from None
+            rows = rows[: ref.limit] if ref.limit else rows
+        else:
+            rows = [e.model_dump() for e in req.examples]
+        lim = self.limits
+        if not rows:
+            raise _bad("examples: expected at least one example")
+        if len(rows) > lim.max_examples:
+            raise _bad(f"examples: {len(rows)} examples; at most {lim.max_examples} per request", 413)
+        vocab = self._vocab
+        for i, r in enumerate(rows):
+            for key in ("prompt", "answer"):
+                text = r[key]
+                if not text or len(text) > lim.max_chars:
+                    raise _bad(f"examples[{i}].{key}: expected 1 to {lim.max_chars} characters, got {len(text)}")
+                unknown = sorted(set(text) - vocab)
+                if unknown:
+                    raise _bad(f"examples[{i}].{key}: characters {unknown} are not in the model's vocabulary")
+        return rows
+
+    def encoded(self, rows: list[dict]):
+        """Tokenized examples, cached: a search sends the same validation examples with every query."""
+        key = tuple((r["prompt"], r["answer"]) for r in rows)
+        with self._lock:
+            enc = self._encoded.get(key)
+        if enc is None:
+            enc = encode(self.pool.tokenizer, rows)
+            with self._lock:
+                if len(self._encoded) >= 64:
+                    self._encoded.pop(next(iter(self._encoded)))  # oldest first
+                self._encoded[key] = enc
+        return enc
+
+    def evaluate(self, req: EvaluateRequest, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        deltas = blackbox_deltas(self.repo, req.alpha, req.beta)
+        enc = self.encoded(rows)
+        with self.pool.merged(deltas) as model:
+            return score_examples(model, enc)
+
+    def prompts(self, req: CompletionRequest) -> list[str]:
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        if not prompts or len(prompts) > self.limits.max_examples:
+            raise _bad(f"prompt: expected 1 to {self.limits.max_examples} prompts")
+        for i, p in enumerate(prompts):
+            if not p or len(p) > self.limits.max_chars or set(p) - self._vocab:
+                raise _bad(f"prompt[{i}]: expected 1 to {self.limits.max_chars} characters of the model's vocabulary")
+        return prompts
+
+    @torch.no_grad()
+    def complete(self, req: CompletionRequest) -> list[tuple[str, str]]:
+        tok = self.pool.tokenizer
+        prompts = self.prompts(req)
+        max_new = min(req.max_tokens, self.limits.max_new_tokens)
+        out = []
+        with self.pool.merged(blackbox_deltas(self.repo, req.merge.alpha, req.merge.beta)) as model:
+            for p in prompts:  # one at a time: no padding, so exactly what greedy decoding gives for this prompt
+                ids = torch.tensor([[tok.bos_token_id, *tok.encode(p, add_special_tokens=False)]])
+                gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new,
+                                     do_sample=False, eos_token_id=tok.eos_token_id,
+                                     pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
+                stop = tok.eos_token_id in gen
+                text = tok.decode(gen[: gen.index(tok.eos_token_id)] if stop else gen, skip_special_tokens=True)
+                out.append((text, "stop" if stop else "length"))
+        return out
+
+
+def create_app(service: MergeService, tokens: dict[str, int]) -> FastAPI:
+    app = FastAPI(title="evomerge merge service", version=API_VERSION,
+                  description="Black-box LoRA merging: send per-adapter sparsity α and scale β, get scalars back.")
+    budgets = Budgets(dict(tokens))
+    bearer = HTTPBearer(auto_error=False)
+
+    def token(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
+        known = budgets.match(creds.credentials) if creds else None
+        if known is None:
+            raise HTTPException(401, detail={"code": "unauthorized", "message": "missing or invalid bearer token"},
+                                headers={"WWW-Authenticate": "Bearer"})
+        return known
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > service.limits.max_body_bytes):
+            return JSONResponse({"detail": {"code": "payload_too_large", "message":
+                                            f"request body over {service.limits.max_body_bytes} bytes"}}, 413)
+        if size is None and request.method == "POST":
+            return JSONResponse({"detail": {"code": "length_required",
+                                            "message": "send a Content-Length header"}}, 411)
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError):
+        parts = []
+        for e in exc.errors():
+            where = ".".join(str(p) for p in e["loc"][1:]) or "body"
+            parts.append(f"{where}: {e['msg']}")
+        return JSONResponse({"detail": {"code": "invalid_request", "message": "; ".join(parts)}}, 422)
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get(f"/{API_VERSION}/adapters", response_model=AdapterList)
+    def adapters(_: str = Depends(token)) -> AdapterList:
+        """The adapter ids, in the order α and β refer to them."""
+        return AdapterList(data=service.repo.ids)
+
+    @app.get(f"/{API_VERSION}/datasets")
+    def datasets(_: str = Depends(token)) -> dict:
+        return {"object": "list", "data": sorted(service.datasets)}
+
+    @app.get(f"/{API_VERSION}/budget")
+    def budget(tok: str = Depends(token)) -> dict:
+        return {"budget_left": budgets.left[tok]}
+
+    @app.post(f"/{API_VERSION}/merges/evaluate", response_model=EvaluateResponse,
+              response_model_exclude_none=True)
+    def evaluate(req: EvaluateRequest, tok: str = Depends(token)) -> EvaluateResponse:
+        """Merge the adapters with (α, β), score the examples: mean loss over the answer tokens (+ accuracy)."""
+        service.check_merge(req)
+        rows = service.examples(req)  # validated before the query is charged
+        left = budgets.charge(tok)
+        try:
+            losses, correct = service.evaluate(req, rows)
+        except FloatingPointError as e:
+            raise HTTPException(422, detail={"code": "diverged", "message": str(e)}) from None
+        return EvaluateResponse(
+            loss=float(losses.mean()), n=len(losses), budget_left=left,
+            accuracy=float(correct.float().mean()) if req.accuracy else None,
+            per_example_loss=[float(x) for x in losses] if req.per_example else None,
+            per_example_correct=[bool(x) for x in correct] if req.per_example and req.accuracy else None)
+
+    @app.post(f"/{API_VERSION}/completions", response_model=CompletionResponse)
+    def completions(req: CompletionRequest, tok: str = Depends(token)) -> CompletionResponse:
+        """OpenAI-compatible completion (greedy) from the merged model; `merge` carries α and β."""
+        service.check_merge(req.merge, "merge.")
+        service.prompts(req)  # validated before the query is charged
+        budgets.charge(tok)
+        outs = service.complete(req)
+        n_prompt = sum(len(p) for p in ([req.prompt] if isinstance(req.prompt, str) else req.prompt))
+        return CompletionResponse(
+            id=f"cmpl-{uuid.uuid4().hex[:12]}", created=int(time.time()), model=req.model,
+            choices=[CompletionChoice(text=t, index=i, finish_reason=r) for i, (t, r) in enumerate(outs)],
+            usage={"prompt_tokens": n_prompt, "completion_tokens": sum(len(t) for t, _ in outs),
+                   "total_tokens": n_prompt + sum(len(t) for t, _ in outs)})
+
+    return app
