@@ -310,7 +310,10 @@ class ExperimentConfig(_Strict):
         if (self.space.type == "mosaic") != (self.optimizer.type == "m2n2"):
             raise ValueError(f"space.type {self.space.type!r} with optimizer.type {self.optimizer.type!r}: the "
                              f"m2n2 optimizer and the mosaic space only work together")
-        unused = sorted(self.space.model_fields_set - {"type", "rows"})
+        # fields given a value other than their default (a stored config lists every field, defaults included)
+        defaults = SpaceConfig.model_fields
+        unused = sorted(f for f in self.space.model_fields_set - {"type", "rows"}
+                        if getattr(self.space, f) != defaults[f].get_default(call_default_factory=True))
         if self.space.type == "mosaic" and unused:
             raise ValueError(f"space.{unused[0]}: not used by the mosaic space (a mosaic is a linear per-tensor "
                              f"combination of the sources); remove {unused}")

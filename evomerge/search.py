@@ -189,12 +189,28 @@ class Search:
         for ev in stored:
             self._lower_floor(ev)
         self._checkpoints = {ev.generation for ev in store.evaluations(CHECKPOINT_KINDS[-1])}
+        # optimizers that keep an archive (M2N2): its members by candidate label, over time, for the report
+        self._archive_every = self.opt.popsize if hasattr(self.opt, "archive") else 0
+        self._labels = {np.asarray(ev.genome, dtype=float).tobytes(): ev.label for ev in stored if ev.genome}
 
     # -- shared ----------------------------------------------------------------------------------------------------
     def _job(self, n: int, x: np.ndarray) -> Job:
         gen, idx = divmod(n, self.opt.popsize)
         recipe = self.space.decode(x, seed=self.cfg.seed * 1_000_003 + gen * 1000 + idx)
+        if self._archive_every:
+            self._labels[np.asarray(x, dtype=float).tobytes()] = label(gen, idx)
         return Job("search", gen, idx, label(gen, idx), self.cfg.fitness.search_split, recipe, [float(v) for v in x])
+
+    def _record_archive(self, told: int) -> None:
+        """Every `popsize` candidates told: which candidates the optimizer's archive holds (meta
+        `archive_history`, a list of {"evaluation": n, "members": [labels]}), for the report's diversity plot."""
+        if not self._archive_every or told % self._archive_every:
+            return
+        members = [self._labels.get(np.asarray(m, dtype=float).reshape(-1).tobytes()) for m, _ in self.opt.archive()]
+        history = json.loads(self.store.get_meta("archive_history") or "[]")
+        history = [h for h in history if h["evaluation"] < told]  # a resumed run writes its checkpoint again
+        history.append({"evaluation": told, "members": [m for m in members if m is not None]})
+        self.store.set_meta("archive_history", json.dumps(history))
 
     def _prior(self, n: int) -> Evaluation | None:
         gen, idx = divmod(n, self.opt.popsize)
@@ -289,6 +305,7 @@ class Search:
             else:
                 self.opt.tell(genomes, self._values(told))
             self.store.save_snapshot(gen, "told", self.opt.state())
+            self._record_archive((gen + 1) * self.opt.popsize)
             self.events.emit("generation_told", generation=gen, best=self.best.objective, best_label=self.best.label)
             self._checkpoint((gen + 1) * self.opt.popsize)
 
@@ -324,6 +341,7 @@ class Search:
         if snap is not None:
             asked = snap.generation
             inflight = {int(row[0]): np.asarray(row[1:], dtype=float) for row in snap.genomes}
+        self._told = asked - len(inflight)  # candidates the optimizer had heard of before this start
         progress.update(bar, gen="steady-state")
         issued: dict[str, int] = {}
         # candidates asked before a stop: a stored result is told now, the others go out again
@@ -369,6 +387,8 @@ class Search:
         else:
             self.opt.tell_one(inflight.pop(n), self._values([ev])[0])
         self._save_steady(asked, inflight)
+        self._told += 1
+        self._record_archive(self._told)
 
 
 def _progress(console: Console) -> Progress:

@@ -314,5 +314,15 @@ def test_m2n2_search_on_the_tiny_zoo(tmp_path, tiny_zoo, tiny_task_dir):
         assert {tuple(g["weights"]) for g in recipes[k]["groups"].values()} == {tuple(float(i == k) for i in range(3))}
     state = pickle.loads(store.last_snapshot().state)["niches"]
     filled = [i for i, m in enumerate(state["members"]) if m is not None]
+    history = json.loads(store.get_meta("archive_history"))
     store.close()
     assert len(filled) >= 3 and state["scores"].shape == (5, 90)  # 3 tasks x 30 examples
+    # every popsize candidates the archive's members are recorded by label, for the report's diversity plot
+    assert [h["evaluation"] for h in history] == [5, 10]
+    assert set(history[0]["members"]) >= {"g0-0", "g0-1", "g0-2"} and len(history[-1]["members"]) == len(filled)
+    from evomerge.html_report import render_report
+    from evomerge.leaderboard import read_board
+
+    page = render_report(read_board(tmp_path / "run"))
+    archive = page[page.index("id='archive'"):].split("</section>")[0]
+    assert "<img" in archive and "Left out" not in archive
