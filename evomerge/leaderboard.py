@@ -66,6 +66,12 @@ def register_parents(optimizer: str):
     return deco
 
 
+@register_parents("m2n2")
+def _stored_parents(store: RunStore, search: list[Evaluation]) -> dict[str, list[str]]:
+    """Breeding optimizers' searches record {child: [parent, parent]} in the store's meta `parents`."""
+    return json.loads(store.get_meta("parents") or "{}")
+
+
 @dataclass
 class Candidate:
     rank: int | None

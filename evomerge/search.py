@@ -192,13 +192,19 @@ class Search:
         # optimizers that keep an archive (M2N2): its members by candidate label, over time, for the report
         self._archive_every = self.opt.popsize if hasattr(self.opt, "archive") else 0
         self._labels = {np.asarray(ev.genome, dtype=float).tobytes(): ev.label for ev in stored if ev.genome}
+        self._parents: dict[str, list[str]] = {}  # label -> its parents' labels, for breeding optimizers
 
     # -- shared ----------------------------------------------------------------------------------------------------
     def _job(self, n: int, x: np.ndarray) -> Job:
         gen, idx = divmod(n, self.opt.popsize)
         recipe = self.space.decode(x, seed=self.cfg.seed * 1_000_003 + gen * 1000 + idx)
         if self._archive_every:
-            self._labels[np.asarray(x, dtype=float).tobytes()] = label(gen, idx)
+            key = np.asarray(x, dtype=float).tobytes()
+            self._labels[key] = label(gen, idx)
+            bred = getattr(self.opt, "bred", {}).pop(key, None)
+            if bred is not None:
+                self._parents[label(gen, idx)] = [self._labels.get(np.asarray(p, dtype=float).tobytes(), "?")
+                                                  for p in bred]
         return Job("search", gen, idx, label(gen, idx), self.cfg.fitness.search_split, recipe, [float(v) for v in x])
 
     def _record_archive(self, told: int) -> None:
@@ -211,6 +217,9 @@ class Search:
         history = [h for h in history if h["evaluation"] < told]  # a resumed run writes its checkpoint again
         history.append({"evaluation": told, "members": [m for m in members if m is not None]})
         self.store.set_meta("archive_history", json.dumps(history))
+        if self._parents:
+            self.store.set_meta("parents", json.dumps({**json.loads(self.store.get_meta("parents") or "{}"),
+                                                       **self._parents}))
 
     def _prior(self, n: int) -> Evaluation | None:
         gen, idx = divmod(n, self.opt.popsize)

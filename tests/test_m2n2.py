@@ -323,6 +323,12 @@ def test_m2n2_search_on_the_tiny_zoo(tmp_path, tiny_zoo, tiny_task_dir):
     from evomerge.html_report import render_report
     from evomerge.leaderboard import read_board
 
-    page = render_report(read_board(tmp_path / "run"))
+    board = read_board(tmp_path / "run")
+    parents = {c.id: c.parents for c in board.candidates}
+    assert all(not parents[f"g0-{k}"] for k in range(3))  # the sources are nobody's children
+    labels = set(parents)
+    bred = [p for c, p in parents.items() if p]
+    assert bred and all(len(p) == 2 and set(p) <= labels for p in bred)  # children name two earlier candidates
+    page = render_report(board)
     archive = page[page.index("id='archive'"):].split("</section>")[0]
     assert "<img" in archive and "Left out" not in archive

@@ -154,9 +154,11 @@ class Niches:
             if not pool:
                 raise RuntimeError("the archive is empty and no starting pool was given")
             i, j = self.rng.integers(0, len(pool), size=2)
-            return self.cross(pool[int(i)], pool[int(j)])
+            self.last_parents = (pool[int(i)], pool[int(j)])
+            return self.cross(*self.last_parents)
         a, b = self.parents()
-        return self.cross(self.members[a], self.members[b])
+        self.last_parents = (self.members[a], self.members[b])  # for reports: who bred the child
+        return self.cross(*self.last_parents)
 
     def cross(self, a, b):
         """Crossover (per the settings) of members a and b, then mutation when evolving from scratch."""

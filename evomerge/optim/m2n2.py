@@ -43,6 +43,7 @@ class M2N2Optimizer(Optimizer):
         self._asked = 0
         self._outstanding: list[np.ndarray] = []
         self._generation_out = False
+        self.bred: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
 
     @property
     def popsize(self) -> int:
@@ -53,6 +54,9 @@ class M2N2Optimizer(Optimizer):
             c = self._starts[self._asked]
         else:
             c = self.niches.breed(pool=self._starts)
+            # the parents' genomes by the child's, for the leaderboard (not part of the state: reporting only)
+            self.bred[c.reshape(-1).tobytes()] = tuple(np.asarray(p, dtype=float).reshape(-1)
+                                                       for p in self.niches.last_parents)
         self._asked += 1
         return c.reshape(-1).copy()
 
