@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import random
 import shutil
@@ -270,16 +269,8 @@ class Runner:
             store = self._store(rundir, fresh)
             try:
                 snapshot = self._prepare(store, rundir, base, models)
-                self.events = rundir.events()
-                self.events.emit("run_started", resumed=not fresh, pid=os.getpid(),
-                                 stored=len(store.evaluations("search")))
-                try:
+                with rundir.session(resumed=not fresh, stored=len(store.evaluations("search"))) as self.events:
                     return self._run(store, base, models, tasks, snapshot)
-                except BaseException as e:
-                    self.events.emit("run_stopped", reason=f"{type(e).__name__}: {e}".splitlines()[0])
-                    raise
-                finally:
-                    self.events.close()
             finally:
                 store.close()
 

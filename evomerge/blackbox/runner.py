@@ -14,7 +14,6 @@ baselines (whitebox.py) read the adapters, and only when the run is given the re
 from __future__ import annotations
 
 import json
-import os
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -153,17 +152,9 @@ class BlackboxRunner:
                 rundir.save()
             try:
                 self._prepare(store, rundir)
-                self.events = rundir.events()
-                self.events.emit("run_started", resumed=not fresh, pid=os.getpid(), kind="blackbox")
-                try:
-                    with ExitStack() as stack:
-                        client = self._service(stack, rundir)
-                        results = self._run(store, client, val, held)
-                except BaseException as e:
-                    self.events.emit("run_stopped", reason=f"{type(e).__name__}: {e}".splitlines()[0])
-                    raise
-                finally:
-                    self.events.close()
+                with rundir.session(resumed=not fresh, kind="blackbox") as self.events, ExitStack() as stack:
+                    client = self._service(stack, rundir)
+                    results = self._run(store, client, val, held)
             finally:
                 store.close()
         return results

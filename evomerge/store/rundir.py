@@ -132,6 +132,20 @@ class RunDir:
     def events(self) -> EventLog:
         return EventLog(self.path / EVENTS_FILE)
 
+    @contextlib.contextmanager
+    def session(self, **started):
+        """The event log for one process's work on the run: `run_started` (with `started`) on entry, `run_stopped`
+        with the reason if the work ends in an exception (Ctrl-C included), closed on exit."""
+        events = self.events()
+        events.emit("run_started", pid=os.getpid(), **started)
+        try:
+            yield events
+        except BaseException as e:
+            events.emit("run_stopped", reason=f"{type(e).__name__}: {e}".splitlines()[0])
+            raise
+        finally:
+            events.close()
+
 
 class EventLog:
     """Append-only JSON lines: one object per event, with its time. For people and tools; the store is the truth."""
