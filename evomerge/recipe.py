@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -79,4 +81,5 @@ class FlowRecipe(_JsonRecipe):
 
 def parse_recipe(text: str) -> Recipe | FlowRecipe:
     """A stored recipe of either kind (flow recipes say kind: flow)."""
-    return FlowRecipe.from_json(text) if '"kind":"flow"' in text.replace(" ", "") else Recipe.from_json(text)
+    data = json.loads(text)
+    return (FlowRecipe if isinstance(data, dict) and data.get("kind") == "flow" else Recipe).model_validate(data)
