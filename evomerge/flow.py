@@ -134,6 +134,9 @@ class FlowModels:
             FlowStep(decoder_layers(self.models[m])[i], slot, s)
             for slot, ((m, i), s) in enumerate(zip(recipe.path, recipe.scales, strict=True)))
         model.generation_config = copy.deepcopy(host.generation_config)
+        left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+        if left:  # an architecture with more top-level state than embeddings, norm, rotary table and head
+            raise MergeError(f"{type(host).__name__}: data-flow models cannot take {left[:3]} from the host yet")
         return model.eval()
 
 
