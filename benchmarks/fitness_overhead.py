@@ -21,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
+from common import print_markdown_table  # noqa: E402 — benchmarks/common.py (scripts run from benchmarks/)
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from evomerge.config import FitnessConfig  # noqa: E402
@@ -84,11 +85,9 @@ def main() -> None:
     rows = [measure(name, scorer, model, acc, args.repeats) for name, scorer in paths]
     for r in rows:
         print(json.dumps(r))
-    print("\n| path | seconds per candidate (900 examples) | forward calls | overhead share |")
-    print("|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['path']} | {r['seconds_per_candidate']:.3f} | {r['forward_calls']} | "
-              f"{100 * r['overhead_share']:.1f}% |")
+    print_markdown_table(["path", "seconds per candidate (900 examples)", "forward calls", "overhead share"],
+                         [[r["path"], f"{r['seconds_per_candidate']:.3f}", str(r["forward_calls"]),
+                           f"{100 * r['overhead_share']:.1f}%"] for r in rows])
 
 
 if __name__ == "__main__":

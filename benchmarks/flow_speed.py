@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from timing import median_seconds  # benchmarks/timing.py (scripts run from benchmarks/)
+from common import median_seconds  # benchmarks/common.py (scripts run from benchmarks/)
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from evomerge.flow import FlowModels, export_flow

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 import torch
-from timing import median_seconds  # benchmarks/timing.py (scripts run from benchmarks/)
+from common import median_seconds  # benchmarks/common.py (scripts run from benchmarks/)
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from evomerge.merge.materialize import Merger

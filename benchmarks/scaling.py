@@ -19,6 +19,7 @@ import textwrap
 from pathlib import Path
 
 import yaml
+from common import print_markdown_table  # benchmarks/common.py (scripts run from benchmarks/)
 from rich.console import Console
 
 from evomerge.runner import Runner
@@ -88,11 +89,10 @@ def main() -> None:
                 r["speedup_vs_n_x_single"] = r["throughput"] / (n * base)
                 out.append(r)
                 print(json.dumps(r), flush=True)
-    print("\n| mode | workers | evaluations | seconds | evaluations/s | throughput / (N × single) | idle share |")
-    print("|---|---|---|---|---|---|---|")
-    for r in out:
-        print(f"| {r['mode']} | {r['workers']} | {r['evaluations']} | {r['seconds']:.1f} | {r['throughput']:.2f} | "
-              f"{r['speedup_vs_n_x_single']:.3f} | {100 * r['idle_share']:.1f}% |")
+    print_markdown_table(
+        ["mode", "workers", "evaluations", "seconds", "evaluations/s", "throughput / (N × single)", "idle share"],
+        [[r["mode"], str(r["workers"]), str(r["evaluations"]), f"{r['seconds']:.1f}", f"{r['throughput']:.2f}",
+          f"{r['speedup_vs_n_x_single']:.3f}", f"{100 * r['idle_share']:.1f}%"] for r in out])
 
 
 if __name__ == "__main__":
