@@ -217,9 +217,10 @@ class Search:
         history = [h for h in history if h["evaluation"] < told]  # a resumed run writes its checkpoint again
         history.append({"evaluation": told, "members": [m for m in members if m is not None]})
         self.store.set_meta("archive_history", json.dumps(history))
-        if self._parents:
+        if self._parents:  # the children named since the last write join the stored ones
             self.store.set_meta("parents", json.dumps({**json.loads(self.store.get_meta("parents") or "{}"),
                                                        **self._parents}))
+            self._parents = {}
 
     def _prior(self, n: int) -> Evaluation | None:
         gen, idx = divmod(n, self.opt.popsize)
