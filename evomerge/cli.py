@@ -63,39 +63,12 @@ def run(
     workers: WorkersOpt = None,
     ray_address: RayAddressOpt = None,
 ) -> None:
-    """Run (or continue) a search and print the held-out comparison table."""
-    from evomerge.config import experiment_kind
-    from evomerge.runner import Runner
+    """Run (or continue) an experiment (a merge search, black-box merging, the M2N2 digits reproduction) and print
+    its comparison table."""
+    from evomerge.run.kinds import open_run
 
-    kind = experiment_kind(experiment)
-    if kind == "m2n2_digits":  # the M2N2 paper's digits reproduction: its own runner
-        return _run_digits(experiment, run_dir)
-    if kind == "blackbox":  # the two-stage search over a merge service's API
-        from evomerge.blackbox.runner import BlackboxRunner
-
-        return _run(lambda: BlackboxRunner(experiment, run_dir, console=console, force=force))
-    _run(lambda: Runner(experiment, run_dir, console=console, force=force, db=db,
-                        executor=_executor_overrides(workers, ray_address)))
-
-
-def _run_digits(experiment: Path, run_dir: Path | None) -> None:
-    import time
-
-    from evomerge.config import read_mapping
-    from evomerge.m2n2.digits import load_config, run_digits
-
-    try:
-        cfg = load_config(read_mapping(experiment, "experiment file"), str(experiment))
-    except EvomergeError as e:
-        _fail(e)
-    out = run_dir or Path("runs") / cfg.name
-    console.print(f"run directory: {out}")
-    t0 = time.perf_counter()
-    res = run_digits(cfg, out, log=console.print)
-    for key, s in res["summary"].items():
-        console.print(f"{key:28s} test {s['test_mean']:.4f} ± {s['test_std']:.4f} over {s['seeds']} seeds at "
-                      f"{s['forward_passes']} passes ({s['passes_per_s_mean']} passes/s)")
-    console.print(f"{time.perf_counter() - t0:.0f} s; results in {out / 'results.json'}, curves in {out / 'curves.png'}")
+    _run(lambda: open_run(experiment, run_dir, console=console, force=force, db=db,
+                          executor=_executor_overrides(workers, ray_address)))
 
 
 @app.command()
@@ -140,14 +113,10 @@ def resume(
     workers: WorkersOpt = None,
     ray_address: RayAddressOpt = None,
 ) -> None:
-    """Continue a stopped run with the experiment config it was started with."""
-    from evomerge.blackbox.runner import BlackboxRunner, is_blackbox_run
-    from evomerge.runner import Runner
+    """Continue a stopped run (of any kind) with the experiment config it was started with."""
+    from evomerge.run.kinds import resume_run
 
-    if is_blackbox_run(run_dir):
-        return _run(lambda: BlackboxRunner.resume(run_dir, console=console))
-
-    _run(lambda: Runner.resume(run_dir, console=console, executor=_executor_overrides(workers, ray_address)))
+    _run(lambda: resume_run(run_dir, console=console, executor=_executor_overrides(workers, ray_address)))
 
 
 @app.command()

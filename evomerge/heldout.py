@@ -1,6 +1,6 @@
 """The run's last word: the evolved merge against the base, every source, the standard merges and a tuned
 single-weight merge, all on the held-out split (plus the Pareto front of a multi-objective search); printed and
-written to results.json."""
+returned as the body of results.json (written by the run lifecycle)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from evomerge.recipe import FlowRecipe, Recipe, parse_recipe
 from evomerge.search import Evaluator
 from evomerge.store import Evaluation, RunStore
 
-RESULTS_FILE = "results.json"
 FRONT_HELDOUT = 20  # Pareto-front members re-scored on held-out data
 
 
@@ -130,13 +129,12 @@ class FinalReport:
         checkpoints = _checkpoints(store)
         if checkpoints:
             results["checkpoints"] = checkpoints
-        (self.run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
-        self.console.print(render_table(results))
+        self.console.print(render_table(results, self.cfg.name))
         if front is not None:
             self.console.print(render_front(results))
         if rescored is not None:
             self.console.print(render_rescored(results))
-        self.console.print(f"written to {self.run_dir / RESULTS_FILE}; every candidate: evomerge leaderboard "
+        self.console.print(f"written to {self.run_dir / 'results.json'}; every candidate: evomerge leaderboard "
                            f"{self.run_dir}; plots: evomerge report {self.run_dir}")
         return results
 
@@ -179,8 +177,6 @@ def _results(cfg, split, rows, evals, store) -> dict:
         })
     search = store.evaluations("search")
     return {
-        "schema_version": 1,
-        "experiment": cfg.name,
         "split": split,
         "examples": n,
         "search": {"evaluations": len(search), "failed": sum(e.status != "ok" for e in search),
@@ -190,9 +186,9 @@ def _results(cfg, split, rows, evals, store) -> dict:
     }
 
 
-def render_table(results: dict) -> Table:
+def render_table(results: dict, name: str) -> Table:
     tasks = list(results["rows"][0]["per_task"])
-    table = Table(title=f"{results['experiment']}: accuracy on the {results['split']!r} split "
+    table = Table(title=f"{name}: accuracy on the {results['split']!r} split "
                         f"({results['examples']} examples)")
     table.add_column("model", no_wrap=True)
     for t in tasks:

@@ -1,16 +1,15 @@
-"""A run from start to end: check the experiment and the run directory, start the workers, search, report."""
+"""The search kind of run (parameter-space, data-flow, M2N2 mosaics over Hugging Face models): resolve its sources
+and tasks, start the workers, search, score the final comparison on held-out data. The run lifecycle around it is
+`evomerge.run.lifecycle`."""
 
 from __future__ import annotations
 
 import json
-import pickle
 import random
 import shutil
-import time
 from pathlib import Path
 
 from pydantic import ValidationError
-
 from rich.console import Console
 
 from evomerge.config import ExecutorConfig, ExperimentConfig, format_validation_error, load_experiment
@@ -21,10 +20,9 @@ from evomerge.fitness.tasks import load_split
 from evomerge.spaces import SPACES
 from evomerge.heldout import FinalReport
 from evomerge.search import Evaluator, Search
+from evomerge.run.lifecycle import RESULTS_FILE, RunLifecycle
 from evomerge.store import RunDir, RunStore, Snapshot
-from evomerge.store.rundir import DB_FILE, normalize_url
 from evomerge.zoo.build import PROFILES, build_zoo
-
 
 
 def resolve_models(cfg: ExperimentConfig, base_dir: Path, console: Console) -> tuple[Path | None, list[Path]]:
@@ -70,7 +68,6 @@ def run_best_model(field: str, run_dir: Path, console: Console) -> Path:
     """The best model of a finished run (the winner of its results.json) as a model directory, exported into
     RUN_DIR/exported/<label> the first time it is asked for: a PS result can become a data flow's model A."""
     from evomerge.reporting.export import export_from_run
-    from evomerge.heldout import RESULTS_FILE
 
     results = run_dir / RESULTS_FILE
     if not RunDir.exists(run_dir):
@@ -158,139 +155,48 @@ def _refuse_test_split(field: str, why: str) -> None:
                       "another split, or set fitness.allow_test_split: true if you mean it")
 
 
-def config_diff(old, new, path: str = "") -> list[tuple[str, object, object]]:
-    """(field.path, old, new) for every leaf that differs between two config dicts."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in sorted(set(old) | set(new)):
-            out += config_diff(old.get(key), new.get(key), f"{path}.{key}" if path else key)
-        return out
-    return [] if old == new else [(path, old, new)]
-
-
 # Changing these would make the stored evaluations or the optimizer's snapshot mean something else.
-_SEARCH_DEFINING = ("seed", "zoo", "sources", "space", "optimizer", "fitness")
+SEARCH_DEFINING = ("seed", "zoo", "sources", "space", "optimizer", "fitness")
 
 
-def _check_config(stored: str, cfg: ExperimentConfig, where: Path, force: bool) -> bool:
-    """Whether the run's config must be updated; raises when the change is refused."""
-    diff = config_diff(json.loads(stored), json.loads(cfg.model_dump_json()))
-    if not diff:
-        return False
-    defining = [d for d in diff if d[0].split(".")[0] in _SEARCH_DEFINING]
-    if force and not defining:
-        return True
-    shown = "; ".join(f"{p}: {a!r} → {b!r}" for p, a, b in (defining if force else diff))
-    hint = ("these fields define the search, so use a new --run-dir" if force else
-            "use a new --run-dir, or --force to continue with the new settings where they do not change the search")
-    raise ConfigError(f"{where}: this run was started with a different experiment config ({shown}); {hint}")
+class Runner(RunLifecycle):
+    """Parameter-space, data-flow and M2N2 mosaic searches over Hugging Face models (experiments without `kind:`)."""
 
+    kind = "search"
+    config_model = ExperimentConfig
+    defining = SEARCH_DEFINING
 
-def _stored_config(store: RunStore, where: Path) -> tuple[ExperimentConfig, Path]:
-    """The config and base directory a run was started with (for `evomerge resume`)."""
-    text, base_dir = store.get_meta("config"), store.get_meta("base_dir")
-    if text is None or base_dir is None:
-        raise ConfigError(f"{where}: the run store holds no experiment config (expected a run started by "
-                          "`evomerge run`)")
-    try:
-        return ExperimentConfig.model_validate_json(text), Path(base_dir)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, f"{where}: stored experiment config")) from None
+    @classmethod
+    def load(cls, path: Path) -> tuple[ExperimentConfig, Path]:
+        return load_experiment(path)
 
-
-class Runner:
-    def __init__(self, experiment: str | Path | None, run_dir: str | Path | None = None,
-                 console: Console | None = None, force: bool = False, db: str | None = None,
-                 executor: dict | None = None):
-        """`executor`: settings that override the experiment's `executor` section for this process only (the
-        command line's --workers and --ray-address); they are not part of the run's config."""
-        self.console = console or Console()
-        self.force, self.db, self.executor_overrides = force, db, executor or {}
-        if experiment is not None:
-            self.experiment_text = Path(experiment).read_text() if Path(experiment).is_file() else None
-            self.cfg, self.base_dir = load_experiment(experiment)
-            self.run_dir = Path(run_dir) if run_dir else Path("runs") / self.cfg.name
-            self._executor_config()
-        else:
-            self.run_dir = Path(run_dir)
-
-    def _executor_config(self) -> None:
+    def _executor_config(self) -> ExecutorConfig:
         if not self.executor_overrides:
-            self.executor_cfg = self.cfg.executor
-            return
+            return self.cfg.executor
         merged = {**self.cfg.executor.model_dump(), "type": "ray", **self.executor_overrides}
         try:
-            self.executor_cfg = ExecutorConfig.model_validate(merged)
+            return ExecutorConfig.model_validate(merged)
         except ValidationError as e:
             raise ConfigError(format_validation_error(e, "command line")) from None
 
-    @classmethod
-    def resume(cls, run_dir: str | Path, console: Console | None = None, executor: dict | None = None) -> Runner:
-        """A runner for an existing run, with the config it was started with."""
-        self = cls(None, run_dir, console, executor=executor)
-        rundir = RunDir.open(self.run_dir)
-        store = rundir.store()
-        try:
-            self.cfg, self.base_dir = _stored_config(store, rundir.path / DB_FILE)
-            self.experiment_text = store.get_meta("experiment")
-        finally:
-            store.close()
-        self._executor_config()
-        return self
-
-    def _open(self) -> tuple[RunDir, bool]:
-        """The run's directory and store, created or checked; nothing is written until every check passed."""
-        if RunDir.exists(self.run_dir):
-            rundir = RunDir.open(self.run_dir)
-            if self.db is not None and normalize_url(self.db) != rundir.db:
-                raise ConfigError(f"--db: this run keeps its evaluations in {rundir.url} ({self.run_dir / 'run.json'})"
-                                  "; a run's store cannot be changed")
-            return rundir, False
-        return RunDir.new(self.run_dir, self.db), True
-
-    def _store(self, rundir: RunDir, fresh: bool) -> RunStore:
-        if not fresh:
-            return rundir.store()
-        try:
-            store = rundir.store(self.cfg.name, create=True)
-        except ConfigError:
-            shutil.rmtree(rundir.path)  # ours, and empty but for the lock and maybe run.db: nothing is lost
-            raise
-        rundir.save()
-        return store
-
-    def run(self) -> dict:
-        tasks = resolve_tasks(self.cfg, self.base_dir)
+    def check(self) -> None:
+        self.executor_cfg = self._executor_config()
+        self.tasks = resolve_tasks(self.cfg, self.base_dir)
         if self.cfg.fitness.type == "python":  # fails here, before the run directory exists, not in a worker
             load_scorer_function(self.cfg.fitness.scorer, self.base_dir)
-        base, models = resolve_models(self.cfg, self.base_dir, self.console)
-        rundir, fresh = self._open()
-        with rundir.lock():
-            store = self._store(rundir, fresh)
-            try:
-                snapshot = self._prepare(store, rundir, base, models)
-                with rundir.session(resumed=not fresh, stored=len(store.evaluations("search"))) as self.events:
-                    return self._run(store, base, models, tasks, snapshot)
-            finally:
-                store.close()
+        self.base, self.models = resolve_models(self.cfg, self.base_dir, self.console)
 
-    def _prepare(self, store: RunStore, rundir: RunDir, base: Path, models: list[Path]) -> Snapshot | None:
-        """Check the stored run against this config, then record what the run needs; returns its snapshot."""
-        cfg = self.cfg
-        stored = store.get_meta("config")
-        if stored is None:  # a new run (or one killed before its first write)
-            for key, value in (("config", cfg.model_dump_json()), ("base_dir", str(self.base_dir)),
-                               ("experiment", self.experiment_text or ""), ("created", str(time.time()))):
-                store.set_meta(key, value)
-        elif _check_config(stored, cfg, rundir.path / DB_FILE, self.force):
-            store.set_meta("config", cfg.model_dump_json())
-        snapshot = self._load_snapshot(store, rundir)
-        if self.experiment_text:
-            (rundir.path / "experiment.yaml").write_text(self.experiment_text)
+    def record(self, store: RunStore) -> None:
         # absolute source paths, so that `evomerge export RUN` needs nothing but the run directory
-        store.set_meta("sources", json.dumps({"base": base and str(base), "models": [str(m) for m in models],
+        store.set_meta("sources", json.dumps({"base": self.base and str(self.base),
+                                              "models": [str(m) for m in self.models],
                                               "space": self.cfg.space.type}))
-        return snapshot
+
+    def summary(self, results: dict) -> dict:
+        return {"best": results["rows"][0]["label"], "heldout": results["rows"][0]["average"]}
+
+    def execute(self, store: RunStore, snapshot: Snapshot | None) -> dict:
+        return self._run(store, self.base, self.models, self.tasks, snapshot)
 
     def _run(self, store, base, models, tasks, snapshot) -> dict:
         cfg = self.cfg
@@ -316,20 +222,6 @@ class Runner:
         finally:
             executor.close()
             self.evaluator.save_telemetry()
-        store.set_meta("finished", str(time.time()))
-        self.events.emit("run_finished", best=results["rows"][0]["label"], heldout=results["rows"][0]["average"])
         return results
-
-    def _load_snapshot(self, store: RunStore, rundir: RunDir) -> Snapshot | None:
-        """The newest optimizer snapshot, checked to load before the run writes anything."""
-        snap = store.last_snapshot()
-        if snap is None:
-            return None
-        try:
-            pickle.loads(snap.state)
-        except Exception as e:  # noqa: BLE001 — any unpickling failure means the same thing
-            raise ConfigError(f"{rundir.path / DB_FILE}: the optimizer snapshot of generation {snap.generation + 1} "
-                              f"is unreadable ({type(e).__name__}); the run cannot continue exactly") from None
-        return snap
 
     # -- final comparison on held-out data ----------------------------------------------------------------------

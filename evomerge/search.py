@@ -33,6 +33,23 @@ def label(gen: int, idx: int) -> str:
     return f"g{gen}-{idx}"
 
 
+class FailedValue:
+    """The one rule for what an optimizer is told of a failed candidate (every kind of search uses it): a worst
+    case, the lowest value seen so far per objective and never above 0 (0 for accuracies), so that a failure ranks
+    below every real result without a magic number."""
+
+    def __init__(self, n_objectives: int = 1):
+        self.floor = [0.0] * n_objectives
+
+    def see(self, values: list[float]) -> None:
+        """Lower the floor by the objectives of a successful evaluation."""
+        self.floor = [min(f, v) for f, v in zip(self.floor, values, strict=True)]
+
+    def told(self, values: list[float] | None) -> list[float]:
+        """What to tell for an evaluation: its objectives, or the floor when it failed (None)."""
+        return list(self.floor) if values is None else values
+
+
 class Evaluator:
     """Issues jobs (a recipe scored before with the same fitness settings is copied, not scored again), records
     every evaluation before anyone hears of it, and keeps idle workers busy with leaders."""
@@ -184,8 +201,7 @@ class Search:
         stored = store.evaluations("search")  # read once: best so far, floor and count come from it
         self.done = len(stored)
         self.best = max((e for e in stored if e.status == "ok"), key=lambda e: e.objective, default=None)
-        # the lowest scores seen, for the worst-case value a failed candidate is told
-        self._floor = [0.0] * cfg.n_objectives
+        self._failed = FailedValue(cfg.n_objectives)  # what a failed candidate is told
         for ev in stored:
             self._lower_floor(ev)
         self._checkpoints = {ev.generation for ev in store.evaluations(CHECKPOINT_KINDS[-1])}
@@ -233,7 +249,7 @@ class Search:
 
     def _lower_floor(self, ev: Evaluation) -> None:
         if ev.status == "ok":
-            self._floor = [min(f, v) for f, v in zip(self._floor, self._objectives(ev), strict=True)]
+            self._failed.see(self._objectives(ev))
 
     def _seen(self, ev: Evaluation, progress, bar) -> None:
         self._lower_floor(ev)
@@ -246,7 +262,7 @@ class Search:
     def _values(self, evals: list[Evaluation]) -> list:
         """What the optimizer is told: the objective (or one per task); for a failure, a worst case — no better
         than anything seen (0 for accuracies)."""
-        out = [self._objectives(e) if e.status == "ok" else self._floor for e in evals]
+        out = [self._failed.told(self._objectives(e) if e.status == "ok" else None) for e in evals]
         return [v[0] for v in out] if self.cfg.n_objectives == 1 else [tuple(v) for v in out]
 
     def _example_row(self, ev: Evaluation) -> list[float] | None:

@@ -1,11 +1,15 @@
-"""A black-box merging run: two CMA-ES stages over the merge service's API, baselines, held-out table.
+"""A black-box merging run: two stages of an optimizer from `OPTIMIZERS` (CMA-ES, the paper's choice) over the merge
+service's API, baselines, held-out table.
 
 Stage 1 (denoise) searches the per-adapter sparsity α ∈ [0,1]^N with β fixed at 1/N, minimizing
 loss + λ₁·mean|α|; stage 2 (scale) fixes the best α and searches β ∈ [−b, b]^N (sign flips allowed), minimizing
-loss + λ₂·mean|β| (DESIGN §6, the paper's defaults). Every query is one stored evaluation of the run's store, so a
-stopped run continues where it was: CMA-ES is replayed from the seed and stored answers are reused (no query is
-sent twice). A query that fails after the client's retries is a recorded failed evaluation and ranks last; a used-up
-budget is recorded too and ends the search — what was found so far is still reported.
+loss + λ₂·mean|β| (the paper's defaults). Each stage is a search space (`space.StageSpace`: genome in [0,1]^N ->
+α or β) and one optimizer phase; queries go out through `executor.ServiceExecutor`, each one a stored evaluation
+of the run's store, and the optimizer's state is snapshotted in the store every generation, so a stopped run
+continues exactly where it was (generations are numbered across the stages). A query that fails after the client's
+retries is a recorded failed evaluation, told the worst value seen (`search.FailedValue`, the rule of every search);
+a used-up budget is recorded too and ends the search — what was found so far is still reported, and a resumed run
+asks the refused queries again.
 
 This process holds no weight: it sends vectors and examples and reads scalars. Only the optional white-box
 baselines (whitebox.py) read the adapters, and only when the run is given the repository.
@@ -13,73 +17,81 @@ baselines (whitebox.py) read the adapters, and only when the run is given the re
 
 from __future__ import annotations
 
-import json
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from cmaes import CMA
-from rich.console import Console
 from rich.table import Table
 
-from evomerge.blackbox.client import BudgetExhausted, MergeClient, ServiceError, read_token
+from evomerge.blackbox.client import MergeClient, read_token
 from evomerge.blackbox.config import BlackboxExperiment, load_blackbox
-from evomerge.errors import ConfigError, EvomergeError
+from evomerge.blackbox.executor import BUDGET_PREFIX, ServiceExecutor
+from evomerge.blackbox.space import ServiceMerge, StageSpace
+from evomerge.config import OptimizerConfig
+from evomerge.errors import ConfigError, RunError
+from evomerge.executors import Job
 from evomerge.fitness.tasks import load_split
-from evomerge.runner import _check_config
-from evomerge.store import RunDir, RunStore
+from evomerge.optim import OPTIMIZERS
+from evomerge.run.lifecycle import RunLifecycle
+from evomerge.search import FailedValue
+from evomerge.store import RunStore, Snapshot
 from evomerge.store.database import Evaluation
-from evomerge.store.rundir import DB_FILE
 
-BUDGET_PREFIX = "budget exhausted: "
-FAILED_VALUE = 1e3  # the fitness of a failed query: ranks below any real loss
-# phase -> generation offset in the store (each phase's generations are numbered from its offset)
-PHASE_OFFSET = {"denoise": 0, "scale": 1000, "no_denoise": 2000, "no_flip": 3000}
+OPTIMIZER = "cma"
+SEARCH, HELDOUT = "search", "heldout"  # the splits a job names: validation examples, held-out examples
 
 
 class BudgetSpent(Exception):
     pass
 
 
-def is_blackbox_run(run_dir: Path) -> bool:
-    """Whether a run directory holds a black-box run (its store says kind: blackbox). A directory that cannot be
-    read is not one: the regular resume path reports what is wrong with it."""
-    try:
-        store = RunDir.open(run_dir).store()
-    except EvomergeError:
-        return False
-    try:
-        return store.get_meta("kind") == "blackbox"
-    finally:
-        store.close()
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    space: StageSpace
+    budget: int
 
 
-class BlackboxRunner:
-    def __init__(self, experiment: str | Path | None, run_dir: str | Path | None = None,
-                 console: Console | None = None, force: bool = False):
-        self.console = console or Console()
-        self.force = force
-        if experiment is not None:
-            self.experiment_text = Path(experiment).read_text()
-            self.cfg, self.base_dir = load_blackbox(experiment)
-            self.run_dir = Path(run_dir) if run_dir else Path("runs") / self.cfg.name
-        else:
-            self.run_dir = Path(run_dir)
+class BlackboxRunner(RunLifecycle):
+    kind = "blackbox"
+    config_model = BlackboxExperiment
+    # the service's address, token and retries, the white-box comparison and threads do not change the search
+    defining = ("kind", "seed", "zoo", "data", "stages", "ablations")
 
     @classmethod
-    def resume(cls, run_dir: str | Path, console: Console | None = None) -> BlackboxRunner:
-        """A runner for an existing black-box run, with the config and base directory it was started with."""
-        self = cls(None, run_dir, console)
-        store = RunDir.open(self.run_dir).store()
-        try:
-            text, base_dir = store.get_meta("config"), store.get_meta("base_dir")
-            self.cfg = BlackboxExperiment.model_validate_json(text)
-            self.base_dir = Path(base_dir)
-        finally:
-            store.close()
-        self.experiment_text = (self.run_dir / "experiment.yaml").read_text()
-        return self
+    def load(cls, path: Path) -> tuple[BlackboxExperiment, Path]:
+        return load_blackbox(path)
+
+    def check(self) -> None:
+        import torch
+
+        super().check()
+        if self.db is not None:
+            raise ConfigError("--db: a black-box run keeps its queries in RUN_DIR/run.db")
+        torch.set_num_threads(self.cfg.threads)
+        self.val, self.held = self._data()
+
+    def _budgets(self) -> list[int]:
+        st = self.cfg.stages
+        return [st.denoise_budget, st.scale_budget] + [st.scale_budget] * len(self.cfg.ablations)
+
+    def record(self, store: RunStore) -> None:
+        gens = [b // self.cfg.stages.popsize for b in self._budgets()]
+        store.set_meta("search_total", str(sum(gens) * self.cfg.stages.popsize))
+        store.set_meta("generations_total", str(sum(gens)))
+
+    def summary(self, results: dict) -> dict:
+        return {"best": results["best_candidate"]}
+
+    def execute(self, store: RunStore, snapshot: Snapshot | None) -> dict:
+        with ExitStack() as stack:
+            client = self._service(stack)
+            executor = ServiceExecutor(client, {SEARCH: self.val, HELDOUT: [e for rows in self.held.values()
+                                                                           for e in rows]}, (HELDOUT,))
+            stack.callback(executor.close)
+            return self._run(store, client, executor, snapshot)
 
     # -- data and service ---------------------------------------------------------------------------------------
     def _data(self) -> tuple[list[dict], dict[str, list[dict]]]:
@@ -121,14 +133,14 @@ class BlackboxRunner:
                 out.append(p)
         return out[0], out[1]
 
-    def _service(self, stack: ExitStack, rundir: RunDir) -> MergeClient:
+    def _service(self, stack: ExitStack) -> MergeClient:
         s = self.cfg.service
         if s.launch == "local":
             from evomerge.blackbox.launch import local_service
 
             base, repo = self._provider_paths()
             with self.console.status("starting the merge service"):
-                url, token = stack.enter_context(local_service(base, repo, rundir.path / "service.log",
+                url, token = stack.enter_context(local_service(base, repo, self.run_dir / "service.log",
                                                                replicas=s.replicas, threads=self.cfg.threads))
         else:
             url = s.url
@@ -139,146 +151,140 @@ class BlackboxRunner:
         return client
 
     # -- the run ------------------------------------------------------------------------------------------------
-    def run(self) -> dict:
-        import torch
-
-        torch.set_num_threads(self.cfg.threads)
-        val, held = self._data()
-        rundir, fresh = (RunDir.open(self.run_dir), False) if RunDir.exists(self.run_dir) else \
-            (RunDir.new(self.run_dir), True)
-        with rundir.lock():
-            store = rundir.store(self.cfg.name, create=True) if fresh else rundir.store()
-            if fresh:
-                rundir.save()
-            try:
-                self._prepare(store, rundir)
-                with rundir.session(resumed=not fresh, kind="blackbox") as self.events, ExitStack() as stack:
-                    client = self._service(stack, rundir)
-                    results = self._run(store, client, val, held)
-            finally:
-                store.close()
-        return results
-
-    def _prepare(self, store: RunStore, rundir: RunDir) -> None:
-        stored = store.get_meta("config")
-        if stored is None:
-            store.set_meta("config", self.cfg.model_dump_json())
-            store.set_meta("kind", "blackbox")
-            store.set_meta("base_dir", str(self.base_dir))
-            store.set_meta("created", str(time.time()))
-        elif _check_config(stored, self.cfg, rundir.path / DB_FILE, self.force):
-            store.set_meta("config", self.cfg.model_dump_json())
-        (rundir.path / "experiment.yaml").write_text(self.experiment_text)
-        self.stored = {(e.kind, e.generation, e.idx, e.label): e for e in store.evaluations()}
-
-    def _query(self, store: RunStore, client: MergeClient, kind: str, gen: int, idx: int, label: str,
-               alpha, beta, examples: list[dict], *, accuracy: bool = False) -> Evaluation:
-        """One query, or its stored answer when this run already asked it (replay on resume)."""
-        key = (kind, gen, idx, label)
-        genome = [float(v) for v in np.concatenate([alpha, beta])]
-        old = self.stored.get(key)
-        # a stored answer is reused; a query refused for want of budget is asked again (the budget may be new)
-        if old is not None and old.genome is not None and np.allclose(old.genome, genome) and \
-                not (old.error or "").startswith(BUDGET_PREFIX):
+    def _query(self, store: RunStore, executor: ServiceExecutor, job: Job) -> Evaluation:
+        """One query, or its stored answer when this run already asked it; a query refused for want of budget is
+        asked again (the budget may be new)."""
+        old = store.get(job.kind, job.generation, job.idx, job.label)
+        if old is not None and old.genome == job.genome and not (old.error or "").startswith(BUDGET_PREFIX):
             return old
-        t0 = time.time()
-        try:
-            r = client.evaluate(alpha, beta, examples, accuracy=accuracy, per_example=accuracy)
-            ev = Evaluation(kind, gen, idx, label, "query", "ok", objective=-r["loss"],
-                            per_task={"loss": r["loss"]}, genome=genome, eval_seconds=time.time() - t0,
-                            per_example={"correct": [float(c) for c in r.get("per_example_correct", [])]})
-        except ServiceError as e:
-            error = f"{BUDGET_PREFIX}{e}" if isinstance(e, BudgetExhausted) else str(e)
-            ev = Evaluation(kind, gen, idx, label, "query", "failed", genome=genome, error=error,
-                            eval_seconds=time.time() - t0)
-            store.add(ev)
-            self.events.emit("evaluation_failed", label=label, error=str(e))
-            if isinstance(e, BudgetExhausted):
-                raise BudgetSpent(str(e)) from None
-            return ev
-        store.add(ev)
-        self.events.emit("evaluation", label=label, status="ok", worker="service")
+        executor.submit(job)
+        ev = executor.next()
+        store.add(ev)  # durable before anyone hears of it
+        self.events.emit("evaluation", kind=ev.kind, generation=ev.generation, idx=ev.idx, label=ev.label,
+                         status=ev.status, objective=ev.objective, eval_s=round(ev.eval_seconds, 4),
+                         worker="service", **({"error": ev.error.splitlines()[0]} if ev.error else {}))
+        if (ev.error or "").startswith(BUDGET_PREFIX):
+            raise BudgetSpent(ev.error.removeprefix(BUDGET_PREFIX))
         return ev
 
-    def _stage(self, store, client, phase: str, x0: np.ndarray, bounds: tuple[float, float], budget: int,
-               lam: float, merge, examples: list[dict]) -> dict:
-        """One CMA-ES stage: minimize loss(merge(x)) + lam·mean|x|; returns the best point and its numbers."""
-        st = self.cfg.stages
-        n = len(x0)
-        es = CMA(mean=x0.astype(float), sigma=st.sigma0, bounds=np.array([bounds] * n, dtype=float),
-                 seed=self.cfg.seed, population_size=st.popsize)
-        best = {"value": float("inf"), "x": x0.tolist(), "loss": None, "queries": 0, "failed": 0}
-        gens = budget // st.popsize
-        for g in range(gens):
-            told = []
-            for i in range(st.popsize):
-                x = es.ask()
-                alpha, beta = merge(x)
-                ev = self._query(store, client, "search", PHASE_OFFSET[phase] + g, i, f"{phase}-g{g}-{i}",
-                                 alpha, beta, examples)
-                best["queries"] += 1
-                if ev.status == "ok":
-                    value = ev.per_task["loss"] + lam * float(np.mean(np.abs(x)))
-                    if value < best["value"]:
-                        best.update(value=value, x=[float(v) for v in x], loss=ev.per_task["loss"])
-                else:
-                    value = FAILED_VALUE
-                    best["failed"] += 1
-                told.append((x, value))
-            es.tell(told)
-            self.events.emit("generation", phase=phase, generation=g, best=best["value"])
-            self.console.print(f"{phase} generation {g + 1}/{gens}: best {best['value']:.4f} "
-                               f"(loss {best['loss'] if best['loss'] is None else round(best['loss'], 4)})")
-        return best
+    def _fixed(self, store, executor, kind: str, gen: int, idx: int, label: str, alpha, beta, split: str):
+        """A query of a fixed merge (baselines, held-out scores): its genome is α and β, so that a stored answer
+        is reused only for the same merge."""
+        alpha, beta = [float(v) for v in alpha], [float(v) for v in beta]
+        job = Job(kind, gen, idx, label, split, ServiceMerge(tuple(alpha), tuple(beta)), alpha + beta)
+        return self._query(store, executor, job)
 
-    def _run(self, store: RunStore, client: MergeClient, val: list[dict], held: dict[str, list[dict]]) -> dict:
+    def _stage(self, store: RunStore, executor: ServiceExecutor, stage: Stage, offset: int,
+               snap: Snapshot | None) -> dict:
+        """One optimizer phase over `stage.space`, its generations numbered from `offset` in the store; resumed from
+        the snapshot when it falls in this phase. Returns the phase's best point and its numbers."""
+        st, space = self.cfg.stages, stage.space
+        gens = stage.budget // st.popsize
+        told = snap.generation + (snap.phase == "told") if snap is not None else 0  # generations of the whole run
+        if told < offset + gens:
+            ocfg = OptimizerConfig(type=OPTIMIZER, generations=gens, popsize=st.popsize,
+                                   sigma0=space.genome_sigma(st.sigma0))
+            opt = OPTIMIZERS[OPTIMIZER](ocfg, space.dim, seed=self.cfg.seed, x0=space.genome_x0)
+            start, pending = 0, None
+            if snap is not None and snap.generation >= offset:  # stopped inside this phase
+                opt.load_state(snap.state)
+                start = told - offset
+                if snap.phase == "asked":  # asked but not told: the same genomes go out again
+                    pending = [np.asarray(g, dtype=float) for g in snap.genomes]
+            for g in range(start, gens):
+                self._generation(store, executor, stage, opt, offset + g, g, pending)
+                pending = None
+        return self._phase_result(store, stage, offset, gens)
+
+    def _generation(self, store, executor, stage: Stage, opt, gen: int, g: int, pending) -> None:
+        if pending is not None:
+            genomes = pending
+        else:
+            genomes = opt.ask()
+            store.save_snapshot(gen, "asked", opt.state(), genomes)
+        evals = []
+        for i, y in enumerate(genomes):
+            job = Job("search", gen, i, f"{stage.name}-g{g}-{i}", SEARCH, stage.space.decode(y), [float(v) for v in y])
+            evals.append(self._query(store, executor, job))
+        if all(e.status != "ok" for e in evals):
+            raise RunError(f"every candidate of {stage.name} generation {g + 1} failed; first error: "
+                           f"{evals[0].error.splitlines()[0]}")
+        failed = FailedValue()
+        for e in store.evaluations("search"):  # the worst seen in this phase so far, this generation included
+            if e.status == "ok" and e.label.startswith(f"{stage.name}-"):
+                failed.see([e.objective])
+        opt.tell(genomes, [failed.told([e.objective] if e.status == "ok" else None)[0] for e in evals])
+        store.save_snapshot(gen, "told", opt.state())
+        best = self._phase_best(store, stage)
+        self.events.emit("generation_told", phase=stage.name, generation=gen, best=best and -best.objective)
+        self.console.print(f"{stage.name} generation {g + 1}/{stage.budget // self.cfg.stages.popsize}: best "
+                           f"{'–' if best is None else f'{-best.objective:.4f}'} (loss "
+                           f"{'–' if best is None else round(best.per_task['loss'], 4)})")
+
+    @staticmethod
+    def _phase_evals(store: RunStore, stage: Stage) -> list[Evaluation]:
+        return [e for e in store.evaluations("search") if e.label.startswith(f"{stage.name}-g")
+                and not (e.error or "").startswith(BUDGET_PREFIX)]
+
+    def _phase_best(self, store: RunStore, stage: Stage) -> Evaluation | None:
+        ok = [e for e in self._phase_evals(store, stage) if e.status == "ok"]
+        return max(ok, key=lambda e: e.objective) if ok else None  # the first of equals: the first found
+
+    def _phase_result(self, store: RunStore, stage: Stage, offset: int, gens: int) -> dict:
+        evals = self._phase_evals(store, stage)
+        best = self._phase_best(store, stage)
+        x = stage.space.x0 if best is None else stage.space.vector(best.genome)
+        return {"value": float("inf") if best is None else -best.objective, "x": [float(v) for v in x],
+                "loss": None if best is None else best.per_task["loss"], "queries": len(evals),
+                "failed": sum(e.status != "ok" for e in evals), "best_candidate": best and best.label}
+
+    def _run(self, store: RunStore, client: MergeClient, executor: ServiceExecutor, snap: Snapshot | None) -> dict:
         st, cfg = self.cfg.stages, self.cfg
         ids = client.adapters()
         n = len(ids)
-        budgets = [st.denoise_budget, st.scale_budget] + [st.scale_budget] * len(cfg.ablations)
-        store.set_meta("search_total", str(sum(b // st.popsize * st.popsize for b in budgets)))
-        ones, uniform = np.ones(n), np.full(n, 1.0 / n)
+        ones, uniform, b = np.ones(n), np.full(n, 1.0 / n), st.beta_bound
         phases: dict[str, dict] = {}
-        spent = None
+        spent, offset = None, 0
         try:
-            phases["denoise"] = self._stage(store, client, "denoise", ones, (0.0, 1.0), st.denoise_budget,
-                                            st.lam_denoise, lambda x: (x, uniform), val)
-            alpha = np.array(phases["denoise"]["x"])
-            b = st.beta_bound
-            phases["scale"] = self._stage(store, client, "scale", uniform, (-b, b), st.scale_budget, st.lam_scale,
-                                          lambda x: (alpha, x), val)
+            stage = Stage("denoise", StageSpace("alpha", 0.0, 1.0, tuple(ones), tuple(uniform), st.lam_denoise),
+                          st.denoise_budget)
+            phases["denoise"] = self._stage(store, executor, stage, offset, snap)
+            offset += st.denoise_budget // st.popsize
+            alpha = tuple(phases["denoise"]["x"])
+            stages = [Stage("scale", StageSpace("beta", -b, b, tuple(uniform), alpha, st.lam_scale), st.scale_budget)]
             if "no_flip" in cfg.ablations:
-                phases["no_flip"] = self._stage(store, client, "no_flip", uniform, (0.0, b), st.scale_budget,
-                                                st.lam_scale, lambda x: (alpha, x), val)
+                stages.append(Stage("no_flip", StageSpace("beta", 0.0, b, tuple(uniform), alpha, st.lam_scale),
+                                    st.scale_budget))
             if "no_denoise" in cfg.ablations:
-                phases["no_denoise"] = self._stage(store, client, "no_denoise", uniform, (-b, b), st.scale_budget,
-                                                   st.lam_scale, lambda x: (ones, x), val)
+                stages.append(Stage("no_denoise", StageSpace("beta", -b, b, tuple(uniform), tuple(ones),
+                                                             st.lam_scale), st.scale_budget))
+            for stage in stages:
+                phases[stage.name] = self._stage(store, executor, stage, offset, snap)
+                offset += stage.budget // st.popsize
         except BudgetSpent as e:
             spent = str(e)
             self.console.print(f"[yellow]search stopped: {e}[/]")
-        candidates = self._candidates(store, client, ids, phases, val)
-        rows = self._heldout(store, client, candidates, held)
+        candidates = self._candidates(store, executor, ids, phases, self.val)
+        rows = self._heldout(store, executor, candidates, self.held)
         if cfg.whitebox.enabled and cfg.service.launch == "local":
             from evomerge.blackbox.whitebox import whitebox_results
 
             base, repo = self._provider_paths()
-            rows += whitebox_results(base, repo, val, held, cfg.whitebox.lams, cfg.whitebox.ties_density)
+            rows += whitebox_results(base, repo, self.val, self.held, cfg.whitebox.lams, cfg.whitebox.ties_density)
         for r in rows:
             r["average"] = float(np.mean(list(r["heldout"].values()))) if r["heldout"] else None
         kinds = [e.kind for e in store.evaluations()]
-        results = {"adapters": ids, "validation_examples": len(val), "rows": rows, "budget_stop": spent,
+        results = {"best_candidate": rows[0]["label"] if rows else None, "adapters": ids,
+                   "validation_examples": len(self.val), "rows": rows, "budget_stop": spent,
                    "queries": {"search": sum(p["queries"] for p in phases.values()),
                                "baselines": kinds.count("tune"), "heldout": kinds.count("heldout"),
                                "total_answered_by_service_this_process": client.queries,
                                "retried": client.retried},
                    "phases": phases}
-        (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
-        store.set_meta("finished", str(time.time()))
-        self.events.emit("run_finished", best=rows[0]["label"] if rows else None)
         self.console.print(render_table(results))
         return results
 
-    def _candidates(self, store, client, ids, phases, val) -> list[dict]:
+    def _candidates(self, store, executor, ids, phases, val) -> list[dict]:
         """The merges the table compares, all reached through the API: the search's results, the LoRAHub-style
         uniform start, the best single adapter (one query per adapter on the validation examples), the base."""
         n = len(ids)
@@ -302,13 +308,13 @@ class BlackboxRunner:
         singles = []
         try:
             for k, (label, beta) in enumerate(fixed):
-                ev = self._query(store, client, "tune", 1, k, label, ones, beta, val)
+                ev = self._fixed(store, executor, "tune", 1, k, label, ones, beta, SEARCH)
                 out.append({"label": label, "alpha": ones, "beta": beta, "queries": 1,
                             "validation_loss": ev.per_task.get("loss")})
             for i in range(n):
                 beta = np.zeros(n)
                 beta[i] = 1.0
-                ev = self._query(store, client, "tune", 0, i, f"single-{ids[i]}", ones, beta, val)
+                ev = self._fixed(store, executor, "tune", 0, i, f"single-{ids[i]}", ones, beta, SEARCH)
                 if ev.status == "ok":
                     singles.append((ev.per_task["loss"], i))
         except BudgetSpent:
@@ -321,17 +327,15 @@ class BlackboxRunner:
                         "queries": len(singles), "validation_loss": loss})
         return out
 
-    def _heldout(self, store, client, candidates: list[dict], held: dict[str, list[dict]]) -> list[dict]:
+    def _heldout(self, store, executor, candidates: list[dict], held: dict[str, list[dict]]) -> list[dict]:
         """Held-out accuracy per task of each candidate: one query over all held-out examples, split by task."""
-        examples = [e for rows in held.values() for e in rows]
         rows = []
         for c in candidates:
             row = {k_: c[k_] for k_ in ("label", "queries", "validation_loss")}
             row.update(alpha=[float(v) for v in c["alpha"]], beta=[float(v) for v in c["beta"]], heldout={})
             try:
                 # keyed by label alone: a resumed run may list more candidates before this one
-                ev = self._query(store, client, "heldout", 0, 0, c["label"], c["alpha"], c["beta"], examples,
-                                 accuracy=True)
+                ev = self._fixed(store, executor, "heldout", 0, 0, c["label"], c["alpha"], c["beta"], HELDOUT)
             except BudgetSpent as e:
                 row["error"] = str(e)
                 rows.append(row)

@@ -1,5 +1,6 @@
 """The M2N2 paper's reference experiment: scikit-learn digits, an MLP 64-256-10, evolved from scratch or merged from
-two models pre-trained on half the digits each (DESIGN §6). Run with `evomerge run experiments/m2n2_digits.yaml`.
+two models pre-trained on half the digits each. Run with `evomerge run experiments/m2n2_digits.yaml`; a stopped
+run continues with `evomerge resume RUN_DIR`.
 
 One forward pass is the evaluation of one child on the whole training split (1437 images, one batched matrix
 product in torch). Every `log_every` passes the member with the best training accuracy is scored on the test split
@@ -18,14 +19,17 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from evomerge.config import format_validation_error
+from evomerge.config import format_validation_error, read_mapping
 from evomerge.errors import ConfigError
 from evomerge.m2n2.flat import FlatBackend
 from evomerge.m2n2.niches import Niches, NicheSettings
+from evomerge.run.lifecycle import RunLifecycle
+from evomerge.store import Evaluation, RunStore
 
 IN, HIDDEN, OUT = 64, 256, 10
 N_PARAMS = (IN + 1) * HIDDEN + (HIDDEN + 1) * OUT  # 19,210
 KIND = "m2n2_digits"
+RECORDS_KEY = "digits_runs"  # store meta: {label: one (variant, seed)'s record}
 
 
 class _Strict(BaseModel):
@@ -154,27 +158,75 @@ def run_variant(v: DigitsVariant, seed: int, popsize: int, log_every: int, data,
             "wall_s": round(wall, 2), "passes_per_s": round(v.forward_passes / (wall - eval_s), 1)}
 
 
-def run_digits(cfg: DigitsConfig, out: Path, log=print) -> dict:
-    """Every variant × every seed; results.json (curves, summary) and curves.png under `out`."""
+class DigitsRunner(RunLifecycle):
+    """The reproduction as a run: each (variant, seed) is one stored evaluation (objective: its final test accuracy)
+    and its record (curve, timing) is kept in the store's meta, so a stopped run continues with the first (variant,
+    seed) not finished; one cut short is run again from its start (it is deterministic in its seed)."""
+
+    kind = KIND
+    config_model = DigitsConfig
+    defining = ("kind", "runs", "base_seed", "popsize", "log_every", "variants")
+
+    @classmethod
+    def load(cls, path: Path) -> tuple[DigitsConfig, Path]:
+        return load_config(read_mapping(path, "experiment file"), str(path)), path.parent.resolve()
+
+    def record(self, store: RunStore) -> None:
+        units = len(self.cfg.variants) * self.cfg.runs
+        store.set_meta("search_total", str(units))
+        store.set_meta("generations_total", str(units))
+
+    def execute(self, store: RunStore, snapshot) -> dict:
+        t0 = time.perf_counter()
+        results = run_digits(self.cfg, self.run_dir, store, self.events, log=self.console.print)
+        for key, s in results["summary"].items():
+            self.console.print(f"{key:28s} test {s['test_mean']:.4f} ± {s['test_std']:.4f} over {s['seeds']} seeds "
+                               f"at {s['forward_passes']} passes ({s['passes_per_s_mean']} passes/s)")
+        self.console.print(f"{time.perf_counter() - t0:.0f} s; curves in {self.run_dir / 'curves.png'}")
+        return results
+
+
+def _unit(store: RunStore, vi: int, r: int, label: str) -> dict | None:
+    """The stored record of one (variant, seed), if it finished."""
+    ev = store.get("search", vi, r, label)
+    records = json.loads(store.get_meta(RECORDS_KEY) or "{}")
+    return records.get(label) if ev is not None and ev.status == "ok" else None
+
+
+def run_digits(cfg: DigitsConfig, out: Path, store: RunStore, events, log=print) -> dict:
+    """Every variant × every seed (those the store holds are reused, not run again); returns the body of
+    results.json (curves, summary, one row per variant) and writes curves.png under `out`."""
     torch.set_num_threads(cfg.threads)
-    out.mkdir(parents=True, exist_ok=True)
     data = load_digits_split()
     pretrained = None
     if any(v.init == "pretrained" for v in cfg.variants):
         pretrained = pretrained_pair(data[0])
         accs = [float(correct(p, *data[1]).mean()) for p in pretrained]
         log(f"pre-trained half-digit models: test accuracy {accs[0]:.3f} (0-4), {accs[1]:.3f} (5-9)")
-    results = {"config": cfg.model_dump(), "machine": f"{platform.processor() or platform.machine()}, "
-               f"{torch.get_num_threads()} torch thread(s)", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "runs": []}
-    for v in cfg.variants:
+    runs = []
+    for vi, v in enumerate(cfg.variants):
         for r in range(cfg.runs):
-            res = run_variant(v, cfg.base_seed + r, cfg.popsize, cfg.log_every, data, pretrained)
-            results["runs"].append(res)
-            log(f"{v.key} seed {res['seed']}: test {res['test_acc']:.4f} train {res['train_acc']:.4f} "
-                f"({res['wall_s']} s, {res['passes_per_s']} passes/s)")
-            results["summary"] = summarize(results["runs"])
-            (out / "results.json").write_text(json.dumps(results, indent=1))
+            seed = cfg.base_seed + r
+            label = f"{v.key}/seed{seed}"
+            res = _unit(store, vi, r, label)
+            if res is None:
+                res = run_variant(v, seed, cfg.popsize, cfg.log_every, data, pretrained)
+                # the record first, the evaluation (the mark of a finished unit) last: a kill in between re-runs it
+                records = json.loads(store.get_meta(RECORDS_KEY) or "{}")
+                store.set_meta(RECORDS_KEY, json.dumps({**records, label: res}))
+                store.add(Evaluation("search", vi, r, label, "train", "ok", objective=res["test_acc"],
+                                     per_task={"test": res["test_acc"], "train": res["train_acc"]},
+                                     eval_seconds=res["wall_s"], worker="local"))
+                events.emit("evaluation", kind="search", generation=vi, idx=r, label=label, status="ok",
+                            objective=res["test_acc"], eval_s=res["wall_s"], worker="local")
+                log(f"{v.key} seed {seed}: test {res['test_acc']:.4f} train {res['train_acc']:.4f} "
+                    f"({res['wall_s']} s, {res['passes_per_s']} passes/s)")
+            runs.append(res)
+    summary = summarize(runs)
+    rows = sorted(({"label": key, **s} for key, s in summary.items()), key=lambda row: -row["test_mean"])
+    results = {"best_candidate": rows[0]["label"], "rows": rows, "config": cfg.model_dump(),
+               "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s)",
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": runs, "summary": summary}
     plot(results, out / "curves.png")
     return results
 

@@ -31,12 +31,11 @@ def _throughput(events: list[dict]) -> tuple[float | None, float]:
 
 
 def _name_and_generations(store) -> tuple[str, int]:
+    """The run's name and how many generations its search has (kinds other than a search record theirs)."""
     text = store.get_meta("config") or "{}"
-    if store.get_meta("kind") == "blackbox":  # CMA-ES stages over a merge service (evomerge.blackbox)
-        raw = json.loads(text)
-        st = raw["stages"]
-        budgets = [st["denoise_budget"], st["scale_budget"]] + [st["scale_budget"]] * len(raw["ablations"])
-        return raw["name"], sum(b // st["popsize"] for b in budgets)
+    total = store.get_meta("generations_total")
+    if total is not None:
+        return json.loads(text)["name"], int(total)
     cfg = ExperimentConfig.model_validate_json(text)
     return cfg.name, cfg.optimizer.generations
 
@@ -46,7 +45,6 @@ def run_status(path: Path) -> dict:
     store = rundir.store()
     try:
         name, generations = _name_and_generations(store)
-        blackbox = store.get_meta("kind") == "blackbox"
         search = store.evaluations("search")
         best = store.best("search")
         snap = store.last_snapshot()
@@ -58,9 +56,8 @@ def run_status(path: Path) -> dict:
         store.close()
     pid = rundir.running_pid()
     told = (snap.generation + (snap.phase == "told")) if snap else 0
-    if blackbox:  # a black-box run keeps no snapshot: its events count the generations
-        told = len({(e.get("phase"), e.get("generation")) for e in read_events(rundir.path / EVENTS_FILE)
-                    if e["event"] == "generation"})  # distinct: a resumed run replays its generations
+    if snap is None and total is not None and int(total) == generations:  # one evaluation per step (digits)
+        told = len(search)
     failed = [e for e in search if e.status != "ok"]
     rate, live = _throughput(read_events(rundir.path / EVENTS_FILE))
     total = None if total is None else int(total)

@@ -1,0 +1,222 @@
+"""The run lifecycle every experiment kind goes through: open or create the run directory, lock it, check the
+experiment against the stored one, record what the run needs, open an event-log session, run the kind's work, write
+`results.json`, mark the run finished.
+
+A kind subclasses `RunLifecycle` and supplies `load` (experiment file -> config), `config_model`, `defining` (the
+top-level config fields that define the search: changing one would make stored evaluations or snapshots mean
+something else, so --force cannot change them) and `execute` (the work; returns the results body). `check` runs
+before anything is written, so a bad input leaves no run directory behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+
+from evomerge.config import format_validation_error
+from evomerge.errors import ConfigError
+from evomerge.store import EventLog, RunDir, RunStore, Snapshot
+from evomerge.store.rundir import DB_FILE, normalize_url
+
+RESULTS_FILE = "results.json"
+# 2: every kind's results.json has `schema_version`, `kind`, `experiment`, `best_candidate` and `rows` (one dict per
+# compared model, each with a `label`), plus the kind's own fields. 1: the search kind's layout before that.
+RESULTS_SCHEMA_VERSION = 2
+
+
+def config_diff(old, new, path: str = "") -> list[tuple[str, object, object]]:
+    """(field.path, old, new) for every leaf that differs between two config dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += config_diff(old.get(key), new.get(key), f"{path}.{key}" if path else key)
+        return out
+    return [] if old == new else [(path, old, new)]
+
+
+def check_config(stored: str, cfg: BaseModel, defining: tuple[str, ...], where: Path, force: bool) -> bool:
+    """Whether the run's stored config must be updated to `cfg`; raises when the change is refused."""
+    diff = config_diff(json.loads(stored), json.loads(cfg.model_dump_json()))
+    if not diff:
+        return False
+    search = [d for d in diff if d[0].split(".")[0] in defining]
+    if force and not search:
+        return True
+    shown = "; ".join(f"{p}: {a!r} → {b!r}" for p, a, b in (search if force else diff))
+    hint = ("these fields define the search, so use a new --run-dir" if force else
+            "use a new --run-dir, or --force to continue with the new settings where they do not change the search")
+    raise ConfigError(f"{where}: this run was started with a different experiment config ({shown}); {hint}")
+
+
+def write_results(run_dir: Path, kind: str, name: str, body: dict) -> dict:
+    """The one writer of `results.json`: the versioned envelope around a kind's results, replaced atomically."""
+    results = {"schema_version": RESULTS_SCHEMA_VERSION, "kind": kind, "experiment": name,
+               "best_candidate": None, **body}
+    if not isinstance(results.get("rows"), list):
+        raise TypeError(f"results of kind {kind!r} have no rows")
+    tmp = run_dir / (RESULTS_FILE + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, run_dir / RESULTS_FILE)
+    return results
+
+
+def read_results(run_dir: Path) -> dict | None:
+    """A finished run's results.json (None when there is none yet)."""
+    f = Path(run_dir) / RESULTS_FILE
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def stored_kind(store: RunStore) -> str:
+    """The experiment kind a run was started as (runs from before kinds were recorded are searches)."""
+    return store.get_meta("kind") or "search"
+
+
+class RunLifecycle:
+    kind: ClassVar[str]
+    config_model: ClassVar[type[BaseModel]]
+    defining: ClassVar[tuple[str, ...]]
+
+    def __init__(self, experiment: str | Path | None, run_dir: str | Path | None = None,
+                 console: Console | None = None, force: bool = False, db: str | None = None,
+                 executor: dict | None = None):
+        """`executor`: settings that override the experiment's executor for this process only (the command line's
+        --workers and --ray-address); they are not part of the run's config."""
+        self.console = console or Console()
+        self.force, self.db, self.executor_overrides = force, db, executor or {}
+        self.events: EventLog | None = None
+        if experiment is not None:
+            path = Path(experiment)
+            self.experiment_text = path.read_text() if path.is_file() else None
+            self.cfg, self.base_dir = self.load(path)
+            self.run_dir = Path(run_dir) if run_dir else Path("runs") / self.cfg.name
+        else:
+            self.run_dir = Path(run_dir)
+
+    # -- what a kind supplies ------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: Path) -> tuple[Any, Path]:
+        """The experiment file's config and the directory its paths are relative to (ConfigError when bad)."""
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Everything that can be checked before the run directory is written (data, sources, references)."""
+        if self.executor_overrides:
+            raise ConfigError(f"--workers/--ray-address: a {self.kind} run has no worker pool")
+
+    def record(self, store: RunStore) -> None:
+        """What the kind keeps in the store's meta beyond the config (written on every start)."""
+
+    def execute(self, store: RunStore, snapshot: Snapshot | None) -> dict:
+        """The kind's work: evaluations into `store`, events into `self.events`; returns the results body (with
+        `rows` and `best_candidate`) that `results.json` wraps."""
+        raise NotImplementedError
+
+    def summary(self, results: dict) -> dict:
+        """The fields of the `run_finished` event."""
+        return {"best": results.get("best_candidate")}
+
+    # -- resume --------------------------------------------------------------------------------------------------
+    @classmethod
+    def resume(cls, run_dir: str | Path, console: Console | None = None, **kwargs) -> RunLifecycle:
+        """This kind's lifecycle for an existing run, with the config and base directory it was started with."""
+        self = cls(None, run_dir, console, **kwargs)
+        rundir = RunDir.open(self.run_dir)
+        store = rundir.store()
+        where = rundir.path / DB_FILE
+        try:
+            text, base_dir = store.get_meta("config"), store.get_meta("base_dir")
+            if text is None or base_dir is None:
+                raise ConfigError(f"{where}: the run store holds no experiment config (expected a run started by "
+                                  "`evomerge run`)")
+            if stored_kind(store) != cls.kind:
+                raise ConfigError(f"{where}: a {stored_kind(store)} run, not a {cls.kind} run")
+            try:
+                self.cfg = cls.config_model.model_validate_json(text)
+            except ValidationError as e:
+                raise ConfigError(format_validation_error(e, f"{where}: stored experiment config")) from None
+            self.base_dir = Path(base_dir)
+            self.experiment_text = store.get_meta("experiment")
+        finally:
+            store.close()
+        return self
+
+    # -- the run -------------------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        self.check()
+        rundir, fresh = self._open()
+        with rundir.lock():
+            store = self._store(rundir, fresh)
+            try:
+                snapshot = self._prepare(store, rundir)
+                stored = len(store.evaluations("search"))
+                with rundir.session(kind=self.kind, resumed=not fresh, stored=stored) as self.events:
+                    body = self.execute(store, snapshot)
+                    results = write_results(self.run_dir, self.kind, self.cfg.name, body)
+                    store.set_meta("finished", str(time.time()))
+                    self.events.emit("run_finished", **self.summary(results))
+            finally:
+                store.close()
+        return results
+
+    def _open(self) -> tuple[RunDir, bool]:
+        """The run's directory, existing or new; nothing is written until every check passed."""
+        if RunDir.exists(self.run_dir):
+            rundir = RunDir.open(self.run_dir)
+            if self.db is not None and normalize_url(self.db) != rundir.db:
+                raise ConfigError(f"--db: this run keeps its evaluations in {rundir.url} ({self.run_dir / 'run.json'})"
+                                  "; a run's store cannot be changed")
+            return rundir, False
+        return RunDir.new(self.run_dir, self.db), True
+
+    def _store(self, rundir: RunDir, fresh: bool) -> RunStore:
+        if not fresh:
+            return rundir.store()
+        try:
+            store = rundir.store(self.cfg.name, create=True)
+        except ConfigError:
+            shutil.rmtree(rundir.path)  # ours, and empty but for the lock and maybe run.db: nothing is lost
+            raise
+        rundir.save()
+        return store
+
+    def _prepare(self, store: RunStore, rundir: RunDir) -> Snapshot | None:
+        """Check the stored run against this config, then record what the run needs; returns its snapshot."""
+        where = rundir.path / DB_FILE
+        stored = store.get_meta("config")
+        if stored is None:  # a new run (or one killed before its first write)
+            for key, value in (("config", self.cfg.model_dump_json()), ("kind", self.kind),
+                               ("base_dir", str(self.base_dir)), ("experiment", self.experiment_text or ""),
+                               ("created", str(time.time()))):
+                store.set_meta(key, value)
+        else:
+            if stored_kind(store) != self.kind:
+                raise ConfigError(f"{where}: this run is a {stored_kind(store)} run; the experiment is a {self.kind} "
+                                  "one (use a new --run-dir)")
+            if check_config(stored, self.cfg, self.defining, where, self.force):
+                store.set_meta("config", self.cfg.model_dump_json())
+        snapshot = self._load_snapshot(store, where)
+        if self.experiment_text:
+            (rundir.path / "experiment.yaml").write_text(self.experiment_text)
+        self.record(store)
+        return snapshot
+
+    def _load_snapshot(self, store: RunStore, where: Path) -> Snapshot | None:
+        """The newest optimizer snapshot, checked to load before the run writes anything."""
+        import pickle
+
+        snap = store.last_snapshot()
+        if snap is None:
+            return None
+        try:
+            pickle.loads(snap.state)
+        except Exception as e:  # noqa: BLE001 — any unpickling failure means the same thing
+            raise ConfigError(f"{where}: the optimizer snapshot of generation {snap.generation + 1} "
+                              f"is unreadable ({type(e).__name__}); the run cannot continue exactly") from None
+        return snap
