@@ -332,3 +332,30 @@ def test_m2n2_search_on_the_tiny_zoo(tmp_path, tiny_zoo, tiny_task_dir):
     page = render_report(board)
     archive = page[page.index("id='archive'"):].split("</section>")[0]
     assert "<img" in archive and "Left out" not in archive
+
+
+@pytest.mark.slow
+def test_digits_kill_then_resume_equals_an_uninterrupted_run(tmp_path):
+    """The digits reproduction keeps each (variant, seed) in the run's store: SIGKILL twice, `evomerge resume`, and
+    the curves and table equal an uninterrupted run's; a finished (variant, seed) is never run again."""
+    import os
+
+    import yaml
+
+    from evomerge.reporting.status import run_status
+    from scripts.kill_resume import kill_and_resume
+
+    exp = tmp_path / "digits.yaml"
+    exp.write_text(yaml.safe_dump({
+        "kind": "m2n2_digits", "name": "digits-kill", "runs": 2, "popsize": 10, "log_every": 200,
+        "variants": [{"name": "m2n2", "init": "pretrained", "forward_passes": 400},
+                     {"name": "ga", "init": "scratch", "forward_passes": 600, "alpha": 0.0, "attraction": False}]}))
+    report = kill_and_resume(exp, tmp_path / "work", kills=2, seed=3, env=dict(os.environ), log=lambda *_: None)
+    assert report["evaluations"] == 4
+    assert report["same_sequence"] and report["same_best"] and report["same_results"], report
+    assert report["lost"] == 0 and report["recomputed"] == [], report
+    killed, ref = (json.loads((tmp_path / "work" / d / "results.json").read_text()) for d in ("killed", "reference"))
+    assert [r["curve"] for r in killed["runs"]] == [r["curve"] for r in ref["runs"]]
+    assert killed["schema_version"] == 2 and killed["kind"] == "m2n2_digits"
+    s = run_status(tmp_path / "work" / "killed")
+    assert s["state"] == "finished" and s["generations"] == {"done": 4, "total": 4}
