@@ -20,7 +20,7 @@ from evomerge.fitness.tasks import load_split
 from evomerge.spaces import SPACES
 from evomerge.heldout import FinalReport
 from evomerge.search import Evaluator, Search
-from evomerge.run.lifecycle import RESULTS_FILE, RunLifecycle
+from evomerge.run.lifecycle import RESULTS_FILE, RunLifecycle, RunSettings
 from evomerge.store import RunDir, RunStore, Snapshot
 from evomerge.zoo.build import PROFILES, build_zoo
 
@@ -185,6 +185,9 @@ class Runner(RunLifecycle):
         if self.cfg.fitness.type == "python":  # fails here, before the run directory exists, not in a worker
             load_scorer_function(self.cfg.fitness.scorer, self.base_dir)
         self.base, self.models = resolve_models(self.cfg, self.base_dir, self.console)
+
+    def settings(self) -> RunSettings:
+        return RunSettings.of_search(self.cfg)
 
     def record(self, store: RunStore) -> None:
         # absolute source paths, so that `evomerge export RUN` needs nothing but the run directory

@@ -34,7 +34,7 @@ from evomerge.errors import ConfigError, RunError
 from evomerge.executors import Job
 from evomerge.fitness.tasks import load_split
 from evomerge.optim import OPTIMIZERS
-from evomerge.run.lifecycle import RunLifecycle
+from evomerge.run.lifecycle import RunLifecycle, RunSettings
 from evomerge.search import FailedValue
 from evomerge.store import RunStore, Snapshot
 from evomerge.store.database import Evaluation
@@ -77,10 +77,17 @@ class BlackboxRunner(RunLifecycle):
         st = self.cfg.stages
         return [st.denoise_budget, st.scale_budget] + [st.scale_budget] * len(self.cfg.ablations)
 
+    def settings(self) -> RunSettings:
+        st = self.cfg.stages
+        stages = ["denoise α", "scale β", *self.cfg.ablations]
+        return RunSettings(self.cfg.name, OPTIMIZER, sum(b // st.popsize for b in self._budgets()), "blackbox",
+                           f"black-box stages ({', '.join(stages)}) over the adapters of a merge service",
+                           "the service's loss on the validation examples, minus λ·mean|x| (maximized)",
+                           ("loss",), SEARCH, HELDOUT)
+
     def record(self, store: RunStore) -> None:
         gens = [b // self.cfg.stages.popsize for b in self._budgets()]
         store.set_meta("search_total", str(sum(gens) * self.cfg.stages.popsize))
-        store.set_meta("generations_total", str(sum(gens)))
 
     def summary(self, results: dict) -> dict:
         return {"best": results["best_candidate"]}

@@ -23,7 +23,7 @@ from evomerge.config import format_validation_error, read_mapping
 from evomerge.errors import ConfigError
 from evomerge.m2n2.flat import FlatBackend
 from evomerge.m2n2.niches import Niches, NicheSettings
-from evomerge.run.lifecycle import RunLifecycle
+from evomerge.run.lifecycle import RunLifecycle, RunSettings
 from evomerge.store import Evaluation, RunStore
 
 IN, HIDDEN, OUT = 64, 256, 10
@@ -171,10 +171,16 @@ class DigitsRunner(RunLifecycle):
     def load(cls, path: Path) -> tuple[DigitsConfig, Path]:
         return load_config(read_mapping(path, "experiment file"), str(path)), path.parent.resolve()
 
+    def settings(self) -> RunSettings:
+        units = len(self.cfg.variants) * self.cfg.runs
+        return RunSettings(self.cfg.name, "m2n2", units, "flat",
+                           f"MLP 64-256-10 on scikit-learn digits, {len(self.cfg.variants)} variants × "
+                           f"{self.cfg.runs} seeds (one evaluation each)",
+                           "final test accuracy of the best-train member", ("test", "train"), "train", "test")
+
     def record(self, store: RunStore) -> None:
         units = len(self.cfg.variants) * self.cfg.runs
         store.set_meta("search_total", str(units))
-        store.set_meta("generations_total", str(units))
 
     def execute(self, store: RunStore, snapshot) -> dict:
         t0 = time.perf_counter()

@@ -120,7 +120,7 @@ def export_from_run(run_dir: Path, out: Path, rank: int = 1, candidate: str | No
             raise ConfigError(f"--rank: expected 1..{len(ranked)}, got {rank}")
         c = ranked[rank - 1]
     src = json.loads(meta)
-    split = board.cfg.fitness
+    split = board.settings
     provenance = {
         "experiment": board.name, "run directory": str(Path(run_dir).resolve()),
         "candidate": f"{c.id} (rank {c.rank} of {len(ranked)} by search score; generation {c.generation})",

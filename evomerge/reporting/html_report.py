@@ -113,7 +113,7 @@ def _progress(board: Board) -> str:
         ax.plot(xs, [float(np.median([c.objective for c in g])) for _, g in sorted(by_gen.items())], "o-",
                 color="tab:orange", ms=3, label="generation median")
     ax.set_xlabel("evaluation")
-    ax.set_ylabel(f"search objective ({board.cfg.fitness.search_split!r} split)")
+    ax.set_ylabel(f"search objective ({board.settings.search_split!r} split)")
     fig.colorbar(sc, ax=ax, label="generation")
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
@@ -143,7 +143,7 @@ def _tasks(board: Board) -> str:
             ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
     ax.set_yticks(ys, [label for label, _ in rows], fontsize=8)
     ax.set_xlim(0, 1.08)
-    ax.set_xlabel(f"accuracy ({board.cfg.fitness.heldout_split!r} split)")
+    ax.set_xlabel(f"accuracy ({board.settings.heldout_split!r} split)")
     ax.legend(loc="lower right", fontsize=8, ncols=len(tasks) + 1)
     ax.grid(axis="x", alpha=0.3)
     return _img(fig, "held-out accuracy per task of the leaders, the sources and the baselines")
@@ -151,7 +151,7 @@ def _tasks(board: Board) -> str:
 
 @section("pareto", "Pareto front of the search (multi-objective runs)")
 def _pareto(board: Board) -> str:
-    if board.cfg.n_objectives == 1:
+    if board.settings.n_objectives == 1:
         raise Missing("a single-objective run (fitness.objective: mean): no Pareto front; set fitness.objective: "
                       "per_task for one")
     ok = _ok(board)
@@ -180,9 +180,11 @@ def _recipe(board: Board) -> str:
     import numpy as np
 
     best = _best(board)
-    if "groups" not in best.recipe:
+    if best.recipe.get("kind") == "flow":
         raise Missing("a data-flow recipe has no per-layer weights; its layer path is drawn below")
-    groups = best.recipe["groups"]
+    groups = best.recipe.get("groups")
+    if not groups:
+        raise Missing("this kind of run has no merge recipe with per-layer weights")
     names = list(groups)
     sources = board.sources or [f"source {i}" for i in range(len(groups[names[0]]["weights"]))]
     panels = [("weight", np.array([groups[g]["weights"] for g in names]))]
@@ -259,7 +261,7 @@ def archive_diversity(board: Board, history: list[dict]) -> list[dict]:
 def _archive(board: Board) -> str:
     history = board.meta.get("archive_history")
     if not history:
-        raise Missing(f"no archive history in this run (optimizer {board.cfg.optimizer.type}; M2N2 keeps one)")
+        raise Missing(f"no archive history in this run (optimizer {board.settings.optimizer}; M2N2 keeps one)")
     rows = archive_diversity(board, json.loads(history))
     if not rows:
         raise Missing("the archive history names no stored candidate")
@@ -288,15 +290,13 @@ def _leaderboard(board: Board) -> str:
 
 # -- the page ----------------------------------------------------------------------------------------------------------
 def _facts(board: Board) -> str:
-    cfg, ok = board.cfg, _ok(board)
+    cfg, ok = board.settings, _ok(board)
     best = ok[0] if ok else None
     facts = [
         ("state", board.state), ("run directory", board.run_dir),
-        ("optimizer", f"{cfg.optimizer.type}, {cfg.optimizer.generations} generations"),
-        ("search space", f"{cfg.space.type}: {cfg.space.operator}, granularity {cfg.space.granularity}"
-         if cfg.space.flow is None else f"{cfg.space.type}: {cfg.space.flow.repeats} repeats, "
-         f"{cfg.space.flow.scaling} scaling, {cfg.space.flow.indicator} indicators"),
-        ("fitness", f"{cfg.fitness.type}, objective {cfg.fitness.objective}, tasks {', '.join(board.tasks)}"),
+        ("optimizer", f"{cfg.optimizer}, {cfg.generations} generations"),
+        ("search space", cfg.space_detail),
+        ("fitness", f"{cfg.fitness}, tasks {', '.join(board.tasks)}"),
         ("sources", ", ".join(board.sources)),
         ("evaluations", f"{len(board.candidates)} ({len(board.candidates) - len(ok)} failed)"),
     ]

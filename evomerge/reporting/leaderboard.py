@@ -40,9 +40,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from evomerge.config import ExperimentConfig, format_validation_error
+from evomerge.config import format_validation_error
 from evomerge.errors import ConfigError
 from evomerge.optim.pareto import pareto_front
+from evomerge.run.lifecycle import RunSettings, read_settings
 from evomerge.store import Evaluation, RunDir, RunStore
 
 SCHEMA = "evomerge-leaderboard"
@@ -106,7 +107,7 @@ class Board:
     run_id: str
     name: str
     state: str
-    cfg: ExperimentConfig
+    settings: RunSettings
     sources: list[str]
     candidates: list[Candidate]  # rank order, failures last (in evaluation order)
     references: list[dict] = field(default_factory=list)
@@ -115,7 +116,7 @@ class Board:
 
     @property
     def tasks(self) -> list[str]:
-        return list(self.cfg.fitness.tasks)
+        return list(self.settings.tasks)
 
     def by_id(self, cid: str) -> Candidate | None:
         return next((c for c in self.candidates if c.id == cid), None)
@@ -124,6 +125,8 @@ class Board:
 def recipe_summary(recipe: dict) -> str:
     """A short line: groups, and the mean weight (and density) per source over the groups (the operator has its own
     column); for a data flow, its layers per model and the range of its scales."""
+    if recipe.get("kind") == "service_merge":  # black-box merging: per-adapter sparsity α and scale β
+        return "ᾱ=" + "/".join(f"{a:.2f}" for a in recipe["alpha"]) + " β=" + "/".join(f"{b:.2f}" for b in recipe["beta"])
     if recipe.get("kind") == "flow":
         path, scales = recipe["path"], recipe["scales"]
         per_model = [sum(1 for m, _ in path if m == k) for k in range(max(m for m, _ in path) + 1)]
@@ -162,35 +165,34 @@ def read_board(path: Path) -> Board:
             raise ConfigError(f"{path}: the run store holds no experiment config (expected a run started by "
                               "`evomerge run`)")
         try:
-            cfg = ExperimentConfig.model_validate_json(text)
+            settings = read_settings(store)
         except ValidationError as e:
             raise ConfigError(format_validation_error(e, f"{path}: stored experiment config")) from None
         sources = [Path(m).name for m in json.loads(store.get_meta("sources") or '{"models": []}')["models"]]
         evals = store.evaluations()
         finished = store.get_meta("finished") is not None
-        parents_of = PARENTS.get(cfg.optimizer.type)
+        parents_of = PARENTS.get(settings.optimizer)
         search = [e for e in evals if e.kind == "search"]
         parents = parents_of(store, search) if parents_of else {}
         meta = {k: v for k in META_KEYS if (v := store.get_meta(k)) is not None}
     finally:
         store.close()
     state = "running" if rundir.running_pid() else ("finished" if finished else "stopped")
-    candidates = _candidates(cfg, search, evals, parents)
+    candidates = _candidates(settings, search, evals, parents)
     references = [{"label": e.label, "kind": _reference_kind(e.label, sources), "split": e.split,
                    "objective": e.objective, "per_task": e.per_task}
                   for e in evals if e.kind == "heldout" and e.status == "ok"]
-    return Board(str(rundir.path), rundir.run_id, cfg.name, state, cfg, sources, candidates, references, evals, meta)
+    return Board(str(rundir.path), rundir.run_id, settings.name, state, settings, sources, candidates, references, evals, meta)
 
 
-def _candidates(cfg: ExperimentConfig, search: list[Evaluation], evals: list[Evaluation],
+def _candidates(f: RunSettings, search: list[Evaluation], evals: list[Evaluation],
                 parents: dict[str, list[str]]) -> list[Candidate]:
-    f = cfg.fitness
     tasks = list(f.tasks)
     scored = {(e.recipe, e.split): e for e in evals if e.status == "ok" and e.kind != "search"}
     ok = [e for e in search if e.status == "ok"]
     order = sorted(range(len(ok)), key=lambda i: -ok[i].objective)  # stable: ties keep evaluation order
     rank = {id(ok[i]): r + 1 for r, i in enumerate(order)}
-    multi = cfg.n_objectives > 1
+    multi = f.n_objectives > 1
     front = {id(ok[i]) for i in pareto_front([[e.per_task[t] for t in tasks] for e in ok])} if multi else set()
     out = []
     for n, e in enumerate(search, 1):
@@ -206,8 +208,9 @@ def _candidates(cfg: ExperimentConfig, search: list[Evaluation], evals: list[Eva
             search=dict(e.per_task) if good else {},
             heldout=held.objective if held else None, heldout_per_task=dict(held.per_task) if held else None,
             full_search=full.objective if full else None,
-            operator=recipe.get("operator", "data_flow"),
-            recipe_summary=recipe_summary(recipe) if recipe.get("groups") or recipe.get("path") else "",
+            operator=recipe.get("operator") or ("data_flow" if recipe.get("kind") == "flow" else recipe.get("kind", "?")),
+            recipe_summary=recipe_summary(recipe) if recipe.get("groups") or recipe.get("path") or
+            recipe.get("kind") == "service_merge" else "",
             recipe=recipe, merge_seconds=e.merge_seconds, eval_seconds=e.eval_seconds, worker=e.worker,
             cached=e.worker == "cache", error=e.error.splitlines()[0] if e.error else None))
     return sorted(out, key=lambda c: (c.rank is None, c.rank or 0, c.evaluation))
@@ -235,7 +238,7 @@ def evaluations_to(board: Board, fraction: float = TO_95) -> int | None:
 def comparison(board: Board) -> dict:
     best = board.candidates[0] if board.candidates and board.candidates[0].rank == 1 else None
     return {
-        "run_dir": board.run_dir, "name": board.name, "optimizer": board.cfg.optimizer.type,
+        "run_dir": board.run_dir, "name": board.name, "optimizer": board.settings.optimizer,
         "evaluations": len(board.candidates), "failed": sum(c.status != "ok" for c in board.candidates),
         "best_id": best and best.id, "best_objective": best and best.objective,
         "best_heldout": best and best.heldout, "evaluations_to_95": evaluations_to(board),
@@ -248,9 +251,9 @@ def columns(boards: list[Board]) -> list[str]:
     tasks = list(dict.fromkeys(t for b in boards for t in b.tasks))
     cols = ["rank", "id", "generation", "parents", "status", "objective",
             *(f"search_{t}" for t in tasks), "heldout", *(f"heldout_{t}" for t in tasks)]
-    if any(b.cfg.fitness.search_subset for b in boards):
+    if any(b.settings.search_subset for b in boards):
         cols.append("full_search")
-    if any(b.cfg.n_objectives > 1 for b in boards):
+    if any(b.settings.n_objectives > 1 for b in boards):
         cols.append("pareto")
     cols += ["operator", "recipe", "merge_s", "eval_s", "worker", "error"]
     return (["run"] if len(boards) > 1 else []) + cols
@@ -404,9 +407,9 @@ def to_json(boards: list[Board], pairs: list[tuple[Board, Candidate]] | None = N
     for b in boards:
         cands = [] if compare_only else [asdict(c) for bb, c in pairs if bb is b]
         runs.append({"run_dir": b.run_dir, "run_id": b.run_id, "name": b.name, "state": b.state,
-                     "optimizer": b.cfg.optimizer.type, "space": b.cfg.space.type,
-                     "objective": b.cfg.fitness.objective, "tasks": b.tasks,
-                     "search_split": b.cfg.fitness.search_split, "heldout_split": b.cfg.fitness.heldout_split,
+                     "optimizer": b.settings.optimizer, "space": b.settings.space,
+                     "objective": "per_task" if b.settings.n_objectives > 1 else "mean", "tasks": b.tasks,
+                     "search_split": b.settings.search_split, "heldout_split": b.settings.heldout_split,
                      "sources": b.sources, "candidates": cands, "references": b.references})
     return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "runs": runs,
             "comparison": [comparison(b) for b in boards]}

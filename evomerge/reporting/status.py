@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from evomerge.config import ExperimentConfig
+from evomerge.run.lifecycle import read_settings
 from evomerge.store import RunDir, read_events
 from evomerge.store.rundir import EVENTS_FILE
 
@@ -31,13 +31,8 @@ def _throughput(events: list[dict]) -> tuple[float | None, float]:
 
 
 def _name_and_generations(store) -> tuple[str, int]:
-    """The run's name and how many generations its search has (kinds other than a search record theirs)."""
-    text = store.get_meta("config") or "{}"
-    total = store.get_meta("generations_total")
-    if total is not None:
-        return json.loads(text)["name"], int(total)
-    cfg = ExperimentConfig.model_validate_json(text)
-    return cfg.name, cfg.optimizer.generations
+    settings = read_settings(store)
+    return settings.name, settings.generations
 
 
 def run_status(path: Path) -> dict:

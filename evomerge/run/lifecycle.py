@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -73,6 +74,49 @@ def read_results(run_dir: Path) -> dict | None:
     return json.loads(f.read_text()) if f.is_file() else None
 
 
+@dataclass(frozen=True)
+class RunSettings:
+    """What a reader of a run (status, leaderboard, report) needs to know of its search, whatever its kind: kept in
+    the store's meta `settings` by the lifecycle, so that reporting never parses a kind's config."""
+
+    name: str
+    optimizer: str
+    generations: int
+    space: str  # the space's type
+    space_detail: str  # and what distinguishes it, one line
+    fitness: str  # how a candidate is scored, one line
+    tasks: tuple[str, ...]  # the keys of a search evaluation's per_task
+    search_split: str
+    heldout_split: str
+    n_objectives: int = 1
+    search_subset: int | None = None
+    full_search_split: str | None = None
+
+    @classmethod
+    def of_search(cls, cfg) -> RunSettings:
+        """A merge search's settings (`ExperimentConfig`)."""
+        sp, f = cfg.space, cfg.fitness
+        space = (f"{sp.type}: {sp.operator}, granularity {sp.granularity}" if sp.flow is None else
+                 f"{sp.type}: {sp.flow.repeats} repeats, {sp.flow.scaling} scaling, {sp.flow.indicator} indicators")
+        return cls(cfg.name, cfg.optimizer.type, cfg.optimizer.generations, sp.type, space,
+                   f"{f.type}, objective {f.objective}", tuple(f.tasks), f.search_split, f.heldout_split,
+                   cfg.n_objectives, f.search_subset, f.full_search_split)
+
+
+def read_settings(store: RunStore) -> RunSettings:
+    """A run's settings; runs started before they were kept are merge searches, read from their config."""
+    text = store.get_meta("settings")
+    if text is not None:
+        d = json.loads(text)
+        return RunSettings(**{**d, "tasks": tuple(d["tasks"])})
+    from evomerge.config import ExperimentConfig
+
+    if stored_kind(store) != "search":
+        raise ConfigError(f"{store.url}: a {stored_kind(store)} run started by an older evomerge (no settings kept); "
+                          "run it again to read it")
+    return RunSettings.of_search(ExperimentConfig.model_validate_json(store.get_meta("config") or "{}"))
+
+
 def stored_kind(store: RunStore) -> str:
     """The experiment kind a run was started as (runs from before kinds were recorded are searches)."""
     return store.get_meta("kind") or "search"
@@ -110,8 +154,12 @@ class RunLifecycle:
         if self.executor_overrides:
             raise ConfigError(f"--workers/--ray-address: a {self.kind} run has no worker pool")
 
+    def settings(self) -> RunSettings:
+        """What readers of the run need to know of its search (kept in the store's meta)."""
+        raise NotImplementedError
+
     def record(self, store: RunStore) -> None:
-        """What the kind keeps in the store's meta beyond the config (written on every start)."""
+        """What the kind keeps in the store's meta beyond the config and settings (written on every start)."""
 
     def execute(self, store: RunStore, snapshot: Snapshot | None) -> dict:
         """The kind's work: evaluations into `store`, events into `self.events`; returns the results body (with
@@ -204,6 +252,7 @@ class RunLifecycle:
         snapshot = self._load_snapshot(store, where)
         if self.experiment_text:
             (rundir.path / "experiment.yaml").write_text(self.experiment_text)
+        store.set_meta("settings", json.dumps(asdict(self.settings())))
         self.record(store)
         return snapshot
 
