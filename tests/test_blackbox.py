@@ -382,3 +382,16 @@ def test_kill_then_resume_equals_an_uninterrupted_run(service, tiny_task_dir, tm
 
     s = run_status(tmp_path / "work" / "killed")
     assert s["state"] == "finished" and s["generations"] == {"done": 6, "total": 6}
+    _readers_work(tmp_path / "work" / "killed", "ᾱ=")
+
+
+def _readers_work(run_dir: Path, recipe_text: str) -> None:
+    """`evomerge leaderboard` and `evomerge report` read a run of this kind."""
+    from typer.testing import CliRunner
+
+    from evomerge.cli import app
+
+    board = CliRunner().invoke(app, ["leaderboard", str(run_dir), "--format", "md"])
+    assert board.exit_code == 0 and recipe_text in board.stdout, board.stdout + board.stderr
+    report = CliRunner().invoke(app, ["report", str(run_dir)])
+    assert report.exit_code == 0 and (run_dir / "report.html").is_file(), report.stderr

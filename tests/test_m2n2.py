@@ -359,3 +359,11 @@ def test_digits_kill_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert killed["schema_version"] == 2 and killed["kind"] == "m2n2_digits"
     s = run_status(tmp_path / "work" / "killed")
     assert s["state"] == "finished" and s["generations"] == {"done": 4, "total": 4}
+    from typer.testing import CliRunner
+
+    from evomerge.cli import app
+
+    board = CliRunner().invoke(app, ["leaderboard", str(tmp_path / "work" / "killed"), "--format", "csv"])
+    assert board.exit_code == 0 and "pretrained/m2n2/seed42" in board.stdout, board.stderr
+    report = CliRunner().invoke(app, ["report", str(tmp_path / "work" / "killed")])
+    assert report.exit_code == 0, report.stderr
