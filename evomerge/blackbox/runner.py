@@ -17,7 +17,6 @@ baselines (whitebox.py) read the adapters, and only when the run is given the re
 
 from __future__ import annotations
 
-import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,8 +67,6 @@ class BlackboxRunner(RunLifecycle):
         import torch
 
         super().check()
-        if self.db is not None:
-            raise ConfigError("--db: a black-box run keeps its queries in RUN_DIR/run.db")
         torch.set_num_threads(self.cfg.threads)
         self.val, self.held = self._data()
 
@@ -217,8 +214,8 @@ class BlackboxRunner(RunLifecycle):
             raise RunError(f"every candidate of {stage.name} generation {g + 1} failed; first error: "
                            f"{evals[0].error.splitlines()[0]}")
         failed = FailedValue()
-        for e in store.evaluations("search"):  # the worst seen in this phase so far, this generation included
-            if e.status == "ok" and e.label.startswith(f"{stage.name}-"):
+        for e in self._phase_evals(store, stage):  # the worst seen in this phase so far, this generation included
+            if e.status == "ok":
                 failed.see([e.objective])
         opt.tell(genomes, [failed.told([e.objective] if e.status == "ok" else None)[0] for e in evals])
         store.save_snapshot(gen, "told", opt.state())

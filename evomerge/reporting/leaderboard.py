@@ -126,7 +126,8 @@ def recipe_summary(recipe: dict) -> str:
     """A short line: groups, and the mean weight (and density) per source over the groups (the operator has its own
     column); for a data flow, its layers per model and the range of its scales."""
     if recipe.get("kind") == "service_merge":  # black-box merging: per-adapter sparsity α and scale β
-        return "ᾱ=" + "/".join(f"{a:.2f}" for a in recipe["alpha"]) + " β=" + "/".join(f"{b:.2f}" for b in recipe["beta"])
+        alpha, beta = ("/".join(f"{v:.2f}" for v in recipe[k]) for k in ("alpha", "beta"))
+        return f"ᾱ={alpha} β={beta}"
     if recipe.get("kind") == "flow":
         path, scales = recipe["path"], recipe["scales"]
         per_model = [sum(1 for m, _ in path if m == k) for k in range(max(m for m, _ in path) + 1)]
@@ -182,7 +183,8 @@ def read_board(path: Path) -> Board:
     references = [{"label": e.label, "kind": _reference_kind(e.label, sources), "split": e.split,
                    "objective": e.objective, "per_task": e.per_task}
                   for e in evals if e.kind == "heldout" and e.status == "ok"]
-    return Board(str(rundir.path), rundir.run_id, settings.name, state, settings, sources, candidates, references, evals, meta)
+    return Board(str(rundir.path), rundir.run_id, settings.name, state, settings, sources, candidates, references,
+                 evals, meta)
 
 
 def _candidates(f: RunSettings, search: list[Evaluation], evals: list[Evaluation],
@@ -208,7 +210,8 @@ def _candidates(f: RunSettings, search: list[Evaluation], evals: list[Evaluation
             search=dict(e.per_task) if good else {},
             heldout=held.objective if held else None, heldout_per_task=dict(held.per_task) if held else None,
             full_search=full.objective if full else None,
-            operator=recipe.get("operator") or ("data_flow" if recipe.get("kind") == "flow" else recipe.get("kind", "?")),
+            operator=recipe.get("operator") or (
+                "data_flow" if recipe.get("kind") == "flow" else recipe.get("kind", "?")),
             recipe_summary=recipe_summary(recipe) if recipe.get("groups") or recipe.get("path") or
             recipe.get("kind") == "service_merge" else "",
             recipe=recipe, merge_seconds=e.merge_seconds, eval_seconds=e.eval_seconds, worker=e.worker,
