@@ -382,6 +382,9 @@ def test_kill_then_resume_equals_an_uninterrupted_run(service, tiny_task_dir, tm
 
     s = run_status(tmp_path / "work" / "killed")
     assert s["state"] == "finished" and s["generations"] == {"done": 6, "total": 6}
+    results = json.loads((tmp_path / "work" / "killed" / "results.json").read_text())
+    assert results["schema_version"] == 2 and results["kind"] == "blackbox"
+    assert results["best_candidate"] == results["rows"][0]["label"]
     _readers_work(tmp_path / "work" / "killed", "ᾱ=")
 
 

@@ -35,6 +35,9 @@ def test_two_generation_search_records_everything(tmp_path, tiny_zoo, tiny_task_
     # the results file is what the table shows, on the held-out split
     on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
     assert on_disk == json.loads(json.dumps(results))
+    # the envelope every kind's results.json shares (the run lifecycle writes it)
+    assert on_disk["schema_version"] == 2 and on_disk["kind"] == "search" and on_disk["experiment"]
+    assert on_disk["best_candidate"] == on_disk["rows"][0]["label"].removeprefix("evolved (").removesuffix(")")
     labels = [r["label"] for r in results["rows"]]
     assert results["split"] == "heldout" and results["examples"] == 3 * 60
     assert labels[:5] == [labels[0], "base", "add", "cipher", "reverse"] and labels[0].startswith("evolved")
