@@ -43,11 +43,13 @@ SEARCH, HELDOUT = "search", "heldout"  # the splits a job names: validation exam
 
 
 class BudgetSpent(Exception):
-    pass
+    """The service refused a query for want of budget: the search stops, what was found is reported."""
 
 
 @dataclass(frozen=True)
 class Stage:
+    """One optimizer phase: its name (the prefix of its candidates' labels), space and evaluations."""
+
     name: str
     space: StageSpace
     budget: int
@@ -79,15 +81,12 @@ class BlackboxRunner(RunLifecycle):
         stages = ["denoise α", "scale β", *self.cfg.ablations]
         return RunSettings(self.cfg.name, OPTIMIZER, sum(b // st.popsize for b in self._budgets()), "blackbox",
                            f"black-box stages ({', '.join(stages)}) over the adapters of a merge service",
-                           "the service's loss on the validation examples, minus λ·mean|x| (maximized)",
+                           "−(loss + λ·mean|x|): the service's loss on the validation examples (maximized)",
                            ("loss",), SEARCH, HELDOUT)
 
     def record(self, store: RunStore) -> None:
         gens = [b // self.cfg.stages.popsize for b in self._budgets()]
         store.set_meta("search_total", str(sum(gens) * self.cfg.stages.popsize))
-
-    def summary(self, results: dict) -> dict:
-        return {"best": results["best_candidate"]}
 
     def execute(self, store: RunStore, snapshot: Snapshot | None) -> dict:
         with ExitStack() as stack:
