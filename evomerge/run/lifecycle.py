@@ -107,8 +107,12 @@ def read_settings(store: RunStore) -> RunSettings:
     """A run's settings; runs started before they were kept are merge searches, read from their config."""
     text = store.get_meta("settings")
     if text is not None:
-        d = json.loads(text)
-        return RunSettings(**{**d, "tasks": tuple(d["tasks"])})
+        try:
+            d = json.loads(text)
+            return RunSettings(**{**d, "tasks": tuple(d["tasks"])})
+        except (ValueError, TypeError, KeyError) as e:
+            raise ConfigError(f"{store.url}: stored run settings are unreadable ({type(e).__name__}: {e}); expected "
+                              "those of this evomerge version") from None
     from evomerge.config import ExperimentConfig
 
     if stored_kind(store) != "search":
