@@ -65,7 +65,7 @@ def run(
 ) -> None:
     """Run (or continue) an experiment (a merge search, black-box merging, the M2N2 digits reproduction) and print
     its comparison table."""
-    from evomerge.run.kinds import open_run
+    from evomerge.runner import open_run
 
     _run(lambda: open_run(experiment, run_dir, console=console, force=force, db=db,
                           executor=_executor_overrides(workers, ray_address)))
@@ -114,7 +114,7 @@ def resume(
     ray_address: RayAddressOpt = None,
 ) -> None:
     """Continue a stopped run (of any kind) with the experiment config it was started with."""
-    from evomerge.run.kinds import resume_run
+    from evomerge.runner import resume_run
 
     _run(lambda: resume_run(run_dir, console=console, executor=_executor_overrides(workers, ray_address)))
 

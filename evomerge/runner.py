@@ -1,6 +1,7 @@
-"""The search kind of run (parameter-space, data-flow, M2N2 mosaics over Hugging Face models): resolve its sources
-and tasks, start the workers, search, score the final comparison on held-out data. The run lifecycle around it is
-`evomerge.run.lifecycle`."""
+"""Which run lifecycle runs an experiment (`KINDS`, by the experiment file's `kind:`; `open_run`, `resume_run`), and
+the search kind (parameter-space, data-flow, M2N2 mosaics over Hugging Face models): resolve its sources and tasks,
+start the workers, search, score the final comparison on held-out data. The lifecycle every kind shares is
+`evomerge.run.lifecycle`; the other kinds live with their code (`blackbox.runner`, `m2n2.digits`)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,17 @@ from pathlib import Path
 from pydantic import ValidationError
 from rich.console import Console
 
-from evomerge.config import ExecutorConfig, ExperimentConfig, format_validation_error, load_experiment
+from evomerge.blackbox.runner import BlackboxRunner
+from evomerge.config import ExecutorConfig, ExperimentConfig, experiment_kind, format_validation_error, load_experiment
 from evomerge.errors import ConfigError
 from evomerge.executors import make_executor
 from evomerge.fitness.scorer import load_scorer_function
 from evomerge.fitness.tasks import load_split
-from evomerge.spaces import SPACES
 from evomerge.heldout import FinalReport
+from evomerge.m2n2.digits import DigitsRunner
+from evomerge.run.lifecycle import RESULTS_FILE, RunLifecycle, RunSettings, stored_kind
 from evomerge.search import Evaluator, Search
-from evomerge.run.lifecycle import RESULTS_FILE, RunLifecycle, RunSettings
+from evomerge.spaces import SPACES
 from evomerge.store import RunDir, RunStore, Snapshot
 from evomerge.zoo.build import PROFILES, build_zoo
 
@@ -228,3 +231,33 @@ class Runner(RunLifecycle):
         return results
 
     # -- final comparison on held-out data ----------------------------------------------------------------------
+
+
+# -- the kinds of run ----------------------------------------------------------------------------------------------
+KINDS: dict[str, type[RunLifecycle]] = {cls.kind: cls for cls in (Runner, BlackboxRunner, DigitsRunner)}
+FILE_KINDS = {None: "search", "blackbox": "blackbox", "m2n2_digits": "m2n2_digits"}  # `kind:` -> a KINDS key
+
+
+def lifecycle_class(experiment: Path) -> type[RunLifecycle]:
+    kind = experiment_kind(Path(experiment))
+    if kind not in FILE_KINDS:
+        raise ConfigError(f"{experiment}: kind: unknown experiment kind {kind!r}; expected none (a merge search), "
+                          "blackbox or m2n2_digits")
+    return KINDS[FILE_KINDS[kind]]
+
+
+def open_run(experiment: Path, run_dir: Path | None = None, **kwargs) -> RunLifecycle:
+    """The lifecycle for `evomerge run EXPERIMENT` (a new run, or the existing one in run_dir continued)."""
+    return lifecycle_class(experiment)(experiment, run_dir, **kwargs)
+
+
+def resume_run(run_dir: Path, **kwargs) -> RunLifecycle:
+    """The lifecycle for `evomerge resume RUN_DIR`, of the kind the run was started as."""
+    store = RunDir.open(run_dir).store()
+    try:
+        kind = stored_kind(store)
+    finally:
+        store.close()
+    if kind not in KINDS:
+        raise ConfigError(f"{run_dir}: a run of unknown kind {kind!r} (expected one of {sorted(KINDS)})")
+    return KINDS[kind].resume(run_dir, **kwargs)
