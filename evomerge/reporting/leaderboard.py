@@ -43,7 +43,8 @@ from pydantic import ValidationError
 from evomerge.config import format_validation_error
 from evomerge.errors import ConfigError
 from evomerge.optim.pareto import pareto_front
-from evomerge.run.lifecycle import RunSettings, read_settings
+from evomerge.reporting.status import run_settings
+from evomerge.run.lifecycle import RunSettings
 from evomerge.store import Evaluation, RunDir, RunStore
 
 SCHEMA = "evomerge-leaderboard"
@@ -166,7 +167,7 @@ def read_board(path: Path) -> Board:
             raise ConfigError(f"{path}: the run store holds no experiment config (expected a run started by "
                               "`evomerge run`)")
         try:
-            settings = read_settings(store)
+            settings = run_settings(store)
         except ValidationError as e:
             raise ConfigError(format_validation_error(e, f"{path}: stored experiment config")) from None
         sources = [Path(m).name for m in json.loads(store.get_meta("sources") or '{"models": []}')["models"]]

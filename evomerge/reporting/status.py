@@ -9,7 +9,9 @@ from pathlib import Path
 
 from rich.table import Table
 
-from evomerge.run.lifecycle import read_settings
+from evomerge.config import ExperimentConfig
+from evomerge.errors import ConfigError
+from evomerge.run.lifecycle import RunSettings, read_settings, stored_kind
 from evomerge.store import RunDir, read_events
 from evomerge.store.rundir import EVENTS_FILE
 
@@ -30,8 +32,20 @@ def _throughput(events: list[dict]) -> tuple[float | None, float]:
     return (count / live * 3600 if live > 0 else None), live
 
 
-def _name_and_generations(store) -> tuple[str, int]:
+def run_settings(store) -> RunSettings:
+    """What a reader needs to know of a run's search; runs started before the lifecycle kept it are merge searches,
+    read from their config."""
     settings = read_settings(store)
+    if settings is not None:
+        return settings
+    if stored_kind(store) != "search":
+        raise ConfigError(f"{store.url}: a {stored_kind(store)} run started by an older evomerge (no settings kept); "
+                          "run it again to read it")
+    return RunSettings.of_search(ExperimentConfig.model_validate_json(store.get_meta("config") or "{}"))
+
+
+def _name_and_generations(store) -> tuple[str, int]:
+    settings = run_settings(store)
     return settings.name, settings.generations
 
 

@@ -103,22 +103,17 @@ class RunSettings:
                    cfg.n_objectives, f.search_subset, f.full_search_split)
 
 
-def read_settings(store: RunStore) -> RunSettings:
-    """A run's settings; runs started before they were kept are merge searches, read from their config."""
+def read_settings(store: RunStore) -> RunSettings | None:
+    """A run's settings (None for a run started before they were kept: a merge search)."""
     text = store.get_meta("settings")
-    if text is not None:
-        try:
-            d = json.loads(text)
-            return RunSettings(**{**d, "tasks": tuple(d["tasks"])})
-        except (ValueError, TypeError, KeyError) as e:
-            raise ConfigError(f"{store.url}: stored run settings are unreadable ({type(e).__name__}: {e}); expected "
-                              "those of this evomerge version") from None
-    from evomerge.config import ExperimentConfig
-
-    if stored_kind(store) != "search":
-        raise ConfigError(f"{store.url}: a {stored_kind(store)} run started by an older evomerge (no settings kept); "
-                          "run it again to read it")
-    return RunSettings.of_search(ExperimentConfig.model_validate_json(store.get_meta("config") or "{}"))
+    if text is None:
+        return None
+    try:
+        d = json.loads(text)
+        return RunSettings(**{**d, "tasks": tuple(d["tasks"])})
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"{store.url}: stored run settings are unreadable ({type(e).__name__}: {e}); expected "
+                          "those of this evomerge version") from None
 
 
 def stored_kind(store: RunStore) -> str:
