@@ -236,7 +236,10 @@ def evaluations_to(board: Board, fraction: float = TO_95) -> int | None:
     final = next((v for v in reversed(curve) if v is not None), None)
     if final is None:
         return None
-    return next(i for i, v in enumerate(curve, 1) if v is not None and v >= fraction * final)
+    # within (1 - fraction)·|final| of the final best: fraction·final for accuracies, and still reachable for the
+    # negative objectives of a loss (black-box runs), where fraction·final lies above the final best
+    target = final - (1 - fraction) * abs(final)
+    return next(i for i, v in enumerate(curve, 1) if v is not None and v >= target)
 
 
 def comparison(board: Board) -> dict:
