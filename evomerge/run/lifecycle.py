@@ -122,6 +122,8 @@ def stored_kind(store: RunStore) -> str:
 
 
 class RunLifecycle:
+    """One run of one experiment kind, from the experiment file (or the stored config) to results.json."""
+
     kind: ClassVar[str]
     config_model: ClassVar[type[BaseModel]]
     defining: ClassVar[tuple[str, ...]]
