@@ -35,6 +35,7 @@ drawn by shared fitness, like A.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -153,21 +154,29 @@ class _ThreefryChild:
     def __init__(self, k1, k2, k3):
         self.k1, self.k2, self.k3 = k1, k2, k3
 
+    @functools.cached_property
+    def _k1_halves(self) -> list:
+        return threefry.split(self.k1)
+
+    @functools.cached_property
+    def _k2_halves(self) -> list:
+        return threefry.split(self.k2)
+
     def first(self, p: np.ndarray) -> int:
-        return int(threefry.choice(threefry.split(self.k1)[0], p)[0])
+        return int(threefry.choice(self._k1_halves[0], p)[0])
 
     def second(self, p: np.ndarray) -> int:
-        return int(threefry.choice(threefry.split(self.k1)[1], p)[0])
+        return int(threefry.choice(self._k1_halves[1], p)[0])
 
     def pair(self, p: np.ndarray) -> tuple[int, int]:
         b, a = threefry.choice(self.k1, p, 2)  # the reference unpacks the two draws as (B, A)
         return int(a), int(b)
 
     def split_point(self, size: int) -> int:
-        return threefry.randint(threefry.split(self.k2)[0], 0, size)
+        return threefry.randint(self._k2_halves[0], 0, size)
 
     def ratio(self, with_split: bool) -> float:
-        return float(threefry.uniform(threefry.split(self.k2)[1] if with_split else self.k2, 1)[0])
+        return float(threefry.uniform(self._k2_halves[1] if with_split else self.k2, 1)[0])
 
     def mutate(self, backend, x, std: float):
         return backend.add_noise(x, threefry.normal(self.k3, backend.size), std)
