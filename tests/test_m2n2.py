@@ -16,10 +16,18 @@ from safetensors.torch import save_file
 
 from evomerge.config import M2N2Config, OptimizerConfig
 from evomerge.errors import ConfigError, MergeError
-from evomerge.m2n2.flat import FlatBackend
 from evomerge.m2n2 import threefry
-from evomerge.m2n2.niches import (Niches, NicheSettings, ThreefryDraws, attraction, competition, shared_fitness,
-                                   slerp_scales, snap)
+from evomerge.m2n2.flat import FlatBackend
+from evomerge.m2n2.niches import (
+    Niches,
+    NicheSettings,
+    ThreefryDraws,
+    attraction,
+    competition,
+    shared_fitness,
+    slerp_scales,
+    snap,
+)
 from evomerge.merge.materialize import Merger
 from evomerge.sources import SourcePool, load_state_dict
 from evomerge.spaces.mosaic import MosaicSpace
@@ -124,7 +132,7 @@ def _evolve(n: Niches, steps: int, target: torch.Tensor) -> None:
 
 def test_state_resumes_exactly():
     target = torch.linspace(-0.05, 0.05, 40)
-    make = lambda seed: Niches(NicheSettings(popsize=6, mutation_std=0.01), FlatBackend(40), seed)  # noqa: E731
+    make = lambda seed: Niches(NicheSettings(popsize=6, mutation_std=0.01), FlatBackend(40), seed)
     a = make(1)
     for _ in range(2):
         a.offer(torch.zeros(40), np.zeros(40))
@@ -143,7 +151,7 @@ def test_state_resumes_exactly():
 
 def test_threefry_stream_resumes_exactly():
     target = torch.linspace(-0.05, 0.05, 40)
-    make = lambda: Niches(NicheSettings(popsize=6, mutation_std=0.01), FlatBackend(40),  # noqa: E731
+    make = lambda: Niches(NicheSettings(popsize=6, mutation_std=0.01), FlatBackend(40),
                           draws=ThreefryDraws(threefry.key(3)))
     a = make()
     a.offer(torch.zeros(40) + 0.01, (target.abs() < 0.03).double().numpy())
@@ -188,7 +196,13 @@ def test_digits_with_the_reference_draws_is_the_reference_run():
 
 # -- the digits reproduction (short) --------------------------------------------------------------------------------
 def test_digits_from_pretrained_halves_learns_all_digits():
-    from evomerge.m2n2.digits import DigitsVariant, correct, load_digits_split, pretrained_pair, run_variant
+    from evomerge.m2n2.digits import (
+        DigitsVariant,
+        correct,
+        load_digits_split,
+        pretrained_pair,
+        run_variant,
+    )
 
     data = load_digits_split()
     pre = pretrained_pair(data[0])

@@ -89,15 +89,43 @@ def _unit(bits: np.ndarray) -> np.ndarray:
 def uniform(k: Key, n: int, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
     """jax.random.uniform(k, (n,), float32, lo, hi)."""
     lo32, hi32 = np.float32(lo), np.float32(hi)
-    bits = bits32(k, n) if n > 4 else np.array([_bits32_scalar(k, i) for i in range(n)], dtype=np.uint32)
+    bits = (
+        bits32(k, n)
+        if n > 4
+        else np.array([_bits32_scalar(k, i) for i in range(n)], dtype=np.uint32)
+    )
     return np.maximum(lo32, _unit(bits) * (hi32 - lo32) + lo32)
 
 
 # XLA's float32 erf⁻¹ (Giles' single-precision approximation), coefficients for w < 5 and w ≥ 5
-_ERFINV_SMALL = np.array([2.81022636e-08, 3.43273939e-07, -3.5233877e-06, -4.39150654e-06, 0.00021858087,
-                          -0.00125372503, -0.00417768164, 0.246640727, 1.50140941], dtype=np.float32)
-_ERFINV_LARGE = np.array([-0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844, 0.00573950773,
-                          -0.0076224613, 0.00943887047, 1.00167406, 2.83297682], dtype=np.float32)
+_ERFINV_SMALL = np.array(
+    [
+        2.81022636e-08,
+        3.43273939e-07,
+        -3.5233877e-06,
+        -4.39150654e-06,
+        0.00021858087,
+        -0.00125372503,
+        -0.00417768164,
+        0.246640727,
+        1.50140941,
+    ],
+    dtype=np.float32,
+)
+_ERFINV_LARGE = np.array(
+    [
+        -0.000200214257,
+        0.000100950558,
+        0.00134934322,
+        -0.00367342844,
+        0.00573950773,
+        -0.0076224613,
+        0.00943887047,
+        1.00167406,
+        2.83297682,
+    ],
+    dtype=np.float32,
+)
 
 
 def _erfinv_poly(w: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
