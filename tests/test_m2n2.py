@@ -18,16 +18,8 @@ from evomerge.config import M2N2Config, OptimizerConfig
 from evomerge.errors import ConfigError, MergeError
 from evomerge.m2n2 import threefry
 from evomerge.m2n2.flat import FlatBackend
-from evomerge.m2n2.niches import (
-    Niches,
-    NicheSettings,
-    ThreefryDraws,
-    attraction,
-    competition,
-    shared_fitness,
-    slerp_scales,
-    snap,
-)
+from evomerge.m2n2.niches import (Niches, NicheSettings, ThreefryDraws, attraction, competition, shared_fitness,
+                                   slerp_scales, snap)
 from evomerge.merge.materialize import Merger
 from evomerge.sources import SourcePool, load_state_dict
 from evomerge.spaces.mosaic import MosaicSpace
@@ -132,7 +124,7 @@ def _evolve(n: Niches, steps: int, target: torch.Tensor) -> None:
 
 def test_state_resumes_exactly():
     target = torch.linspace(-0.05, 0.05, 40)
-    make = lambda seed: Niches(NicheSettings(popsize=6, mutation_std=0.01), FlatBackend(40), seed)
+    make = lambda seed: Niches(NicheSettings(popsize=6, mutation_std=0.01), FlatBackend(40), seed)  # noqa: E731
     a = make(1)
     for _ in range(2):
         a.offer(torch.zeros(40), np.zeros(40))

@@ -16,14 +16,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PositiveInt,
-    ValidationError,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from evomerge.config import format_validation_error
 from evomerge.errors import ConfigError
