@@ -190,8 +190,13 @@ def runs(folder: Annotated[Path, typer.Argument(help="folder holding run directo
 
 
 @app.command()
-def validate(experiment: Annotated[Path, typer.Argument(help="experiment YAML file")]) -> None:
-    """Check an experiment file without running it."""
+def validate(
+    experiment: Annotated[Path, typer.Argument(help="experiment YAML file")],
+    config_only: Annotated[bool, typer.Option(help="check the file only: no sources loaded, nothing scored (for "
+                                                   "experiments whose models are elsewhere)")] = False,
+) -> None:
+    """Check an experiment: the file, then a dry run — the sources loaded, their grouping shown, the first candidate
+    built and scored on a few examples of every task and split — so that what would fail in `run` fails here."""
     from evomerge.config import experiment_kind, load_experiment, read_mapping
 
     try:
@@ -213,9 +218,33 @@ def validate(experiment: Annotated[Path, typer.Argument(help="experiment YAML fi
                     source = cfg.fitness.task_spec(task).source
                     if source.endswith((".yaml", ".yml")):
                         TaskSource(source, base_dir, None, f"fitness.tasks.{task}")
+        if kind not in ("m2n2_digits", "blackbox") and not config_only:
+            from evomerge.dryrun import dry_run
+
+            dry_run(experiment, console)
     except EvomergeError as e:
         _fail(e)
     console.print(f"{experiment}: ok ({cfg.name})")
+
+
+@app.command()
+def inspect(
+    source: Annotated[Path, typer.Argument(help="a Hugging Face model directory (safetensors)")],
+    granularity: Annotated[str, typer.Option(help="model | layer | N (blocks per group) | tensor")] = "layer",
+) -> None:
+    """How a model's tensors are grouped for a search, tied tensors named (a tied LM head moves with 'embed')."""
+    from evomerge.inspect import grouping, render_grouping
+
+    try:
+        g: str | int = int(granularity) if granularity.isdigit() else granularity
+        if g not in ("model", "layer", "tensor") and not (isinstance(g, int) and g > 0):
+            raise EvomergeError(f"--granularity: expected model, layer, tensor or a positive number, got "
+                                f"{granularity!r}")
+        lines = render_grouping(grouping(source, g), source)
+    except EvomergeError as e:
+        _fail(e)
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -121,6 +121,9 @@ class OptimizerConfig(_Strict):
     # None: steady-state (a new candidate the moment any result lands) when the optimizer can and there is more
     # than one worker; false: whole generations (exactly reproducible); true: always steady-state
     steady_state: bool | None = None
+    # score the start point, the sources and the baselines the space can express on the search split first, and
+    # give them to the optimizer (a search then never ends below what it was given); false: the optimizer alone
+    warm_start: bool = True
     m2n2: M2N2Config = M2N2Config()
 
     @field_validator("type")
