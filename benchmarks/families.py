@@ -23,9 +23,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import print_markdown_table  # noqa: E402
-from evomerge.zoo.build import build_zoo, evomerge_home, write_task_data  # noqa: E402
-from evomerge.zoo.families import FAMILIES, family_spec  # noqa: E402
+from benchmarks.common import print_markdown_table
+from evomerge.zoo.build import build_zoo, evomerge_home, write_task_data
+from evomerge.zoo.families import FAMILIES, family_spec
 
 OUT = Path(__file__).resolve().parent / "results" / "families.json"
 
@@ -82,7 +82,8 @@ def main() -> None:
         print(f"{fam}: evolved {r['evolved']['average']:.3f}, best source {r['best_source']['average']:.3f}, "
               f"best baseline {r['best_baseline']['average']:.3f}", flush=True)
     OUT.parent.mkdir(exist_ok=True)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
                platform.processor())
     OUT.write_text(json.dumps({"command": "python " + " ".join(sys.argv), "machine": cpu,
                                "date": time.strftime("%Y-%m-%d"), "profile": args.profile,

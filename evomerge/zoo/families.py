@@ -15,8 +15,8 @@ What each family brings that the others do not (why it is in the matrix):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import transformers
 
