@@ -169,8 +169,7 @@ def read_board(path: Path) -> Board:
         evals = store.evaluations()
         finished = store.get_meta("finished") is not None
         parents_of = PARENTS.get(cfg.optimizer.type)
-        # the known candidates the search started from (sources, baselines) rank with its own
-        search = [e for e in evals if e.kind in ("seed", "search")]
+        search = [e for e in evals if e.kind == "search"]
         parents = parents_of(store, search) if parents_of else {}
         meta = {k: v for k in META_KEYS if (v := store.get_meta(k)) is not None}
     finally:
