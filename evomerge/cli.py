@@ -251,7 +251,9 @@ def inspect(
 def export(
     what: Annotated[Path, typer.Argument(help="a run directory, or a recipe JSON file (then give --base, --source)")],
     out: Annotated[Path, typer.Option(help="where to write the model directory")],
-    rank: Annotated[int, typer.Option(help="export the candidate with this rank by search score")] = 1,
+    rank: Annotated[int, typer.Option(help="export the candidate with this rank by search score (rank 1: the final "
+                                           "table's evolved row, which may be a source or baseline the search "
+                                           "started from)")] = 1,
     candidate: Annotated[str | None, typer.Option(help="export this candidate id instead (e.g. g14-8)")] = None,
     base: Annotated[Path | None, typer.Option(help="with a recipe file: the base model directory")] = None,
     source: Annotated[list[Path] | None, typer.Option(help="with a recipe file: a source model (repeat, in order)")] = None,

@@ -39,6 +39,9 @@ class FinalReport:
         k, b = len(self.names), self.cfg.baselines
         rows: list[tuple[str, str, Recipe]] = []
         rows.append(("evolved", _evolved_label(best), Recipe.from_json(best.recipe)))
+        own = store.best("search")
+        if best.kind == SEED_KIND and own is not None:  # a known candidate won: the search's own best, for comparison
+            rows.append(("search", f"search's best ({own.label})", Recipe.from_json(own.recipe)))
         rows.append(("base", "base", Recipe.uniform("task_arithmetic", k, 0.0)))
         for i, name in enumerate(self.names):
             w = tuple(1.0 if j == i else 0.0 for j in range(k))

@@ -86,26 +86,9 @@ def run_best_model(field: str, run_dir: Path, console: Console) -> Path:
         with console.status(f"exporting {label} of {run_dir} for {field}"):
             partial = out.with_name(out.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
-            if data["rows"][0]["label"].startswith("evolved (= "):  # a known candidate won: no search candidate
-                _export_known(run_dir, partial, data["rows"][0])
-            else:
-                export_from_run(run_dir, partial, candidate=label)
+            export_from_run(run_dir, partial, candidate=label)
             partial.rename(out)  # complete or absent: a crash mid-export leaves only the .partial
     return out
-
-
-def _export_known(run_dir: Path, out: Path, row: dict) -> None:
-    """Export the evolved row of a run whose best was a known candidate (a source or baseline it started from)."""
-    from evomerge.recipe import Recipe
-    from evomerge.reporting.export import export_recipe
-
-    store = RunDir.open(run_dir).store()
-    try:
-        src = json.loads(store.get_meta("sources"))
-    finally:
-        store.close()
-    export_recipe(Recipe.from_json(json.dumps(row["recipe"])), Path(src["base"]), [Path(m) for m in src["models"]],
-                  out, {"candidate": row["label"]})
 
 
 def resolve_device(name: str) -> str:
