@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 import random
 import shutil
 import time
@@ -18,6 +17,7 @@ from evomerge.errors import ConfigError
 from evomerge.executors import make_executor
 from evomerge.fitness.scorer import load_scorer_function
 from evomerge.fitness.tasks import load_split
+from evomerge.optim.state import check_snapshot
 from evomerge.spaces import SPACES
 from evomerge.heldout import FinalReport
 from evomerge.search import Evaluator, Search
@@ -325,11 +325,7 @@ class Runner:
         snap = store.last_snapshot()
         if snap is None:
             return None
-        try:
-            pickle.loads(snap.state)
-        except Exception as e:  # noqa: BLE001 — any unpickling failure means the same thing
-            raise ConfigError(f"{rundir.path / DB_FILE}: the optimizer snapshot of generation {snap.generation + 1} "
-                              f"is unreadable ({type(e).__name__}); the run cannot continue exactly") from None
+        check_snapshot(snap.state, str(rundir.path / DB_FILE), snap.generation)  # data only: never unpickled
         return snap
 
     # -- final comparison on held-out data ----------------------------------------------------------------------
