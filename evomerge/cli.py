@@ -21,7 +21,9 @@ err_console = Console(stderr=True)
 
 def _fail(e: Exception) -> None:
     """User errors (bad config or sources) exit 2; a run that cannot go on exits 1."""
-    err_console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+    from evomerge.config import one_line
+
+    err_console.print(f"[red]error:[/] {escape(one_line(str(e)))}", highlight=False, soft_wrap=True)
     raise typer.Exit(1 if isinstance(e, RunError) else 2)
 
 

@@ -207,8 +207,8 @@ class Runner:
         self.console = console or Console()
         self.force, self.db, self.executor_overrides = force, db, executor or {}
         if experiment is not None:
-            self.experiment_text = Path(experiment).read_text() if Path(experiment).is_file() else None
-            self.cfg, self.base_dir = load_experiment(experiment)
+            self.cfg, self.base_dir = load_experiment(experiment)  # checks the file first (size, encoding, YAML)
+            self.experiment_text = Path(experiment).read_text(encoding="utf-8")
             self.run_dir = Path(run_dir) if run_dir else Path("runs") / self.cfg.name
             self._executor_config()
         else:
