@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from evomerge.errors import EvomergeError, RunError
+from evomerge.errors import EvomergeError, RunError, Stopped
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Evolutionary search for model-merge recipes.")
 zoo_app = typer.Typer(no_args_is_help=True, help="The tiny model zoo built locally for demos and tests.")
@@ -37,19 +39,37 @@ def _executor_overrides(workers: int | None, ray_address: str | None) -> dict:
     return {k: v for k, v in (("workers", workers), ("address", ray_address)) if v is not None}
 
 
-def _run(make_runner) -> None:
-    """Run a Runner with the CLI's error handling: user errors exit 2, a run that cannot go on 1, Ctrl-C 130."""
+@contextlib.contextmanager
+def _stop_on_signals():
+    """SIGTERM and SIGHUP stop a run as Ctrl-C does (they raise `Stopped`, a KeyboardInterrupt, in the main
+    thread), so that a scheduler's or a closed terminal's stop is clean and `evomerge resume` continues exactly."""
+    def stop(signum, _frame):
+        raise Stopped(signum)
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        runner = make_runner()
-        console.print(f"run directory: {runner.run_dir}")
-        runner.run()
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _run(make_runner) -> None:
+    """Run a Runner with the CLI's error handling: user errors exit 2, a run that cannot go on 1, Ctrl-C 130,
+    SIGTERM 143, SIGHUP 129."""
+    runner = None
+    try:
+        with _stop_on_signals():
+            runner = make_runner()
+            console.print(f"run directory: {runner.run_dir}")
+            runner.run()
     except EvomergeError as e:
         _fail(e)
-    except KeyboardInterrupt:
-        err_console.print(f"interrupted; every completed evaluation is saved. Continue with: evomerge resume "
-                          f"{runner.run_dir}",
-                          highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as e:
+        what = f"stopped by {e}" if isinstance(e, Stopped) else "interrupted"
+        where = f" Continue with: evomerge resume {runner.run_dir}" if runner is not None else ""
+        err_console.print(f"{what}; every completed evaluation is saved.{where}", highlight=False, soft_wrap=True)
+        raise typer.Exit(e.exit_status if isinstance(e, Stopped) else 130) from None
 
 
 @app.command()

@@ -18,6 +18,7 @@ from evomerge.executors import make_executor
 from evomerge.fitness.scorer import load_scorer_function
 from evomerge.fitness.tasks import load_split
 from evomerge.optim.state import check_snapshot
+from evomerge.sources import preflight
 from evomerge.spaces import SPACES
 from evomerge.heldout import FinalReport
 from evomerge.search import Evaluator, Search
@@ -264,11 +265,13 @@ class Runner:
         if self.cfg.fitness.type == "python":  # fails here, before the run directory exists, not in a worker
             load_scorer_function(self.cfg.fitness.scorer, self.base_dir)
         base, models = resolve_models(self.cfg, self.base_dir, self.console)
+        preflight(base, models)  # sources and tokenizer, before the run directory is created or touched
         rundir, fresh = self._open()
-        with rundir.lock():
+        with rundir.lock(defer_pid=True) as claim:
             store = self._store(rundir, fresh)
             try:
                 snapshot = self._prepare(store, rundir, base, models)
+                claim()
                 with rundir.session(resumed=not fresh, stored=len(store.evaluations("search"))) as self.events:
                     return self._run(store, base, models, tasks, snapshot)
             finally:
