@@ -133,12 +133,20 @@ def serve(
                                                            "<split>.jsonl (repeat)")] = None,
     replicas: Annotated[int, typer.Option(help="live copies of the base model (concurrent merges)")] = 1,
     threads: Annotated[int, typer.Option(help="torch threads")] = 1,
+    budget_db: Annotated[Path | None, typer.Option(help="SQLite file of each token's budget and spent queries, kept "
+                                                        "across restarts (tokens stored as SHA-256 only); default: "
+                                                        "beside --tokens-file, else $EVOMERGE_HOME/service-budgets.db")]
+    = None,
+    rate: Annotated[float, typer.Option(help="queries per second per token (bursts of twice that)", min=0.01)]
+    = 50.0,
 ) -> None:
     """Serve black-box LoRA merging over HTTP: clients send per-adapter α and β, get losses or completions."""
+    import sqlite3
+
     import torch
     import uvicorn
 
-    from evomerge.blackbox.service import MergeService, create_app, read_tokens
+    from evomerge.blackbox.service import Limits, MergeService, create_app, read_tokens
 
     torch.set_num_threads(threads)
     try:
@@ -149,11 +157,22 @@ def serve(
                 raise EvomergeError(f"--dataset: expected NAME=DIR with an existing directory, got {item!r}")
             datasets[name] = Path(d)
         tokens = read_tokens(tokens_file, budget)
-        service = MergeService(base, repository, datasets, replicas=replicas)
+        if budget_db is None:
+            from evomerge.zoo.build import evomerge_home
+
+            budget_db = (tokens_file.with_name(tokens_file.name + ".budgets.db") if tokens_file is not None
+                         else evomerge_home() / "service-budgets.db")
+            budget_db.parent.mkdir(parents=True, exist_ok=True)
+        service = MergeService(base, repository, datasets, replicas=replicas,
+                               limits=Limits(rate_per_s=rate, burst=max(1, int(2 * rate))))
+        app_ = create_app(service, tokens, budget_db)
     except EvomergeError as e:
         _fail(e)
-    console.print(f"serving {len(service.repo)} adapters on http://{host}:{port} (OpenAPI: /docs, /openapi.json)")
-    uvicorn.run(create_app(service, tokens), host=host, port=port, log_level="warning")
+    except sqlite3.Error as e:
+        _fail(EvomergeError(f"--budget-db: cannot use {budget_db} ({e})"))
+    console.print(f"serving {len(service.repo)} adapters on http://{host}:{port} (OpenAPI: /docs, /openapi.json); "
+                  f"budgets in {budget_db}")
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
 @app.command()

@@ -26,8 +26,10 @@ class ServiceConfig(_Strict):
     repository: str = "zoo:lora"
     replicas: PositiveInt = 1
     # the client
-    retries: int = Field(4, ge=0)
+    retries: int = Field(4, ge=0, le=1000)
     timeout_s: float = Field(120.0, gt=0)
+    # transport failures (connection, time-out, 5xx) are retried for at least this long: a restart is waited out
+    retry_window_s: float = Field(60.0, ge=0, le=86400)
 
     @model_validator(mode="after")
     def _url_or_launch(self) -> ServiceConfig:
