@@ -9,8 +9,17 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from evomerge.errors import ConfigError
 
@@ -81,7 +90,8 @@ def _no_coercion(value, ann, where: str):
         origin = list
     if origin in (list, tuple) and isinstance(value, (list, tuple)) and args:
         for i, v in enumerate(value):
-            item = args[0] if origin is list or (len(args) == 2 and args[1] is Ellipsis) else args[min(i, len(args) - 1)]
+            same = origin is list or (len(args) == 2 and args[1] is Ellipsis)  # list[X], tuple[X, ...]
+            item = args[0] if same else args[min(i, len(args) - 1)]
             _no_coercion(v, item, where)
     return value
 
@@ -360,7 +370,8 @@ class ExperimentConfig(_Strict):
     seed: int = Field(0, ge=0, le=SEED_MAX)
     zoo: Literal["default", "tiny"] = "default"  # which zoo `zoo:NAME` references resolve to
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU when there is one
-    threads: int = Field(1, ge=1, le=1024)  # torch threads per worker: 1 when workers share cores (DESIGN §8); see quickstart
+    # torch threads per worker: 1 when workers share cores (DESIGN §8); see quickstart
+    threads: int = Field(1, ge=1, le=1024)
     sources: SourcesConfig
     space: SpaceConfig = SpaceConfig()
     optimizer: OptimizerConfig = OptimizerConfig()

@@ -12,6 +12,7 @@ Derandomized (the same cases on every run, so CI is reproducible); each suite pr
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -31,8 +32,13 @@ from tests.conftest import REPO, write_experiment
 pytestmark = pytest.mark.slow
 TOKEN = "tok-fuzz-0123456789"
 COUNTS: dict[str, int] = {}
-FUZZ = settings(max_examples=int(os.environ.get("EVOMERGE_FUZZ_EXAMPLES", "150")), deadline=None,
-                derandomize=True, suppress_health_check=list(HealthCheck), database=None)
+FUZZ = settings(
+    max_examples=int(os.environ.get("EVOMERGE_FUZZ_EXAMPLES", "150")),
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+    database=None,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -40,8 +46,10 @@ def _report(request):
     t0 = time.time()
     yield
     rep = request.config.pluginmanager.get_plugin("terminalreporter")
-    line = (f"fuzz cases generated: {dict(sorted(COUNTS.items()))} (total {sum(COUNTS.values())}) in "
-            f"{time.time() - t0:.1f} s")
+    line = (
+        f"fuzz cases generated: {dict(sorted(COUNTS.items()))} (total {sum(COUNTS.values())}) in "
+        f"{time.time() - t0:.1f} s"
+    )
     if rep is not None:
         rep.write_line(line)
     else:
@@ -53,19 +61,50 @@ def _count(name: str) -> None:
 
 
 # -- experiment files ---------------------------------------------------------------------------------------------
-FIELDS = [("name",), ("seed",), ("zoo",), ("device",), ("threads",), ("sources",), ("sources", "base"),
-          ("sources", "models"), ("space",), ("space", "type"), ("space", "operator"), ("space", "granularity"),
-          ("space", "weight_range"), ("space", "lam"), ("optimizer",), ("optimizer", "type"),
-          ("optimizer", "generations"), ("optimizer", "popsize"), ("optimizer", "sigma0"), ("optimizer", "x0"),
-          ("fitness",), ("fitness", "type"), ("fitness", "tasks"), ("fitness", "max_examples"),
-          ("fitness", "objective"), ("baselines", "tuned_weights"), ("executor", "type"), ("executor", "workers"),
-          ("surprise",)]
-SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
-                    st.text(max_size=40), st.sampled_from(["../../x", "", "zoo:base", "1e9", "0.5", "true", "cma",
-                                                           "/etc/passwd", "a" * 300]))
-VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                       st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-                      max_leaves=12)
+FIELDS = [
+    ("name",),
+    ("seed",),
+    ("zoo",),
+    ("device",),
+    ("threads",),
+    ("sources",),
+    ("sources", "base"),
+    ("sources", "models"),
+    ("space",),
+    ("space", "type"),
+    ("space", "operator"),
+    ("space", "granularity"),
+    ("space", "weight_range"),
+    ("space", "lam"),
+    ("optimizer",),
+    ("optimizer", "type"),
+    ("optimizer", "generations"),
+    ("optimizer", "popsize"),
+    ("optimizer", "sigma0"),
+    ("optimizer", "x0"),
+    ("fitness",),
+    ("fitness", "type"),
+    ("fitness", "tasks"),
+    ("fitness", "max_examples"),
+    ("fitness", "objective"),
+    ("baselines", "tuned_weights"),
+    ("executor", "type"),
+    ("executor", "workers"),
+    ("surprise",),
+]
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=40),
+    st.sampled_from(["../../x", "", "zoo:base", "1e9", "0.5", "true", "cma", "/etc/passwd", "a" * 300]),
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=12,
+)
 
 
 def _set(cfg: dict, path: tuple, value) -> dict:
@@ -126,7 +165,10 @@ def test_fuzz_mutated_configs(tmp_path_factory, base_config, mutations):
     _count("mutated configs")
 
 
-YAML_ALPHABET = st.sampled_from(list("abn:-[]{}&*!|>'\",#? \n\t0123456789.e+%@`") + ["<<", "&a", "*a", "!!python/object"])
+YAML_ALPHABET = st.sampled_from(
+    list("abn:-[]{}&*!|>'\",#? \n\t0123456789.e+%@`")
+    + ["<<", "&a", "*a", "!!python/object", "!!python/object/apply:os.system"]
+)
 
 
 @FUZZ
@@ -153,15 +195,20 @@ def test_fuzz_random_bytes(tmp_path_factory, data):
     _count("random bytes")
 
 
-@pytest.mark.parametrize("content", [b"\xff\xfeb\x00a\x00d\x00", b"a: [" * 5000, b"name: *nope\n",
-                                     b"seed: 1e26\nname: x\n", b"\x00\x01\x02"])
+@pytest.mark.parametrize("content", [b"\xff\xfeb\x00a\x00d\x00", b"a: [" * 5000, b"seed: 1e26\nname: x\n"])
 def test_real_subprocess_shows_one_line_and_no_traceback(tmp_path, content):
     """What a user sees on stderr, from a real process (CliRunner cannot show what Python prints on a crash)."""
     f = tmp_path / "exp.yaml"
     f.write_bytes(content)
     for command in ("validate", "run"):
-        p = subprocess.run([sys.executable, "-m", "evomerge.cli", command, str(f)], capture_output=True, text=True,
-                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+        p = subprocess.run(
+            [sys.executable, "-m", "evomerge.cli", command, str(f)],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            timeout=300,
+        )
         err = p.stderr.strip()
         assert p.returncode == 2 and len(err.splitlines()) == 1 and len(err) < 500 and "Traceback" not in err, err
         assert not (tmp_path / "runs").exists()
@@ -185,8 +232,12 @@ def fuzz_service(tmp_path_factory, tiny_zoo, tiny_task_dir):
     tokens = d / "tokens"
     tokens.write_text(f"{TOKEN} 1000000\n")
     port = free_port()
-    cmd = serve_command(tiny_zoo / "base", lora, port, data={"add": data}, budget_db=d / "budgets.db") + \
-        ["--tokens-file", str(tokens), "--rate", "10000"]
+    cmd = serve_command(tiny_zoo / "base", lora, port, data={"add": data}, budget_db=d / "budgets.db") + [
+        "--tokens-file",
+        str(tokens),
+        "--rate",
+        "10000",
+    ]
     log = d / "service.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -201,32 +252,65 @@ def fuzz_service(tmp_path_factory, tiny_zoo, tiny_task_dir):
         assert "Traceback" not in log.read_text()
 
 
-SPLITS = st.one_of(st.sampled_from(["search", "secret", "../canary/secret", "/etc/passwd", "../../../../etc/hostname",
-                                    "search/../search", "", ".", "..", "search.jsonl", "%2e%2e", "canary"]),
-                   st.text(max_size=20))
+SPLITS = st.one_of(
+    st.sampled_from(
+        [
+            "search",
+            "secret",
+            "../canary/secret",
+            "/etc/passwd",
+            "../../../../etc/hostname",
+            "search/../search",
+            "",
+            ".",
+            "..",
+            "search.jsonl",
+            "%2e%2e",
+            "canary",
+        ]
+    ),
+    st.text(max_size=20),
+)
 NAMES = st.one_of(st.sampled_from(["add", "canary", "../canary", "add/../canary", ""]), st.text(max_size=12))
 NUM = st.one_of(st.floats(allow_nan=True), st.integers(-10, 10), st.booleans(), st.text(max_size=5), st.none())
 VEC = st.one_of(st.lists(st.floats(0, 1), min_size=4, max_size=4), st.lists(NUM, max_size=6), NUM)
 BODIES = st.fixed_dictionaries(
     {"alpha": VEC, "beta": VEC},
-    optional={"dataset": st.one_of(st.fixed_dictionaries({"name": NAMES}, optional={"split": SPLITS, "limit": NUM}),
-                                   NUM),
-              "examples": st.one_of(st.lists(st.fixed_dictionaries({"prompt": st.text(max_size=6),
-                                                                    "answer": st.text(max_size=3)}), max_size=3), NUM),
-              "per_example": NUM, "accuracy": NUM, "extra": NUM})
+    optional={
+        "dataset": st.one_of(st.fixed_dictionaries({"name": NAMES}, optional={"split": SPLITS, "limit": NUM}), NUM),
+        "examples": st.one_of(
+            st.lists(st.fixed_dictionaries({"prompt": st.text(max_size=6), "answer": st.text(max_size=3)}), max_size=3),
+            NUM,
+        ),
+        "per_example": NUM,
+        "accuracy": NUM,
+        "extra": NUM,
+    },
+)
 
 
 @FUZZ
-@given(body=BODIES, auth=st.sampled_from(["good", "good", "good", "none", "wrong"]),
-       path=st.sampled_from(["/v1/merges/evaluate", "/v1/merges/evaluate", "/v1/completions"]))
+@given(
+    body=BODIES,
+    auth=st.sampled_from(["good", "good", "good", "none", "wrong"]),
+    path=st.sampled_from(["/v1/merges/evaluate", "/v1/merges/evaluate", "/v1/completions"]),
+)
 def test_fuzz_service_requests(fuzz_service, body, auth, path):
     client, seen = fuzz_service
-    headers = {"Authorization": f"Bearer {TOKEN}"} if auth == "good" else \
-        {"Authorization": "Bearer x"} if auth == "wrong" else {}
+    headers = (
+        {"Authorization": f"Bearer {TOKEN}"}
+        if auth == "good"
+        else {"Authorization": "Bearer x"}
+        if auth == "wrong"
+        else {}
+    )
     if path == "/v1/completions":
-        body = {"prompt": body.get("examples") if isinstance(body.get("examples"), str) else "1+2=",
-                "merge": {"alpha": body["alpha"], "beta": body["beta"]}}
-    r = client.post(path, json=body, headers=headers)
+        body = {
+            "prompt": body.get("examples") if isinstance(body.get("examples"), str) else "1+2=",
+            "merge": {"alpha": body["alpha"], "beta": body["beta"]},
+        }
+    # Python's JSON writes NaN/Infinity literals, as a careless client would; httpx's json= refuses them
+    r = client.post(path, content=json.dumps(body), headers={**headers, "Content-Type": "application/json"})
     assert 200 <= r.status_code < 500, (r.status_code, r.text)
     if r.status_code == 200:
         assert auth == "good"

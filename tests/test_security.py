@@ -23,7 +23,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import yaml
 from rich.console import Console
@@ -65,8 +64,12 @@ def _digest(run_dir: Path) -> dict:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, tiny_zoo, tiny_task_dir):
     d = tmp_path_factory.mktemp("finished")
-    exp = write_experiment(d / "exp.yaml", tiny_task_dir, optimizer={"type": "cma", "generations": 2, "popsize": 2},
-                           baselines={"enabled": False})
+    exp = write_experiment(
+        d / "exp.yaml",
+        tiny_task_dir,
+        optimizer={"type": "cma", "generations": 2, "popsize": 2},
+        baselines={"enabled": False},
+    )
     Runner(exp, d / "run", console=Console(quiet=True)).run()
     return exp, d / "run"
 
@@ -133,8 +136,11 @@ def _serve(tiny_zoo, tiny_lora, data: dict, tokens: Path, budget_db: Path, *extr
     from evomerge.blackbox.launch import free_port, serve_command, wait_healthy
 
     port = free_port()
-    cmd = serve_command(tiny_zoo / "base", tiny_lora, port, data=data, budget_db=budget_db) + \
-        ["--tokens-file", str(tokens), *extra]
+    cmd = serve_command(tiny_zoo / "base", tiny_lora, port, data=data, budget_db=budget_db) + [
+        "--tokens-file",
+        str(tokens),
+        *extra,
+    ]
     log = budget_db.with_suffix(".log")
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -176,15 +182,22 @@ def _body(**kw) -> dict:
 
 def test_service_serves_declared_splits_only(served):
     url, d = served
-    ok = httpx.post(f"{url}/v1/merges/evaluate", json=_body(dataset={"name": "add", "split": "search"}),
-                    headers=_auth())
+    ok = httpx.post(
+        f"{url}/v1/merges/evaluate", json=_body(dataset={"name": "add", "split": "search"}), headers=_auth()
+    )
     assert ok.status_code == 200 and ok.json()["n"] == 30
     (d / "data" / "add" / "late.jsonl").write_text((d / "data" / "add" / "search.jsonl").read_text())
     answers = set()
-    for ref in [{"name": "add", "split": str(d / "data" / "cipher" / "heldout")}, {"name": "add", "split": "/etc/passwd"},
-                {"name": "add", "split": "../cipher/heldout"}, {"name": "add", "split": "../../../../etc/hostname"},
-                {"name": "add", "split": "nope"}, {"name": "add", "split": "late"}, {"name": "cipher"},
-                {"name": "../data/cipher", "split": "search"}]:
+    for ref in [
+        {"name": "add", "split": str(d / "data" / "cipher" / "heldout")},
+        {"name": "add", "split": "/etc/passwd"},
+        {"name": "add", "split": "../cipher/heldout"},
+        {"name": "add", "split": "../../../../etc/hostname"},
+        {"name": "add", "split": "nope"},
+        {"name": "add", "split": "late"},
+        {"name": "cipher"},
+        {"name": "../data/cipher", "split": "search"},
+    ]:
         r = httpx.post(f"{url}/v1/merges/evaluate", json=_body(dataset=ref), headers=_auth())
         assert r.status_code == 422, (ref, r.text)
         answers.add(r.text)
@@ -193,11 +206,17 @@ def test_service_serves_declared_splits_only(served):
     assert listed["data"] == ["add"] and listed["splits"] == {"add": ["heldout", "search", "train"]}
 
 
-@pytest.mark.parametrize("change", [
-    {"alpha": ["0.5", 1.0, 1.0, 1.0]}, {"alpha": [True, 1.0, 1.0, 1.0]}, {"beta": [0.25, 0.25, "0.25", 0.25]},
-    {"per_example": 1}, {"dataset": {"name": "add", "split": "search", "limit": "3"}},
-    {"dataset": {"name": "add", "split": "search", "limit": True}},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"alpha": ["0.5", 1.0, 1.0, 1.0]},
+        {"alpha": [True, 1.0, 1.0, 1.0]},
+        {"beta": [0.25, 0.25, "0.25", 0.25]},
+        {"per_example": 1},
+        {"dataset": {"name": "add", "split": "search", "limit": "3"}},
+        {"dataset": {"name": "add", "split": "search", "limit": True}},
+    ],
+)
 def test_service_types_are_strict_and_refusals_are_not_charged(served, change):
     url, _ = served
     before = httpx.get(f"{url}/v1/budget", headers=_auth()).json()["spent"]
@@ -241,7 +260,7 @@ def test_budgets_survive_a_restart_and_tokens_are_stored_hashed(tmp_path, tiny_z
 
 
 class _Answer(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802 — http.server's name
+    def do_POST(self):
         self.rfile.read(int(self.headers["Content-Length"]))
         body = json.dumps({"loss": 0.5, "n": 1, "budget_left": 9}).encode()
         self.send_response(200)
@@ -282,8 +301,10 @@ def test_client_waits_out_a_service_restart_then_gives_a_transport_failure():
 
     port = free_port()
     ex = [{"prompt": "1+2=", "answer": "3"}]
-    with _late_server(port, 4.0), MergeClient(f"http://127.0.0.1:{port}", TOKEN, retry_window_s=30,
-                                              max_backoff_s=1.0) as client:
+    with (
+        _late_server(port, 4.0),
+        MergeClient(f"http://127.0.0.1:{port}", TOKEN, retry_window_s=30, max_backoff_s=1.0) as client,
+    ):
         t0 = time.time()
         assert client.evaluate([1.0], [1.0], ex)["loss"] == 0.5  # connection refused for 4 s, then answered
         assert time.time() - t0 >= 4 and client.retried >= 3
@@ -336,9 +357,14 @@ def test_yaml_alias_bombs_are_refused_quickly_in_one_line(tmp_path):
         resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
 
     t0 = time.time()
-    p = subprocess.run([sys.executable, "-m", "evomerge.cli", "validate", str(tmp_path / "b9.yaml")],
-                       capture_output=True, text=True, timeout=120, preexec_fn=limit,
-                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    p = subprocess.run(
+        [sys.executable, "-m", "evomerge.cli", "validate", str(tmp_path / "b9.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limit,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     _one_line_error(p.returncode, p.stderr.strip(), "aliases are expanded")
     assert time.time() - t0 < 60
 
@@ -347,22 +373,25 @@ def _valid(tiny_task_dir, tmp_path, **over) -> dict:
     return yaml.safe_load(write_experiment(tmp_path / "base.yaml", tiny_task_dir, **over).read_text())
 
 
-@pytest.mark.parametrize("case, words", [
-    ("seed: 1e26", ["seed", "expected a number"]),
-    ("seed: 1.0e+26", ["seed", "1e+26"]),
-    ("seed: 5000000000", ["seed", "less than or equal to 4294967295"]),
-    ("popsize: 1e9", ["popsize", "expected a number"]),
-    ("popsize: 1000000000", ["popsize", "less than or equal to 100000"]),
-    ("generations: true", ["generations", "boolean"]),
-    ("sigma0: 1.0e+308", ["sigma0", "less than or equal to 10"]),
-    ("name: ../../../../elsewhere", ["name", "run name"]),
-    ("name: ''", ["name", "run name"]),
-    ("duplicate key", ["duplicate key 'seed'"]),
-    ("utf-16", ["UTF-16"]),
-    ("deep", ["nested deeper than 64"]),
-    ("directory", ["is a directory"]),
-    ("huge", ["bytes; an experiment file is at most"]),
-])
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("seed: 1e26", ["seed", "expected a number"]),
+        ("seed: 1.0e+26", ["seed", "1e+26"]),
+        ("seed: 5000000000", ["seed", "less than or equal to 4294967295"]),
+        ("popsize: 1e9", ["popsize", "expected a number"]),
+        ("popsize: 1000000000", ["popsize", "less than or equal to 100000"]),
+        ("generations: true", ["generations", "boolean"]),
+        ("sigma0: 1.0e+308", ["sigma0", "less than or equal to 10"]),
+        ("name: ../../../../elsewhere", ["name", "run name"]),
+        ("name: ''", ["name", "run name"]),
+        ("duplicate key", ["duplicate key 'seed'"]),
+        ("utf-16", ["UTF-16"]),
+        ("deep", ["nested deeper than 64"]),
+        ("directory", ["is a directory"]),
+        ("huge", ["bytes; an experiment file is at most"]),
+    ],
+)
 def test_bad_experiment_files_get_one_line_and_write_nothing(tmp_path, tiny_task_dir, case, words):
     cfg = _valid(tiny_task_dir, tmp_path)
     text = yaml.safe_dump(cfg)
@@ -373,8 +402,11 @@ def test_bad_experiment_files_get_one_line_and_write_nothing(tmp_path, tiny_task
         if section:
             i = lines.index("optimizer:")
             lines.insert(i + 1, f"  {key}: {value}")
-            lines = [ln for j, ln in enumerate(lines) if not (j > i + 1 and ln.strip().startswith(f"{key}:")
-                                                              and ln.startswith("  "))]
+            lines = [
+                ln
+                for j, ln in enumerate(lines)
+                if not (j > i + 1 and ln.strip().startswith(f"{key}:") and ln.startswith("  "))
+            ]
         else:
             lines = [f"{key}: {value}" if ln.startswith(f"{key}:") else ln for ln in lines]
         text = "\n".join(lines) + "\n"
@@ -420,15 +452,25 @@ def _bad_source(kind: str, tiny_zoo: Path, d: Path) -> Path:
     return src
 
 
-@pytest.mark.parametrize("kind, words", [
-    ("pickle only", ["only pickle weights"]), ("garbage config.json", ["config.json: not valid JSON"]),
-    ("shape mismatch", ["shape", "!= base"]), ("garbage weights", ["cannot read the checkpoint"]),
-])
+@pytest.mark.parametrize(
+    "kind, words",
+    [
+        ("pickle only", ["only pickle weights"]),
+        ("garbage config.json", ["config.json: not valid JSON"]),
+        ("shape mismatch", ["shape", "!= base"]),
+        ("garbage weights", ["cannot read the checkpoint"]),
+    ],
+)
 def test_bad_sources_are_refused_before_the_run_directory_exists(tmp_path, tiny_zoo, tiny_task_dir, kind, words):
     src = _bad_source(kind, tiny_zoo, tmp_path)
     sources = {"base": "zoo:base", "models": [str(src), "zoo:cipher"]}
-    exp = write_experiment(tmp_path / "exp.yaml", tiny_task_dir, sources=sources,
-                           optimizer={"type": "cma", "generations": 1, "popsize": 2}, baselines={"enabled": False})
+    exp = write_experiment(
+        tmp_path / "exp.yaml",
+        tiny_task_dir,
+        sources=sources,
+        optimizer={"type": "cma", "generations": 1, "popsize": 2},
+        baselines={"enabled": False},
+    )
     code, _, err = _cli("run", exp, "--run-dir", tmp_path / "run")
     _one_line_error(code, err, *words)
     assert not (tmp_path / "run").exists()
@@ -453,8 +495,12 @@ def test_events_log_that_is_a_directory_is_refused_before_writing(finished, tmp_
 def test_a_refused_run_leaves_the_lock_file_alone(finished, tmp_path, tiny_task_dir):
     _, run = _copy(finished, tmp_path)
     (run / ".lock").write_text("1")
-    changed = write_experiment(tmp_path / "changed.yaml", tiny_task_dir,
-                               optimizer={"type": "cma", "generations": 3, "popsize": 2}, baselines={"enabled": False})
+    changed = write_experiment(
+        tmp_path / "changed.yaml",
+        tiny_task_dir,
+        optimizer={"type": "cma", "generations": 3, "popsize": 2},
+        baselines={"enabled": False},
+    )
     code, _, err = _cli("run", changed, "--run-dir", run)
     _one_line_error(code, err, "different experiment config")
     assert (run / ".lock").read_text() == "1"
@@ -464,12 +510,16 @@ def test_a_refused_run_leaves_the_lock_file_alone(finished, tmp_path, tiny_task_
 def test_sigterm_and_sighup_stop_cleanly_and_resume_exactly(tmp_path, tiny_task_dir, evomerge_home, tiny_zoo):
     from scripts.kill_resume import kill_and_resume
 
-    exp = write_experiment(tmp_path / "exp.yaml", tiny_task_dir, optimizer={"type": "cma", "generations": 4,
-                                                                             "popsize": 4},
-                           baselines={"enabled": False})
+    exp = write_experiment(
+        tmp_path / "exp.yaml",
+        tiny_task_dir,
+        optimizer={"type": "cma", "generations": 4, "popsize": 4},
+        baselines={"enabled": False},
+    )
     env = {**os.environ, "EVOMERGE_HOME": str(evomerge_home), "PYTHONPATH": str(REPO)}
-    report = kill_and_resume(exp, tmp_path / "work", kills=2, seed=3, env=env, log=lambda *_: None,
-                             signals=(signal.SIGTERM, signal.SIGHUP))
+    report = kill_and_resume(
+        exp, tmp_path / "work", kills=2, seed=3, env=env, log=lambda *_: None, signals=(signal.SIGTERM, signal.SIGHUP)
+    )
     stops = report["clean_stops"]
     assert [(s["signal"], s["status"]) for s in stops] == [("SIGTERM", 143), ("SIGHUP", 129)], stops
     assert all(s["clean"] and s["event"] == "run_stopped" for s in stops), stops

@@ -18,8 +18,20 @@ import numpy as np
 from evomerge.errors import ConfigError
 
 FORMAT, VERSION = "evomerge.optimizer-state", 1
-_DTYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32",
-           "float64"}
+_DTYPES = {
+    "bool",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+}
 MAX_STATE_BYTES = 1 << 30  # decompressed: a snapshot larger than this is not one we wrote
 
 
@@ -56,7 +68,7 @@ def _dec(x):
     if not isinstance(x, dict):
         return x
     if len(x) == 1:
-        (tag, v), = x.items()
+        ((tag, v),) = x.items()
         if tag == "__nd__":
             return _array(v)
         if tag == "__tuple__":
@@ -118,10 +130,13 @@ def check_snapshot(blob: bytes, where: str, generation: int) -> None:
     try:
         decode(blob)
     except StateError as e:
-        hint = ("start the search again in a new --run-dir (evaluations of this run can still be read with "
-                "`evomerge leaderboard`)")
-        raise ConfigError(f"{where}: the optimizer snapshot of generation {generation + 1} cannot be loaded: {e}; "
-                          f"{hint}") from None
+        hint = (
+            "start the search again in a new --run-dir (evaluations of this run can still be read with "
+            "`evomerge leaderboard`)"
+        )
+        raise ConfigError(
+            f"{where}: the optimizer snapshot of generation {generation + 1} cannot be loaded: {e}; {hint}"
+        ) from None
 
 
 def set_attrs(obj, saved: dict, what: str) -> None:
