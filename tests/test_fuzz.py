@@ -32,6 +32,7 @@ from tests.conftest import REPO, write_experiment
 pytestmark = pytest.mark.slow
 TOKEN = "tok-fuzz-0123456789"
 COUNTS: dict[str, int] = {}
+SECONDS: dict[str, float] = {}
 FUZZ = settings(
     max_examples=int(os.environ.get("EVOMERGE_FUZZ_EXAMPLES", "150")),
     deadline=None,
@@ -43,21 +44,21 @@ FUZZ = settings(
 
 @pytest.fixture(scope="module", autouse=True)
 def _report(request):
-    t0 = time.time()
     yield
-    rep = request.config.pluginmanager.get_plugin("terminalreporter")
-    line = (
-        f"fuzz cases generated: {dict(sorted(COUNTS.items()))} (total {sum(COUNTS.values())}) in "
-        f"{time.time() - t0:.1f} s"
-    )
-    if rep is not None:
-        rep.write_line(line)
-    else:
+    suites = ", ".join(f"{k}: {n} in {SECONDS[k]:.1f} s" for k, n in sorted(COUNTS.items()))
+    line = f"fuzz cases generated: {suites} (total {sum(COUNTS.values())} in {sum(SECONDS.values()):.1f} s)"
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if capture is None:
         print(line)
+        return
+    with capture.global_and_fixture_disabled():  # shown even when the run passes (pytest -q)
+        print("\n" + line)
 
 
-def _count(name: str) -> None:
+def _count(name: str, t0: float) -> None:
+    """One case of suite `name` done, begun at `t0` (time.time())."""
     COUNTS[name] = COUNTS.get(name, 0) + 1
+    SECONDS[name] = SECONDS.get(name, 0.0) + time.time() - t0
 
 
 # -- experiment files ---------------------------------------------------------------------------------------------
@@ -148,6 +149,7 @@ def _check(path: Path, work: Path, run_too: bool) -> int:
 @FUZZ
 @given(mutations=st.lists(st.tuples(st.sampled_from(FIELDS), VALUES), min_size=1, max_size=3))
 def test_fuzz_mutated_configs(tmp_path_factory, base_config, mutations):
+    t0 = time.time()
     import copy
 
     d = tmp_path_factory.mktemp("mut")
@@ -162,7 +164,7 @@ def test_fuzz_mutated_configs(tmp_path_factory, base_config, mutations):
     except (yaml.YAMLError, UnicodeEncodeError):
         return
     _check(f, work, run_too=True)
-    _count("mutated configs")
+    _count("mutated configs", t0)
 
 
 YAML_ALPHABET = st.sampled_from(
@@ -174,30 +176,33 @@ YAML_ALPHABET = st.sampled_from(
 @FUZZ
 @given(parts=st.lists(YAML_ALPHABET, max_size=80))
 def test_fuzz_random_yaml(tmp_path_factory, parts):
+    t0 = time.time()
     d = tmp_path_factory.mktemp("yaml")
     work = d / "work"
     work.mkdir()
     f = d / "exp.yaml"
     f.write_text("".join(parts))
     assert _check(f, work, run_too=True) == 2  # nothing random is a whole experiment
-    _count("random YAML")
+    _count("random YAML", t0)
 
 
 @FUZZ
 @given(data=st.binary(max_size=300))
 def test_fuzz_random_bytes(tmp_path_factory, data):
+    t0 = time.time()
     d = tmp_path_factory.mktemp("bytes")
     work = d / "work"
     work.mkdir()
     f = d / "exp.yaml"
     f.write_bytes(data)
     assert _check(f, work, run_too=False) == 2
-    _count("random bytes")
+    _count("random bytes", t0)
 
 
 @pytest.mark.parametrize("content", [b"\xff\xfeb\x00a\x00d\x00", b"a: [" * 5000, b"seed: 1e26\nname: x\n"])
 def test_real_subprocess_shows_one_line_and_no_traceback(tmp_path, content):
     """What a user sees on stderr, from a real process (CliRunner cannot show what Python prints on a crash)."""
+    t0 = time.time()
     f = tmp_path / "exp.yaml"
     f.write_bytes(content)
     for command in ("validate", "run"):
@@ -212,7 +217,7 @@ def test_real_subprocess_shows_one_line_and_no_traceback(tmp_path, content):
         err = p.stderr.strip()
         assert p.returncode == 2 and len(err.splitlines()) == 1 and len(err) < 500 and "Traceback" not in err, err
         assert not (tmp_path / "runs").exists()
-    _count("real subprocesses")
+    _count("real subprocesses", t0)
 
 
 # -- the merge service ----------------------------------------------------------------------------------------------
@@ -296,6 +301,7 @@ BODIES = st.fixed_dictionaries(
     path=st.sampled_from(["/v1/merges/evaluate", "/v1/merges/evaluate", "/v1/completions"]),
 )
 def test_fuzz_service_requests(fuzz_service, body, auth, path):
+    t0 = time.time()
     client, seen = fuzz_service
     headers = (
         {"Authorization": f"Bearer {TOKEN}"}
@@ -321,4 +327,4 @@ def test_fuzz_service_requests(fuzz_service, body, auth, path):
             assert r.json()["n"] != 7  # never the canary's 7 rows
     spent = client.get("/v1/budget", headers={"Authorization": f"Bearer {TOKEN}"}).json()["spent"]
     assert spent == seen["answered"]  # every answered query charged once, nothing else
-    _count("service requests")
+    _count("service requests", t0)

@@ -185,7 +185,8 @@ def test_service_serves_declared_splits_only(served):
     ok = httpx.post(
         f"{url}/v1/merges/evaluate", json=_body(dataset={"name": "add", "split": "search"}), headers=_auth()
     )
-    assert ok.status_code == 200 and ok.json()["n"] == 30
+    rows = (d / "data" / "add" / "search.jsonl").read_text().splitlines()
+    assert ok.status_code == 200 and ok.json()["n"] == len(rows)
     (d / "data" / "add" / "late.jsonl").write_text((d / "data" / "add" / "search.jsonl").read_text())
     answers = set()
     for ref in [
