@@ -2,13 +2,110 @@
 
 from __future__ import annotations
 
+import re
+import types
+import typing
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from evomerge.errors import ConfigError
+
+# Bounds on what an experiment file may ask for: far above any real run, far below what exhausts a machine.
+MAX_FILE_BYTES = 1 << 20  # an experiment or preset file
+MAX_YAML_NODES = 100_000  # after alias expansion (a "billion laughs" file is refused, not expanded)
+MAX_YAML_DEPTH = 64
+MAX_LINE = 400  # an error line is cut to this many characters
+MAX_VALUE_SHOWN = 80  # a value echoed in an error
+SEED_MAX = 2**32 - 1  # numpy's and cmaes' seeds
+MAX_POPSIZE, MAX_GENERATIONS = 100_000, 1_000_000
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def shown(value) -> str:
+    """A value as an error message echoes it: its repr, cut to a readable length."""
+    r = repr(value)
+    return r if len(r) <= MAX_VALUE_SHOWN else r[: MAX_VALUE_SHOWN - 1] + "…"
+
+
+def one_line(msg: str) -> str:
+    """An error message as one line of at most MAX_LINE characters."""
+    msg = " ".join(str(msg).split())
+    return msg if len(msg) <= MAX_LINE else msg[: MAX_LINE - 1] + "…"
+
+
+def _run_name(v: str) -> str:
+    """A run's name becomes a directory under runs/: one plain path component, no '..', no separators."""
+    if not _NAME.fullmatch(v) or ".." in v:
+        raise ValueError(f"expected a run name of letters, digits, '.', '_' and '-' (not starting with '.' or "
+                         f"'-', no '..', at most 128 characters), got {shown(v)}")
+    return v
+
+
+RunName = Annotated[str, AfterValidator(_run_name)]
+
+
+def _admits(ann, kind: type) -> bool:
+    """Whether a field's annotation accepts a value of `kind` (bool or str) as it is, not by coercion. Anything
+    beyond plain numbers, strings, literals, lists and unions (paths, sections) is left to pydantic (True)."""
+    if ann is kind or ann is typing.Any:
+        return True
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is Annotated:
+        return _admits(args[0], kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(_admits(a, kind) for a in args)
+    if origin is Literal:
+        return any(type(a) is kind for a in args)
+    if ann in (int, float, bool, str, type(None)) or origin in (list, tuple, dict):
+        return False
+    return True
+
+
+def _no_coercion(value, ann, where: str):
+    """Refuse what pydantic's lax mode would convert silently: true/false for a number, "0.5" for a float."""
+    if isinstance(value, bool) and not _admits(ann, bool):
+        raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
+    if isinstance(value, str) and not _admits(ann, str):
+        raise ValueError(f"expected a number, got the string {shown(value)}")
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is Annotated:
+        return _no_coercion(value, args[0], where)
+    if origin in (typing.Union, types.UnionType):
+        if not any(typing.get_origin(a) in (list, tuple) for a in args):
+            return value
+        args = next(typing.get_args(a) for a in args if typing.get_origin(a) in (list, tuple))
+        origin = list
+    if origin in (list, tuple) and isinstance(value, (list, tuple)) and args:
+        for i, v in enumerate(value):
+            same = origin is list or (len(args) == 2 and args[1] is Ellipsis)  # list[X], tuple[X, ...]
+            item = args[0] if same else args[min(i, len(args) - 1)]
+            _no_coercion(v, item, where)
+    return value
+
+
+class StrictModel(BaseModel):
+    """Every section of an experiment: unknown fields are errors, and nothing is coerced (no "0.5" for 0.5, no
+    true for 1)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_types(cls, value, info: ValidationInfo):
+        return _no_coercion(value, cls.model_fields[info.field_name].annotation, info.field_name)
 
 
 def _registered(name: str, registry: dict, what: str) -> str:
@@ -19,8 +116,7 @@ def _registered(name: str, registry: dict, what: str) -> str:
     return name
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+_Strict = StrictModel
 
 
 class SourcesConfig(_Strict):
@@ -114,9 +210,9 @@ class M2N2Config(_Strict):
 
 class OptimizerConfig(_Strict):
     type: str = "cma"
-    generations: PositiveInt = 10
-    popsize: PositiveInt | None = None  # None: CMA-ES default 4 + ⌊3 ln n⌋
-    sigma0: float = Field(1 / 6, gt=0)
+    generations: int = Field(10, ge=1, le=MAX_GENERATIONS)
+    popsize: int | None = Field(None, ge=1, le=MAX_POPSIZE)  # None: CMA-ES default 4 + ⌊3 ln n⌋
+    sigma0: float = Field(1 / 6, gt=0, le=10)  # genomes live in [0, 1]: a larger step is no search
     x0: float = Field(0.5, ge=0, le=1)
     # None: steady-state (a new candidate the moment any result lands) when the optimizer can and there is more
     # than one worker; false: whole generations (exactly reproducible); true: always steady-state
@@ -279,11 +375,12 @@ class BaselinesConfig(_Strict):
 
 
 class ExperimentConfig(_Strict):
-    name: str
-    seed: int = 0
+    name: RunName
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     zoo: Literal["default", "tiny"] = "default"  # which zoo `zoo:NAME` references resolve to
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU when there is one
-    threads: PositiveInt = 1  # torch threads per worker: 1 when workers share cores (DESIGN §8); see quickstart
+    # torch threads per worker: 1 when workers share cores (DESIGN §8); see quickstart
+    threads: int = Field(1, ge=1, le=1024)
     sources: SourcesConfig
     space: SpaceConfig = SpaceConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -373,19 +470,111 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         elif e["type"] == "extra_forbidden":
             msg = "unknown field"
         elif "input" in e and e["type"] not in ("value_error",):
-            msg += f" (got {e['input']!r})"
+            msg += f" (got {shown(e['input'])})"
         parts.append(f"{where}: {msg}" if e["loc"] else msg)  # model-level checks name their fields themselves
-    return f"{source}: " + "; ".join(parts)
+    return one_line(f"{source}: " + "; ".join(parts))
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (plain data only) that also refuses what would exhaust memory or the stack: nesting
+    deeper than MAX_YAML_DEPTH, more than MAX_YAML_NODES nodes once aliases are expanded (whoever walks the
+    result, pydantic or a message, expands them), and a key given twice in one mapping (the last would win
+    silently)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.YAMLError(f"nested deeper than {MAX_YAML_DEPTH} levels (line {self.line + 1})")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            _expanded_size(node, {}, set())
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    dup = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if dup:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {shown(key)} (line {key_node.start_mark.line + 1})")
+        return super().construct_mapping(node, deep)
+
+
+def _expanded_size(node, sizes: dict, visiting: set) -> int:
+    """The number of nodes `node` stands for with every alias expanded; YAMLError past MAX_YAML_NODES or on a
+    recursive alias (a structure that contains itself)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in visiting:
+        raise yaml.YAMLError("a recursive alias (a value that contains itself)")
+    visiting.add(key)
+    n = 1
+    if isinstance(node, yaml.SequenceNode):
+        n += sum(_expanded_size(c, sizes, visiting) for c in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        n += sum(_expanded_size(k, sizes, visiting) + _expanded_size(v, sizes, visiting) for k, v in node.value)
+    visiting.discard(key)
+    if n > MAX_YAML_NODES:
+        raise yaml.YAMLError(f"more than {MAX_YAML_NODES} values once aliases are expanded")
+    sizes[key] = n
+    return n
+
+
+def load_yaml(text: str):
+    """YAML text as plain data, bounded (see BoundedLoader)."""
+    loader = BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def read_text(path: Path, what: str) -> str:
+    """A small UTF-8 text file, or ConfigError saying what it is instead (missing, a directory, too big, binary)."""
+    if path.is_dir():
+        raise ConfigError(f"{what}: {str(path)!r} is a directory (expected a YAML file)")
+    if not path.is_file():
+        raise ConfigError(f"{what}: {str(path)!r} not found (expected a YAML file)")
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ConfigError(f"{what}: {path} is {size} bytes; an experiment file is at most {MAX_FILE_BYTES}")
+        data = path.read_bytes()[: MAX_FILE_BYTES + 1]
+    except OSError as e:
+        raise ConfigError(f"{what}: cannot read {path} ({e.strerror})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        enc = "UTF-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "not UTF-8"
+        raise ConfigError(f"{what}: {path} is {enc} text or binary; expected a UTF-8 YAML file") from None
 
 
 def read_mapping(path: Path, what: str) -> dict:
     """Read a YAML file that must hold a mapping; `what` prefixes every error (a field or the file itself)."""
-    if not path.is_file():
-        raise ConfigError(f"{what}: {str(path)!r} not found (expected a YAML file)")
+    text = read_text(path, what)
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{what}: {path} is not valid YAML: {e}".replace("\n", " ")) from None
+        data = load_yaml(text)
+    except (yaml.YAMLError, RecursionError) as e:
+        raise ConfigError(one_line(f"{what}: {path} is not valid YAML: {e}")) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{what}: {path} must hold a YAML mapping of fields")
     return data
@@ -396,8 +585,8 @@ def experiment_kind(path: Path) -> str | None:
     digits reproduction (`evomerge.m2n2.digits`), which merges no Hugging Face models and has its own runner;
     `blackbox` for black-box merging through a merge service (`evomerge.blackbox`)."""
     try:
-        raw = yaml.safe_load(path.read_text()) if path.is_file() else None
-    except yaml.YAMLError:
+        raw = load_yaml(read_text(path, "experiment file"))
+    except (yaml.YAMLError, RecursionError, ConfigError):
         return None  # load_experiment reports it
     return raw.get("kind") if isinstance(raw, dict) else None
 

@@ -19,3 +19,18 @@ class MergeError(EvomergeError):
 
 class RunError(EvomergeError):
     """A run cannot go on (for example, every candidate of a generation failed). The store stays intact."""
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop asked by a signal (SIGTERM from a scheduler, SIGHUP from a closed terminal), handled like Ctrl-C: it
+    is a KeyboardInterrupt, so that every cleanup written for Ctrl-C runs for it too."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum  # the shell's convention: 143 for SIGTERM, 129 for SIGHUP

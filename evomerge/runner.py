@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 import random
 import shutil
 import time
@@ -18,6 +17,8 @@ from evomerge.errors import ConfigError
 from evomerge.executors import make_executor
 from evomerge.fitness.scorer import load_scorer_function
 from evomerge.fitness.tasks import load_split
+from evomerge.optim.state import check_snapshot
+from evomerge.sources import preflight
 from evomerge.spaces import SPACES
 from evomerge.heldout import FinalReport
 from evomerge.search import Evaluator, Search
@@ -207,8 +208,8 @@ class Runner:
         self.console = console or Console()
         self.force, self.db, self.executor_overrides = force, db, executor or {}
         if experiment is not None:
-            self.experiment_text = Path(experiment).read_text() if Path(experiment).is_file() else None
-            self.cfg, self.base_dir = load_experiment(experiment)
+            self.cfg, self.base_dir = load_experiment(experiment)  # checks the file first (size, encoding, YAML)
+            self.experiment_text = Path(experiment).read_text(encoding="utf-8")
             self.run_dir = Path(run_dir) if run_dir else Path("runs") / self.cfg.name
             self._executor_config()
         else:
@@ -264,11 +265,13 @@ class Runner:
         if self.cfg.fitness.type == "python":  # fails here, before the run directory exists, not in a worker
             load_scorer_function(self.cfg.fitness.scorer, self.base_dir)
         base, models = resolve_models(self.cfg, self.base_dir, self.console)
+        preflight(base, models)  # sources and tokenizer, before the run directory is created or touched
         rundir, fresh = self._open()
-        with rundir.lock():
+        with rundir.lock(defer_pid=True) as claim:
             store = self._store(rundir, fresh)
             try:
                 snapshot = self._prepare(store, rundir, base, models)
+                claim()
                 with rundir.session(resumed=not fresh, stored=len(store.evaluations("search"))) as self.events:
                     return self._run(store, base, models, tasks, snapshot)
             finally:
@@ -326,11 +329,7 @@ class Runner:
         snap = store.last_snapshot()
         if snap is None:
             return None
-        try:
-            pickle.loads(snap.state)
-        except Exception as e:  # noqa: BLE001 — any unpickling failure means the same thing
-            raise ConfigError(f"{rundir.path / DB_FILE}: the optimizer snapshot of generation {snap.generation + 1} "
-                              f"is unreadable ({type(e).__name__}); the run cannot continue exactly") from None
+        check_snapshot(snap.state, str(rundir.path / DB_FILE), snap.generation)  # data only: never unpickled
         return snap
 
     # -- final comparison on held-out data ----------------------------------------------------------------------

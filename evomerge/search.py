@@ -18,10 +18,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from evomerge.config import ExperimentConfig
-from evomerge.errors import RunError
+from evomerge.errors import ConfigError, RunError
 from evomerge.executors import Executor, Job
 from evomerge.optim import OPTIMIZERS
 from evomerge.optim.base import snap_to_grid
+from evomerge.optim.state import StateError
 from evomerge.recipe import FlowRecipe, Recipe, parse_recipe
 from evomerge.store import EventLog, Evaluation, RunStore, Snapshot
 
@@ -305,7 +306,11 @@ class Search:
 
     def run(self, snap: Snapshot | None) -> None:
         if snap is not None:
-            self.opt.load_state(snap.state)
+            try:
+                self.opt.load_state(snap.state)
+            except StateError as e:  # readable data, but not this optimizer's: refused before anything is asked
+                raise ConfigError(f"the optimizer snapshot of generation {snap.generation + 1} does not fit this "
+                                  f"run ({e}); start the search again in a new --run-dir") from None
             self.steady = snap.phase == "steady"  # a run goes on the way it started, whatever the workers now
         done = self.done
         if done >= self.total and (snap is None or snap.phase != "asked"):

@@ -60,7 +60,13 @@ def _shards(path: Path) -> list[Path]:
         raise SourceError(f"{path}: not a directory (expected a Hugging Face model directory)")
     index = path / "model.safetensors.index.json"
     if index.exists():
-        return [path / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        try:
+            files = sorted(set(_json(index)["weight_map"].values()))
+        except (KeyError, TypeError, AttributeError):
+            raise SourceError(f"{index}: expected a safetensors index with a \"weight_map\"") from None
+        if not all(isinstance(f, str) and "/" not in f and f not in (".", "..") for f in files):
+            raise SourceError(f"{index}: weight_map must name files in the model directory")
+        return [path / f for f in files]
     if (path / "model.safetensors").exists():
         return [path / "model.safetensors"]
     if any(path.glob("*.bin")) or any(path.glob("*.pt")):
@@ -206,7 +212,44 @@ class SourcePool:
 
 
 def _json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """A JSON object file of a checkpoint ({} when absent); SourceError when it is not one."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise SourceError(f"{path}: not valid JSON ({str(e)[:80]})") from None
+    if not isinstance(data, dict):
+        raise SourceError(f"{path}: expected a JSON object")
+    return data
+
+
+def preflight(base: Path | None, sources: list[Path]) -> None:
+    """Check the sources before a run writes anything: safetensors present (not pickle-only), config.json and
+    the tokenizer readable, and every source's tensors (read from the file headers only) matching the base's. A
+    data flow (no base) checks each model on its own."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    paths = [p for p in (base, *sources) if p is not None]
+    metas = {}
+    for p in paths:
+        try:
+            metas[p] = MappedCheckpoint(p).meta
+            if not (p / "config.json").is_file():
+                raise SourceError(f"{p}: no config.json (expected a Hugging Face model directory)")
+            _json(p / "config.json")
+            AutoConfig.from_pretrained(p)
+        except SourceError:
+            raise
+        except Exception as e:  # noqa: BLE001 — safetensors and transformers raise many kinds; all mean the same
+            raise SourceError(f"{p}: cannot read the checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
+    try:
+        AutoTokenizer.from_pretrained(paths[0])
+    except Exception as e:  # noqa: BLE001
+        raise SourceError(f"{paths[0]}: cannot load its tokenizer ({type(e).__name__}: {str(e)[:120]})") from None
+    if base is not None:
+        for p in sources:
+            check_compatible(base, metas[base], p, metas[p])
 
 
 def _vocab(path: Path) -> dict | None:

@@ -25,7 +25,8 @@ def _edit(path, fn):
     [
         (lambda c: c.pop("fitness"), "fitness: required field is missing"),
         (lambda c: c["sources"].pop("models"), "sources.models: required field is missing"),
-        (lambda c: c["optimizer"].update(generations="many"), "optimizer.generations: Input should be a valid integer"),
+        (lambda c: c["optimizer"].update(generations="many"),
+         "optimizer.generations: expected a number, got the string 'many'"),
         (lambda c: c["space"].update(operator="frankenmerge"), "space.operator: unknown operator 'frankenmerge'; "
                                                                  "expected one of"),
         (lambda c: c["optimizer"].update(type="hillclimb"), "optimizer.type: unknown optimizer 'hillclimb'"),

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from evomerge.config import format_validation_error
+from evomerge.config import RunName, format_validation_error
 from evomerge.errors import ConfigError
 from evomerge.m2n2 import threefry
 from evomerge.m2n2.flat import FlatBackend
@@ -52,7 +52,7 @@ class DigitsVariant(_Strict):
 
 class DigitsConfig(_Strict):
     kind: Literal["m2n2_digits"]
-    name: str
+    name: RunName  # a directory under runs/
     runs: PositiveInt = 3  # seeds base_seed + run
     base_seed: int = 42
     popsize: int = Field(20, ge=2)

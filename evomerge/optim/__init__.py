@@ -22,8 +22,8 @@
   works alone, but they do not interleave: `ask` with genomes of `ask_one` outstanding, or `ask_one` with a
   generation asked and not told, raises RuntimeError. Where `steady_state` is False, `ask_one`/`tell_one` raise
   NotImplementedError naming the registered optimizers that would do.
-- `state() -> bytes` (a pickle) and `load_state(bytes)`: everything needed for a bit-exact resume, RNG included,
-  also between `ask` and `tell`: an optimizer of any seed that loads a state taken right after `ask` accepts
+- `state() -> bytes` (data, never a pickle: `evomerge.optim.state`) and `load_state(bytes)`: everything needed
+  for a bit-exact resume, RNG included, also between `ask` and `tell`: an optimizer of any seed that loads a state taken right after `ask` accepts
   `tell(those genomes, values)` and then asks exactly what the original would have. Likewise in steady-state, at
   any moment: the state holds the outstanding genomes (and what the optimizer keeps for them), so the loaded one
   accepts `tell_one` of each of them, in any order, and then `ask_one`s exactly what the original would have.

@@ -12,11 +12,10 @@ the random stream and the outstanding candidates: a run resumes exactly.
 
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 
 from evomerge.m2n2.niches import Niches, NicheSettings
+from evomerge.optim import state as codec
 from evomerge.optim.base import Optimizer
 
 DEFAULT_ARCHIVE = 20  # the paper's population
@@ -114,12 +113,15 @@ class M2N2Optimizer(Optimizer):
         return [(m.copy(), n.scores[i].copy()) for i, m in enumerate(n.members) if m is not None]
 
     def state(self) -> bytes:
-        return pickle.dumps({"niches": self.niches.state(), "asked": self._asked, "outstanding": self._outstanding,
-                             "generation_out": self._generation_out})
+        return codec.encode("m2n2", {"niches": self.niches.state(), "asked": self._asked,
+                                     "outstanding": self._outstanding, "generation_out": self._generation_out})
 
     def load_state(self, blob: bytes) -> None:
-        st = pickle.loads(blob)
-        self.niches.load_state(st["niches"])
-        self._asked = st["asked"]
-        self._outstanding = [np.asarray(x, dtype=float) for x in st["outstanding"]]
-        self._generation_out = st["generation_out"]
+        st = codec.decode(blob, "m2n2")
+        try:
+            self.niches.load_state(st["niches"])
+            self._asked = int(st["asked"])
+            self._outstanding = [np.asarray(x, dtype=float).reshape(self.dim) for x in st["outstanding"]]
+            self._generation_out = bool(st["generation_out"])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise codec.StateError(f"m2n2 state: {e}") from None
