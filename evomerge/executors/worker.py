@@ -19,7 +19,6 @@ from evomerge.recipe import FlowRecipe, Recipe
 from evomerge.sources import SourcePool
 from evomerge.store import Evaluation
 
-
 GPU_WORKER_THREADS = 2  # a GPU worker's CPU threads only tokenize and launch kernels: more would only spin
 
 
