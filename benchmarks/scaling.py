@@ -3,6 +3,7 @@ the scheduler alone on Ray with a fitness of fixed, known cost (a scorer that sl
 
     python benchmarks/scaling.py                                   # both, the defaults below
     python benchmarks/scaling.py --modes real --generations 4 --repeats 2
+    python benchmarks/scaling.py --modes real --zoo tiny --generations 1  # minutes on a loaded machine
     python benchmarks/scaling.py --modes steady cma --cost 1.0 --per-worker 16 --workers 1 2 4 8
 
 real: the quickstart experiment (CMA-ES, merge + exact match over the search split of the default zoo), baselines
@@ -73,21 +74,21 @@ def timed_run(workdir: Path, name: str, exp: dict) -> dict:
 
 
 # -- real scoring: the local executor against Ray on the same cores -------------------------------------------------
-def quickstart(executor: dict, threads: int, generations: int) -> dict:
-    exp = yaml.safe_load(QUICKSTART.read_text())
+def quickstart(executor: dict, threads: int, generations: int, zoo: str) -> dict:
+    exp = {**yaml.safe_load(QUICKSTART.read_text()), "zoo": zoo}
     exp["fitness"]["tasks"] = {t: str((QUICKSTART.parent / p).resolve()) for t, p in exp["fitness"]["tasks"].items()}
     exp["optimizer"]["generations"] = generations
     return {**exp, "threads": threads, "baselines": {"enabled": False}, "executor": executor}
 
 
-def real_mode(workdir: Path, cores: int, generations: int, repeats: int) -> list[dict]:
-    build_zoo(PROFILES["default"], log=lambda *_: None)  # the quickstart's zoo, built once (~2 min on 2 cores)
+def real_mode(workdir: Path, cores: int, generations: int, repeats: int, zoo: str) -> list[dict]:
+    build_zoo(PROFILES[zoo], log=lambda *_: None)  # the quickstart's zoo, built once (~2 min on 2 cores)
     configs = [("local", 1, {"type": "local"})]
     configs += [("ray", n, {"type": "ray", "workers": n}) for n in sorted({1, 2, cores})]
     runs: dict[tuple[str, int], list[dict]] = {}
     for rep in range(repeats):
         for executor, n, section in configs:
-            r = timed_run(workdir, f"real-{executor}-{n}-{rep}", quickstart(section, cores, generations))
+            r = timed_run(workdir, f"real-{executor}-{n}-{rep}", quickstart(section, cores, generations, zoo))
             runs.setdefault((executor, n), []).append(r)
             print(json.dumps({"mode": "real", "executor": executor, "workers": n, "repeat": rep, **r}), flush=True)
     rows = []
@@ -150,6 +151,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--modes", nargs="+", default=["real", "steady", "cma"], choices=["real", "steady", "cma"])
     ap.add_argument("--generations", type=int, default=4, help="real: CMA-ES generations (12 candidates each)")
+    ap.add_argument("--zoo", default="default", choices=sorted(PROFILES), help="real: the models (tiny: faster)")
     ap.add_argument("--repeats", type=int, default=1, help="real: rounds over the configurations (medians kept)")
     ap.add_argument("--cost", type=float, default=1.0, help="fixed cost: seconds per candidate")
     ap.add_argument("--per-worker", type=int, default=16, help="fixed cost: evaluations per worker")
@@ -162,7 +164,7 @@ def main() -> None:
     real, fixed = [], []
     with tempfile.TemporaryDirectory() as tmp:
         if "real" in args.modes:
-            real = real_mode(Path(tmp), cores, args.generations, args.repeats)
+            real = real_mode(Path(tmp), cores, args.generations, args.repeats, args.zoo)
         fixed_modes = [m for m in args.modes if m != "real"]
         if fixed_modes:
             fixed = fixed_cost_mode(Path(tmp), fixed_modes, args.workers, cores, args.per_worker)
