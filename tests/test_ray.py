@@ -42,7 +42,7 @@ def _search(run_dir):
 
 
 def test_search_on_two_ray_actors(tmp_path, tiny_zoo, tiny_task_dir):
-    exp = write_experiment(tmp_path / "exp.yaml", tiny_task_dir, executor=RAY,
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_task_dir, executor=RAY, threads=2,
                            optimizer={"type": "cma", "generations": 3, "popsize": 5})
     results = Runner(exp, tmp_path / "run", console=Console(quiet=True)).run()
     search, everything, workers = _search(tmp_path / "run")
@@ -53,6 +53,13 @@ def test_search_on_two_ray_actors(tmp_path, tiny_zoo, tiny_task_dir):
     assert sorted(w["name"] for w in workers) == ["ray-0", "ray-1"]
     assert sum(w["jobs"] for w in workers) == sum(e.worker in ("ray-0", "ray-1") for e in everything)
     assert all(w["busy_s"] > 0 and w["idle_s"] >= 0 and w["pid"] != os.getpid() for w in workers)
+    # half a CPU each: one thread, whatever the experiment's `threads`; `evomerge status` shows it per worker
+    from evomerge.reporting.status import render_status, run_status
+
+    assert [w["threads"] for w in workers] == [1, 1]
+    console = Console(record=True, width=400)
+    console.print(render_status(run_status(tmp_path / "run")))
+    assert console.export_text().count("(1 thread) on") == 2
 
 
 def test_a_killed_actor_is_replaced_and_no_evaluation_is_lost(tmp_path, tiny_zoo, tiny_task_dir, evomerge_home):
