@@ -3,7 +3,7 @@ the scheduler alone on Ray with a fitness of fixed, known cost (a scorer that sl
 
     python benchmarks/scaling.py                                   # both, the defaults below
     python benchmarks/scaling.py --modes real --generations 4 --repeats 2
-    python benchmarks/scaling.py --modes real --zoo tiny --generations 1  # minutes on a loaded machine
+    python benchmarks/scaling.py --modes real --zoo tiny --generations 1 --ray-workers 2  # minutes when loaded
     python benchmarks/scaling.py --modes steady cma --cost 1.0 --per-worker 16 --workers 1 2 4 8
 
 real: the quickstart experiment (CMA-ES, merge + exact match over the search split of the default zoo), baselines
@@ -81,10 +81,10 @@ def quickstart(executor: dict, threads: int, generations: int, zoo: str) -> dict
     return {**exp, "threads": threads, "baselines": {"enabled": False}, "executor": executor}
 
 
-def real_mode(workdir: Path, cores: int, generations: int, repeats: int, zoo: str) -> list[dict]:
+def real_mode(workdir: Path, cores: int, generations: int, repeats: int, zoo: str, ray_workers: list[int]) -> list[dict]:
     build_zoo(PROFILES[zoo], log=lambda *_: None)  # the quickstart's zoo, built once (~2 min on 2 cores)
     configs = [("local", 1, {"type": "local"})]
-    configs += [("ray", n, {"type": "ray", "workers": n}) for n in sorted({1, 2, cores})]
+    configs += [("ray", n, {"type": "ray", "workers": n}) for n in ray_workers]
     runs: dict[tuple[str, int], list[dict]] = {}
     for rep in range(repeats):
         for executor, n, section in configs:
@@ -152,6 +152,7 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=["real", "steady", "cma"], choices=["real", "steady", "cma"])
     ap.add_argument("--generations", type=int, default=4, help="real: CMA-ES generations (12 candidates each)")
     ap.add_argument("--zoo", default="default", choices=sorted(PROFILES), help="real: the models (tiny: faster)")
+    ap.add_argument("--ray-workers", type=int, nargs="+", help="real: Ray worker counts (default: 1, 2, the cores)")
     ap.add_argument("--repeats", type=int, default=1, help="real: rounds over the configurations (medians kept)")
     ap.add_argument("--cost", type=float, default=1.0, help="fixed cost: seconds per candidate")
     ap.add_argument("--per-worker", type=int, default=16, help="fixed cost: evaluations per worker")
@@ -164,7 +165,8 @@ def main() -> None:
     real, fixed = [], []
     with tempfile.TemporaryDirectory() as tmp:
         if "real" in args.modes:
-            real = real_mode(Path(tmp), cores, args.generations, args.repeats, args.zoo)
+            real = real_mode(Path(tmp), cores, args.generations, args.repeats, args.zoo,
+                             args.ray_workers or sorted({1, 2, cores}))
         fixed_modes = [m for m in args.modes if m != "real"]
         if fixed_modes:
             fixed = fixed_cost_mode(Path(tmp), fixed_modes, args.workers, cores, args.per_worker)
