@@ -351,7 +351,9 @@ class ExecutorConfig(_Strict):
     # ray only. None: one worker per GPU of the cluster (GPUs visible and device not cpu), else one per CPU
     workers: PositiveInt | None = None
     gpus_per_worker: float | None = Field(None, ge=0)  # None: 1 when the cluster has GPUs, else 0
-    cpus_per_worker: float | None = Field(None, gt=0)  # None: 1 with GPUs, else the CPUs shared among workers
+    # None: 1 with GPUs, else the CPUs shared among workers (whole CPUs when there are enough). A Ray worker runs
+    # one CPU thread per whole CPU it was given (at least 1; at most 2 on a GPU worker), whatever `threads` says
+    cpus_per_worker: float | None = Field(None, gt=0)
     address: str | None = None  # None: start a local Ray instance; 'auto' or 'ray://head:10001': join a cluster
 
     @model_validator(mode="after")
@@ -379,7 +381,7 @@ class ExperimentConfig(_Strict):
     seed: int = Field(0, ge=0, le=SEED_MAX)
     zoo: Literal["default", "tiny"] = "default"  # which zoo `zoo:NAME` references resolve to
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU when there is one
-    # torch threads per worker: 1 when workers share cores (DESIGN §8); see quickstart
+    # CPU threads (torch, OpenMP, BLAS) of the local and process executors' worker; Ray workers follow their CPUs
     threads: int = Field(1, ge=1, le=1024)
     sources: SourcesConfig
     space: SpaceConfig = SpaceConfig()

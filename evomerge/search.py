@@ -155,7 +155,8 @@ class Evaluator:
         for s in self.executor.stats.values():
             if s.name not in self._announced and s.pid is not None:
                 self._announced.add(s.name)
-                self.events.emit("worker_started", worker=s.name, pid=s.pid, host=s.host, device=s.device)
+                self.events.emit("worker_started", worker=s.name, pid=s.pid, host=s.host, device=s.device,
+                                 threads=s.threads)
 
     def save_telemetry(self) -> None:
         self._telemetry_at = time.monotonic()

@@ -27,6 +27,7 @@ class WorkerStats:
     pid: int | None = None
     host: str | None = None
     device: str | None = None
+    threads: int | None = None  # its CPU threads (torch, OpenMP, BLAS), as the worker reports them
     alive: bool = True
     _since: float | None = None  # when its current busy or idle stretch began
     _busy: bool = False

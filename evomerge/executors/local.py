@@ -16,7 +16,8 @@ class LocalExecutor(Executor):
         self.worker = Worker(**worker_args)
         info = self.worker.info()
         self.shape, self.streaming = info["shape"], info["streaming"]
-        self.stats["local"] = WorkerStats("local", pid=os.getpid(), host=socket.gethostname(), device=info["device"])
+        self.stats["local"] = WorkerStats("local", pid=os.getpid(), host=socket.gethostname(), device=info["device"],
+                                          threads=info["threads"])
         self.stats["local"].ready()
 
     def next(self) -> Evaluation:

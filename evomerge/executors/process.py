@@ -61,7 +61,7 @@ class ProcessExecutor(Executor):
         self.shape, self.streaming = payload["shape"], payload["streaming"]
         self.name = f"process-{len(self.stats)}"
         self.stats[self.name] = WorkerStats(self.name, pid=self._proc.pid, host=socket.gethostname(),
-                                            device=payload["device"])
+                                            device=payload["device"], threads=payload["threads"])
         self.stats[self.name].ready()
 
     def _wait(self) -> int | None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from threadpoolctl import threadpool_limits
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evomerge.errors import MergeError
@@ -16,6 +18,23 @@ from evomerge.merge.materialize import Merger
 from evomerge.recipe import FlowRecipe, Recipe
 from evomerge.sources import SourcePool
 from evomerge.store import Evaluation
+
+GPU_WORKER_THREADS = 2  # a GPU worker's CPU threads only tokenize and launch kernels: more would only spin
+
+
+def threads_for(cpus: float, gpu: bool = False) -> int:
+    """The CPU threads a worker with `cpus` CPUs uses: its whole CPUs, at least one, never more (a fraction of a
+    CPU is one thread that shares its core, as Ray's own OMP_NUM_THREADS does)."""
+    n = max(1, math.floor(cpus))
+    return min(n, GPU_WORKER_THREADS) if gpu else n
+
+
+def limit_threads(n: int) -> None:
+    """Every thread pool of this process to `n` threads: torch's intra-op pool, and OpenMP and BLAS (MKL,
+    OpenBLAS) through threadpoolctl, whatever their environment variables said at import. Workers that share cores
+    and each run more threads than their share spin against each other at every parallel region."""
+    torch.set_num_threads(n)
+    threadpool_limits(n)
 
 
 @dataclass(frozen=True)
@@ -76,7 +95,7 @@ class Worker:
     def __init__(self, base: Path | None, sources: list[Path], tasks: dict[str, dict[str, list[dict]]], fitness_cfg,
                  threads: int = 1, device: str = "cpu", stream: bool | None = None, base_dir: Path = Path("."),
                  name: str = "local", flow: bool = False):
-        torch.set_num_threads(threads)
+        limit_threads(threads)
         self.name = name
         if device == "auto":  # resolved where the worker runs: on a cluster the driver may have no GPU
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -90,7 +109,7 @@ class Worker:
     def info(self) -> dict:
         """What the driver needs to know of the models: (sources, layers) for the search space, and more."""
         b = self.builder
-        return {"shape": b.shape, "streaming": b.streaming, "device": str(b.device)}
+        return {"shape": b.shape, "streaming": b.streaming, "device": str(b.device), "threads": torch.get_num_threads()}
 
     def evaluate(self, job: Job) -> Evaluation:
         """Never raises for a bad candidate: a failure becomes a FAILED evaluation with its reason."""
