@@ -84,7 +84,8 @@ def _random_inputs(shape, k, dtype, seed):
 def _ours(operator, base, models, weights, densities, *, seed=None, **params):
     deltas = torch.stack([m - base for m in models])
     x = TensorInputs(base=base, deltas=deltas, ranks=lambda kind: torch.stack([magnitude_ranks(d, kind) for d in deltas]),
-                     seed=seed or 0, generator=None if seed is None else torch.Generator().manual_seed(seed))
+                     seed=seed or 0, generator=None if seed is None else torch.Generator().manual_seed(seed),
+                     sources=lambda i: models[i])
     return OPERATORS[operator].merge(x, MergeParams(weights=tuple(weights), densities=tuple(densities), **params))
 
 
@@ -270,3 +271,45 @@ def test_hash_masks_are_bernoulli_and_independent_across_seeds():
     for x, y in ((a, b), (a, c)):
         assert abs((x & y).float().mean().item() - d * d) < 0.003  # joint keep rate of independent masks
     assert torch.equal(a, keep_mask((n,), d, source_seed(tensor_seed(1, "t"), 0)))  # a pure function of the seed
+
+
+# --- endpoints: a merge that is exactly one model returns that model's tensor, not base + (source − base) --------
+
+
+def _round_trip_is_off(base, model):
+    return not torch.equal(base + (model - base), model)  # so that the tests below can fail
+
+
+@pytest.mark.parametrize("operator", ["linear", "task_arithmetic", "ties", "dare_ties", "breadcrumbs_ties", "della"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_one_hot_weights_return_the_source_bit_for_bit(operator, dtype):
+    base, models = _random_inputs((64, 33), 3, dtype, seed=9)
+    assert _round_trip_is_off(base, models[1])
+    normalize = operator in ("linear", "ties")
+    weight = 0.37 if normalize else 1.0  # normalizing divides any lone weight out
+    densities = (0.5, 1.0, 0.5)  # the others' densities do not matter: their weight is zero
+    out = _ours(operator, base, models, (0.0, weight, 0.0), densities, seed=3, normalize=normalize)
+    assert torch.equal(out, models[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_slerp_endpoints_are_exact(dtype):
+    base, (other,) = _random_inputs((64, 33), 1, dtype, seed=10)
+    assert _round_trip_is_off(base, other)
+    assert torch.equal(_ours("slerp", base, [other], (0.0,), (1.0,)), base)
+    assert torch.equal(_ours("slerp", base, [other], (1.0,), (1.0,)), other)
+
+
+def test_a_bf16_pool_materializes_a_one_hot_recipe_as_the_source_itself(tiny_zoo):
+    from transformers import AutoModelForCausalLM
+
+    paths = [tiny_zoo / "add", tiny_zoo / "cipher"]
+    pool = SourcePool(tiny_zoo / "base", paths, dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(tiny_zoo / "base", dtype=torch.bfloat16)
+    recipe = Recipe(operator="task_arithmetic", groups={"all": GroupParams(weights=(0.0, 1.0))})
+    Merger(pool).materialize(recipe, model)
+    expert = {k: v.to(torch.bfloat16) for k, v in load_state_dict(paths[1]).items()}
+    live = model.state_dict()
+    assert any(_round_trip_is_off(pool.base[k], expert[k]) for k in pool.base)
+    for k in pool.base:
+        assert torch.equal(live[k], expert[k]), k
