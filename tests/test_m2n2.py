@@ -320,8 +320,8 @@ def test_m2n2_search_on_the_tiny_zoo(tmp_path, tiny_zoo, tiny_task_dir):
     # every popsize candidates the archive's members are recorded by label, for the report's diversity plot
     assert [h["evaluation"] for h in history] == [5, 10]
     assert set(history[0]["members"]) >= {"g0-0", "g0-1", "g0-2"} and len(history[-1]["members"]) == len(filled)
-    from evomerge.html_report import render_report
-    from evomerge.leaderboard import read_board
+    from evomerge.reporting.html_report import render_report
+    from evomerge.reporting.leaderboard import read_board
 
     board = read_board(tmp_path / "run")
     parents = {c.id: c.parents for c in board.candidates}
