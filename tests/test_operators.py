@@ -178,7 +178,7 @@ def test_breadcrumbs_equals_mergekit(method, dtype, shape, densities):
 
 
 @pytest.mark.parametrize("method", ["della", "della_linear"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", [(16, 24), (3, 5, 11)])
 def test_della_equals_mergekit_with_a_shared_mask(method, dtype, shape):
     base, models = _random_inputs(shape, 3, dtype, seed=5)
@@ -187,7 +187,7 @@ def test_della_equals_mergekit_with_a_shared_mask(method, dtype, shape):
     ours = _ours(method, base, models, weights, densities, seed=seed, epsilon=0.1, rescale="l1")
     torch.manual_seed(seed)
     ref = _mergekit(method, base, models, weights, densities, epsilon=0.1, rescale=True)
-    torch.testing.assert_close(ours, ref.to(dtype), rtol=_tol(dtype), atol=_tol(dtype))
+    _assert_bit_equal(ours, ref)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
