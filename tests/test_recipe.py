@@ -46,3 +46,11 @@ def test_space_without_density_for_task_arithmetic():
     space = LayerWeightsSpace(SpaceConfig(operator="task_arithmetic", granularity="model"), 3, 4)
     assert space.dim == 3
     assert space.decode(np.full(3, 0.5)).groups["all"].densities is None
+
+
+def test_encoded_seeds_decode_back_with_the_scale_gene_at_one():
+    space = LayerWeightsSpace(SpaceConfig(operator="ties", granularity="layer"), n_sources=3, n_blocks=2)
+    x = space.encode([0.0, 1.0, 0.0], [0.5, 1.0, 0.5])
+    assert x.shape == (space.dim,)
+    for g in space.decode(x).groups.values():
+        assert np.allclose(g.weights, (0, 1, 0)) and np.allclose(g.densities, (0.5, 1, 0.5)) and g.scale == 1.0

@@ -58,11 +58,13 @@ class LayerWeightsSpace:
 
     def encode(self, weights: list[float], densities: list[float] | None = None) -> np.ndarray | None:
         """The genome that gives every group these weights (and densities; 1.0 when the operator sparsifies and none
-        are given), or None where the ranges cannot reach them."""
-        (wlo, whi), (dlo, dhi) = self.cfg.weight_range, self.cfg.density_range
+        are given; and scale 1 where the space has a scale gene), or None where the ranges cannot reach them."""
+        (wlo, whi), (dlo, dhi), (slo, shi) = self.cfg.weight_range, self.cfg.density_range, self.cfg.scale_range
         genes = [(w - wlo) / (whi - wlo) for w in weights]
-        if self.per_group > self.k:
+        if self.densities:
             genes += [(d - dlo) / (dhi - dlo) for d in (densities or [1.0] * self.k)]
+        if self.scaled:
+            genes.append((1.0 - slo) / (shi - slo))  # the operator's own merge, unscaled
         if any(g < -1e-9 or g > 1 + 1e-9 for g in genes):
             return None
         return np.tile(np.clip(genes, 0.0, 1.0), len(self.groups))
