@@ -121,7 +121,7 @@ def export_from_run(run_dir: Path, out: Path, rank: int = 1, candidate: str | No
                              [Path(m) for m in src["models"]], out,
                              {"experiment": board.name, "run directory": str(Path(run_dir).resolve()),
                               "candidate": f"{known['label']} (known before the search: the best on the search "
-                                           "split, above every search candidate)"})
+                                           "split, above every search candidate)"}, _run_dtype(src))
         return path, known["label"]
     ranked = [c for c in board.candidates if c.rank is not None]
     if meta is None or not ranked:
@@ -150,9 +150,14 @@ def export_from_run(run_dir: Path, out: Path, rank: int = 1, candidate: str | No
     recipe = parse_recipe(json.dumps(c.recipe))
     if isinstance(recipe, FlowRecipe):
         return export_flow_recipe(recipe, [Path(m) for m in src["models"]], out, provenance), c.id
-    dtype = None if src.get("dtype", "auto") == "auto" else getattr(torch, src["dtype"])
-    path = export_recipe(recipe, Path(src["base"]), [Path(m) for m in src["models"]], out, provenance, dtype)
+    path = export_recipe(recipe, Path(src["base"]), [Path(m) for m in src["models"]], out, provenance,
+                         _run_dtype(src))
     return path, c.id
+
+
+def _run_dtype(src: dict) -> torch.dtype | None:
+    """The experiment's `dtype` as the run recorded it with its sources (None: the sources' own)."""
+    return None if src.get("dtype", "auto") == "auto" else getattr(torch, src["dtype"])
 
 
 def _known_winner(run_dir: Path) -> dict | None:
