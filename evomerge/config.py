@@ -157,6 +157,10 @@ class SpaceConfig(_Strict):
     density_range: tuple[float, float] = (0.1, 1.0)
     normalize: bool | None = None
     lam: float = 1.0
+    # one more gene per group, mapped onto scale_range, multiplying the group's merged task vector; auto: when the
+    # operator normalizes (TIES's weighted mean and normalized sums cannot shrink the merge through the weights)
+    scale: Literal["auto"] | bool = "auto"
+    scale_range: tuple[float, float] = (0.0, 2.0)
     gamma: float = Field(0.01, ge=0, lt=1)
     epsilon: float = Field(0.15, gt=0, lt=0.5)
     rescale: Literal["inverse", "l1", "none"] | None = None  # None: the operator's default
@@ -191,7 +195,7 @@ class SpaceConfig(_Strict):
 
         return _registered(v, OPERATORS, "operator")
 
-    @field_validator("weight_range", "density_range")
+    @field_validator("weight_range", "density_range", "scale_range")
     @classmethod
     def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
         if v[0] >= v[1]:
@@ -381,6 +385,8 @@ class ExperimentConfig(_Strict):
     seed: int = Field(0, ge=0, le=SEED_MAX)
     zoo: Literal["default", "tiny"] = "default"  # which zoo `zoo:NAME` references resolve to
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU when there is one
+    # the dtype the sources are merged and scored in (they are cast to it when loaded); auto: their own
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # CPU threads (torch, OpenMP, BLAS) of the local and process executors' worker; Ray workers follow their CPUs
     threads: int = Field(1, ge=1, le=1024)
     sources: SourcesConfig

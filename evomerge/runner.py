@@ -292,7 +292,7 @@ class Runner:
             (rundir.path / "experiment.yaml").write_text(self.experiment_text)
         # absolute source paths, so that `evomerge export RUN` needs nothing but the run directory
         store.set_meta("sources", json.dumps({"base": base and str(base), "models": [str(m) for m in models],
-                                              "space": self.cfg.space.type}))
+                                              "space": self.cfg.space.type, "dtype": self.cfg.dtype}))
         return snapshot
 
     def _run(self, store, base, models, tasks, snapshot) -> dict:
@@ -301,7 +301,7 @@ class Runner:
         device = cfg.device if self.executor_cfg.type == "ray" else resolve_device(cfg.device)
         worker_args = {"base": base, "sources": models, "tasks": tasks, "fitness_cfg": cfg.fitness,
                        "threads": cfg.threads, "stream": stream, "device": device, "base_dir": self.base_dir,
-                       "flow": cfg.space.type == "data_flow"}
+                       "flow": cfg.space.type == "data_flow", "dtype": cfg.dtype}
         with self.console.status(f"starting the {self.executor_cfg.type} executor (workers load the sources)"):
             executor = make_executor(self.executor_cfg, worker_args)
         try:

@@ -114,6 +114,12 @@ class MappedCheckpoint:
         return self._where[name].get_tensor(name)
 
 
+def checkpoint_dtype(path: Path) -> torch.dtype:
+    """The dtype of a checkpoint's first floating-point tensor, from its files' headers (nothing is read)."""
+    meta = MappedCheckpoint(Path(path)).meta
+    return next(m.dtype for m in meta.values() if m.is_floating_point())
+
+
 class _Lazy(Mapping):
     """A read-only name → tensor mapping that computes each tensor when asked (streaming mode)."""
 
@@ -154,9 +160,10 @@ class SourcePool:
     """
 
     def __init__(self, base: Path, sources: list[Path], device: str | torch.device = "cpu",
-                 stream: bool | None = False):
+                 stream: bool | None = False, dtype: torch.dtype | None = None):
         self.base_path, self.source_paths = Path(base), [Path(s) for s in sources]
         self.device = device
+        self._cast = dtype  # None: the checkpoints' own dtype
         self.streaming = should_stream([self.base_path, *self.source_paths]) if stream is None else stream
         if self.streaming:
             self._init_streaming()
@@ -169,10 +176,11 @@ class SourcePool:
         # the dtype a live model should hold merges in: that of the base's first floating tensor
         self.dtype = next(iter(self.base.values())).dtype
         self._ranks: dict[tuple[str, str], torch.Tensor] = {}
+        self._checkpoints: list[MappedCheckpoint] | None = None  # opened when a merge first needs a source itself
 
     def _init_in_memory(self) -> None:
         base_sd = load_state_dict(self.base_path)
-        self.base = {k: v.to(self.device) for k, v in base_sd.items() if v.is_floating_point()}
+        self.base = {k: v.to(self.device, self._cast) for k, v in base_sd.items() if v.is_floating_point()}
         # Task vectors stacked per tensor, [K, *shape]: a weighted sum over sources is then one BLAS pass, and
         # source i's task vector is the contiguous view stacked[name][i].
         self.stacked: Mapping[str, torch.Tensor] = {}
@@ -183,7 +191,7 @@ class SourcePool:
             for name, b in self.base.items():
                 if i == 0:
                     self.stacked[name] = torch.empty((k, *b.shape), dtype=b.dtype, device=self.device)
-                torch.sub(sd[name].to(self.device), b, out=self.stacked[name][i])
+                torch.sub(sd[name].to(self.device, b.dtype), b, out=self.stacked[name][i])
             del sd
 
     def _init_streaming(self) -> None:
@@ -192,8 +200,16 @@ class SourcePool:
         for p, ck in zip(self.source_paths, cks, strict=True):
             check_compatible(self.base_path, base_ck.meta, p, ck.meta)
         names = [n for n, m in base_ck.meta.items() if m.is_floating_point()]
-        self.base = _Lazy(names, lambda n: base_ck[n].to(self.device))
-        self.stacked = _Lazy(names, lambda n: torch.stack([ck[n].to(self.device) for ck in cks]) - self.base[n])
+        self.base = _Lazy(names, lambda n: base_ck[n].to(self.device, self._cast))
+        self.stacked = _Lazy(names, lambda n: torch.stack([ck[n].to(self.device, self._cast) for ck in cks])
+                             - self.base[n])
+
+    def source(self, name: str, i: int) -> torch.Tensor:
+        """Source i's own tensor `name`, read from its file (memory-mapped) in the pool's dtype and device: a merge
+        that is exactly one source returns this, not base + τᵢ, which rounding in bf16 can move off the source."""
+        if self._checkpoints is None:
+            self._checkpoints = [MappedCheckpoint(p) for p in self.source_paths]
+        return self._checkpoints[i][name].to(device=self.device, dtype=self.base[name].dtype)
 
     @property
     def n_sources(self) -> int:

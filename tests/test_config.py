@@ -145,3 +145,31 @@ def test_unreadable_files_are_named(tmp_path, tiny_zoo, tiny_task_dir):
         code, err = _cli(command, str(path), *(["--run-dir", str(tmp_path / "r")] if command == "run" else []))
         assert code == 2 and expected in err and len(err.splitlines()) == 1, (path, err)
     assert not (tmp_path / "r").exists()
+
+
+def test_normalizing_operators_get_a_scale_gene_per_group_that_reaches_a_task_arithmetic_weight(tiny_zoo):
+    """TIES's weighted mean divides the weights out: without a scale per group the search could never shrink the
+    merged task vector the way a tuned task-arithmetic weight does."""
+    import numpy as np
+    import torch
+
+    from evomerge.config import SpaceConfig
+    from evomerge.merge.materialize import Merger
+    from evomerge.recipe import Recipe
+    from evomerge.sources import SourcePool
+    from evomerge.spaces.layer_weights import LayerWeightsSpace
+
+    ties = LayerWeightsSpace(SpaceConfig(operator="ties", granularity="model"), n_sources=1, n_blocks=2)
+    assert ties.dim == 3  # weight, density, scale
+    dare = LayerWeightsSpace(SpaceConfig(operator="dare_ties", granularity="layer"), n_sources=3, n_blocks=2)
+    assert dare.dim == 4 * 6  # not normalized by default: its weights already scale the merge
+    normalized = LayerWeightsSpace(SpaceConfig(operator="dare_ties", normalize=True), n_sources=3, n_blocks=2)
+    assert normalized.dim == 4 * 7
+    assert LayerWeightsSpace(SpaceConfig(operator="ties", scale=False), 3, 2).dim == 4 * 6
+    recipe = ties.decode(np.array([0.8, 1.0, 0.15]))  # weight 0.8, density 1, scale 0.3
+    assert recipe.groups["all"].scale == pytest.approx(0.3)
+    pool = SourcePool(tiny_zoo / "base", [tiny_zoo / "add"])
+    ta = Recipe.uniform("task_arithmetic", 1, 0.3)
+    merger = Merger(pool)
+    for name in pool.base:
+        torch.testing.assert_close(merger.merged_tensor(recipe, name), merger.merged_tensor(ta, name))

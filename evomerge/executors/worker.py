@@ -52,8 +52,8 @@ class Job:
 class MergeBuilder:
     """Parameter-space candidates: a recipe is merged into one live model, in place."""
 
-    def __init__(self, base: Path, sources: list[Path], device: str, stream: bool | None):
-        self.pool = SourcePool(base, sources, device=device, stream=stream)
+    def __init__(self, base: Path, sources: list[Path], device: str, stream: bool | None, dtype: torch.dtype | None):
+        self.pool = SourcePool(base, sources, device=device, stream=stream, dtype=dtype)
         # the live model holds merges in the sources' dtype
         self.model = AutoModelForCausalLM.from_pretrained(base, dtype=self.pool.dtype).to(device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(base)
@@ -74,10 +74,10 @@ class MergeBuilder:
 class FlowBuilder:
     """Data-flow candidates: the flow's models stay loaded; a recipe becomes a model over their shared layers."""
 
-    def __init__(self, models: list[Path], device: str):
+    def __init__(self, models: list[Path], device: str, dtype: torch.dtype | None):
         from evomerge.merge.flow import FlowModels
 
-        self.flow = FlowModels(models, device=device)
+        self.flow = FlowModels(models, device=device, dtype=dtype)
         self.tokenizer = self.flow.tokenizer
         self.shape = (len(models), tuple(self.flow.n_layers))
         self.streaming, self.device = False, device
@@ -94,12 +94,14 @@ class FlowBuilder:
 class Worker:
     def __init__(self, base: Path | None, sources: list[Path], tasks: dict[str, dict[str, list[dict]]], fitness_cfg,
                  threads: int = 1, device: str = "cpu", stream: bool | None = None, base_dir: Path = Path("."),
-                 name: str = "local", flow: bool = False):
+                 name: str = "local", flow: bool = False, dtype: str = "auto"):
         limit_threads(threads)
         self.name = name
         if device == "auto":  # resolved where the worker runs: on a cluster the driver may have no GPU
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.builder = FlowBuilder(sources, device) if flow else MergeBuilder(base, sources, device, stream)
+        cast = None if dtype == "auto" else getattr(torch, dtype)  # the experiment's `dtype`
+        self.builder = (FlowBuilder(sources, device, cast) if flow
+                        else MergeBuilder(base, sources, device, stream, cast))
         self.tokenizer = self.builder.tokenizer
         # lm-eval takes the search split's example cap as its `limit`; the other scorers get capped example lists
         self.scorers = {split: make_scorer(self.tokenizer, split_tasks, fitness_cfg, Path(base_dir),

@@ -46,8 +46,9 @@ class Merger:
             ranks=lambda kind: pool.magnitude_ranks(name, kind),
             seed=tensor_seed(recipe.seed, name),
             generator=self._generator(recipe.seed, name) if op.sparsify == "della" else None,
+            sources=lambda i: pool.source(name, i),
         )
-        params = MergeParams(weights=params.weights, densities=params.densities, lam=recipe.lam,
+        params = MergeParams(weights=params.weights, densities=params.densities, lam=recipe.lam * params.scale,
                              normalize=recipe.normalize, rescale=recipe.rescale, gamma=recipe.gamma,
                              epsilon=recipe.epsilon)
         return op.merge(inputs, params, out=out)
@@ -65,7 +66,7 @@ class Merger:
         for a, b, gp in self._rows[1].get(name, []):
             if a != covered:
                 break
-            params = MergeParams(weights=gp.weights, lam=recipe.lam, normalize=recipe.normalize)
+            params = MergeParams(weights=gp.weights, lam=recipe.lam * gp.scale, normalize=recipe.normalize)
             op.merge(TensorInputs(base=base[a:b], deltas=deltas[:, a:b]), params, out=target[a:b])
             covered = b
         if covered != base.shape[0]:
