@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from evomerge.config import FitnessConfig  # noqa: E402
 from evomerge.fitness.lm_eval_scorer import load_task_config  # noqa: E402
-from evomerge.fitness.scorer import make_scorer  # noqa: E402
+from evomerge.fitness import make_scorer  # noqa: E402
 from evomerge.fitness.tasks import load_split  # noqa: E402
 from evomerge.zoo.build import PROFILES, build_zoo  # noqa: E402
 

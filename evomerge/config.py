@@ -8,7 +8,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
-from evomerge.errors import ConfigError
+from evomerge.errors import ConfigError, format_validation_error, read_mapping
 
 
 def _registered(name: str, registry: dict, what: str) -> str:
@@ -170,9 +170,10 @@ class TaskSpec(_Strict):
 
 
 class FitnessConfig(_Strict):
-    # native: exact match of the answer; python: a per-example scorer of yours, `scorer: module:function`;
-    # lm_eval: lm-evaluation-harness tasks from task YAML files, run on the in-memory model
-    type: Literal["native", "python", "lm_eval"] = "native"
+    # a scorer of evomerge.fitness.SCORERS — native: exact match of the answer; python: a per-example scorer of
+    # yours, `scorer: module:function`; lm_eval: lm-evaluation-harness tasks from task YAML files, run on the
+    # in-memory model
+    type: str = "native"
     # name -> where the task comes from (see TaskSpec.source), or a TaskSpec
     tasks: dict[str, str | TaskSpec] = Field(min_length=1)
     lm_eval: LmEvalConfig = LmEvalConfig()
@@ -195,24 +196,25 @@ class FitnessConfig(_Strict):
     batch_size: PositiveInt = 128
     max_new_tokens: PositiveInt = 16
 
+    @field_validator("type")
+    @classmethod
+    def _known_scorer(cls, v: str) -> str:
+        from evomerge.fitness import SCORERS
+
+        return _registered(v, SCORERS, "scorer")
+
     @model_validator(mode="after")
     def _consistent(self) -> FitnessConfig:
         if self.search_split == self.heldout_split:
             raise ValueError("search_split and heldout_split must differ: held-out numbers must not be searched on")
-        if self.type == "python" and (not self.scorer or ":" not in self.scorer):
-            raise ValueError("fitness.scorer: type python needs scorer: 'module:function'")
-        if self.type != "python" and self.scorer:
-            raise ValueError("fitness.scorer: only used with type: python")
+        from evomerge.fitness import SCORERS
+
+        SCORERS[self.type].check_config(self)  # what this scorer does not do, named by field
         if self.search_subset and self.max_examples:
             raise ValueError("fitness.search_subset: use either search_subset (a random subset, re-checked at the "
                              "end) or max_examples (the first N), not both")
         for name in self.tasks:
             spec = self.task_spec(name)
-            if spec.metric and self.type != "lm_eval":
-                raise ValueError(f"fitness.tasks.{name}.metric: only used with type: lm_eval (native scores exact "
-                                 "match)")
-            if spec.check and self.type == "python":
-                raise ValueError(f"fitness.tasks.{name}.check: a python scorer applies its own checks")
             unknown = sorted(set(spec.splits) - {self.search_split, self.heldout_split})
             if unknown:
                 raise ValueError(f"fitness.tasks.{name}.splits: {unknown} are not this experiment's splits (expected "
@@ -239,8 +241,9 @@ class FitnessConfig(_Strict):
 
 
 class ExecutorConfig(_Strict):
-    # local: in this process; process: a child process, replaced when it dies or hangs; ray: a pool of Ray actors
-    type: Literal["local", "process", "ray"] = "local"
+    # an executor of evomerge.executors.EXECUTORS — local: in this process; process: a child process, replaced
+    # when it dies or hangs; ray: a pool of Ray actors
+    type: str = "local"
     timeout_s: float | None = Field(None, gt=0)  # per evaluation; needs an executor that can stop a worker
     max_retries: int = Field(1, ge=0)  # re-issues of a candidate whose worker died, before it is recorded FAILED
     # ray only. None: one worker per GPU of the cluster (GPUs visible and device not cpu), else one per CPU
@@ -249,10 +252,20 @@ class ExecutorConfig(_Strict):
     cpus_per_worker: float | None = Field(None, gt=0)  # None: 1 with GPUs, else the CPUs shared among workers
     address: str | None = None  # None: start a local Ray instance; 'auto' or 'ray://head:10001': join a cluster
 
+    @field_validator("type")
+    @classmethod
+    def _known_executor(cls, v: str) -> str:
+        from evomerge.executors import EXECUTORS
+
+        return _registered(v, EXECUTORS, "executor")
+
     @model_validator(mode="after")
     def _timeout_needs_a_process(self) -> ExecutorConfig:
-        if self.timeout_s is not None and self.type == "local":
-            raise ValueError("executor.timeout_s: needs type: process or ray (an evaluation running in this process "
+        from evomerge.executors import EXECUTORS
+
+        if self.timeout_s is not None and not EXECUTORS[self.type].can_stop:
+            able = " or ".join(sorted(n for n, c in EXECUTORS.items() if c.can_stop))
+            raise ValueError(f"executor.timeout_s: needs type: {able} (an evaluation running in this process "
                              "cannot be stopped)")
         ray_only = [f for f in ("workers", "gpus_per_worker", "cpus_per_worker", "address")
                     if getattr(self, f) is not None]
@@ -345,41 +358,6 @@ class ExperimentConfig(_Strict):
             raise ValueError(f"optimizer.type: {self.optimizer.type} is single-objective but fitness.objective is "
                              f"per_task ({self.n_objectives} objectives); use one of {multi}")
         return self
-
-
-def _loc(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def format_validation_error(err: ValidationError, source: str) -> str:
-    parts = []
-    for e in err.errors():
-        msg = e["msg"].removeprefix("Value error, ")
-        where = _loc(e["loc"])
-        if e["type"] == "missing":
-            msg = "required field is missing"
-        elif e["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif "input" in e and e["type"] not in ("value_error",):
-            msg += f" (got {e['input']!r})"
-        parts.append(f"{where}: {msg}" if e["loc"] else msg)  # model-level checks name their fields themselves
-    return f"{source}: " + "; ".join(parts)
-
-
-def read_mapping(path: Path, what: str) -> dict:
-    """Read a YAML file that must hold a mapping; `what` prefixes every error (a field or the file itself)."""
-    if not path.is_file():
-        raise ConfigError(f"{what}: {str(path)!r} not found (expected a YAML file)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{what}: {path} is not valid YAML: {e}".replace("\n", " ")) from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what}: {path} must hold a YAML mapping of fields")
-    return data
 
 
 def experiment_kind(path: Path) -> str | None:

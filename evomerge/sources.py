@@ -20,7 +20,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from evomerge.errors import SourceError
-from evomerge.merge.sparsify import magnitude_ranks
 
 _BLOCK = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 _EMBED = re.compile(r"embed|wte|wpe")
@@ -162,7 +161,6 @@ class SourcePool:
         self.n_blocks = 1 + max((block_index(name) or 0) for name in self.base)
         # the dtype a live model should hold merges in: that of the base's first floating tensor
         self.dtype = next(iter(self.base.values())).dtype
-        self._ranks: dict[tuple[str, str], torch.Tensor] = {}
 
     def _init_in_memory(self) -> None:
         base_sd = load_state_dict(self.base_path)
@@ -192,17 +190,6 @@ class SourcePool:
     @property
     def n_sources(self) -> int:
         return len(self.deltas)
-
-    def magnitude_ranks(self, name: str, kind: str) -> torch.Tensor:
-        """Magnitude ranks of every source's τ[name], stacked [K, *shape], computed once (the sources never change
-        during a search) — or, when streaming, every time, so that memory stays bounded."""
-        key = (name, kind)
-        if key in self._ranks:
-            return self._ranks[key]
-        ranks = torch.stack([magnitude_ranks(d, kind) for d in self.stacked[name]])
-        if not self.streaming:
-            self._ranks[key] = ranks
-        return ranks
 
 
 def _json(path: Path) -> dict:

@@ -38,7 +38,7 @@ def _edit(path, fn):
                                                                         "weights for tasks among"),
         (lambda c: c["fitness"].update(type="python"), "fitness.scorer: type python needs scorer: 'module:function'"),
         (lambda c: c.update(executor={"type": "local", "timeout_s": 60}), "executor.timeout_s: needs type: process"),
-        (lambda c: c.update(executor={"type": "slurm"}), "executor.type: Input should be 'local', 'process' or 'ray'"),
+        (lambda c: c.update(executor={"type": "slurm"}), "executor.type: unknown executor 'slurm'; expected one of ['local', 'process', 'ray']"),
         (lambda c: c.update(executor={"type": "local", "workers": 4}), "executor.workers: only used with type: ray"),
         (lambda c: c["optimizer"].update(steady_state=True), "optimizer.steady_state: cma works in whole "
                                                              "generations; use one of"),

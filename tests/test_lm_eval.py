@@ -6,7 +6,7 @@ from rich.console import Console
 
 from evomerge.config import FitnessConfig
 from evomerge.fitness.lm_eval_scorer import load_task_config
-from evomerge.fitness.scorer import make_scorer
+from evomerge.fitness import make_scorer
 from tests.conftest import REPO, write_experiment
 
 pytestmark = pytest.mark.slow

@@ -34,6 +34,12 @@ def _death(exitcode: int | None) -> str:
 
 
 class ProcessExecutor(Executor):
+    can_stop = True
+
+    @classmethod
+    def from_config(cls, cfg, worker_args: dict) -> ProcessExecutor:
+        return cls(worker_args, timeout_s=cfg.timeout_s, max_retries=cfg.max_retries)
+
     def __init__(self, worker_args: dict, timeout_s: float | None = None, max_retries: int = 1):
         super().__init__()
         self.worker_args, self.timeout_s, self.max_retries = worker_args, timeout_s, max_retries

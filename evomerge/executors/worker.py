@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evomerge.errors import MergeError
-from evomerge.fitness.scorer import make_scorer
+from evomerge.fitness import make_scorer
 from evomerge.merge.materialize import Merger
 from evomerge.recipe import FlowRecipe, Recipe
 from evomerge.sources import SourcePool
@@ -100,8 +100,8 @@ class Worker:
         t0 = time.perf_counter()
         try:
             scorer = self.scorers[job.split]
-            # teacher-forced scoring checks the logits for NaN/Inf, which is cheaper than scanning every weight
-            model = self.builder.build(job.recipe, check_finite=scorer.mode != "teacher_forced")
+            # a scorer that checks the logits for NaN/Inf spares the scan of every weight
+            model = self.builder.build(job.recipe, check_finite=not scorer.checks_logits)
             t1 = time.perf_counter()
             ev.merge_seconds = t1 - t0
             try:

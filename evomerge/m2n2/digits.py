@@ -18,8 +18,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from evomerge.config import format_validation_error
-from evomerge.errors import ConfigError
+from evomerge.errors import ConfigError, format_validation_error
 from evomerge.m2n2.flat import FlatBackend
 from evomerge.m2n2.niches import Niches, NicheSettings
 

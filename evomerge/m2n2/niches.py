@@ -21,7 +21,7 @@ A backend says how members are stored and combined: `size` (D), `boundaries` (No
 the sorted unit offsets 0 … D a split snaps to), `dot(a, b)`, `mix(a, b, split, (ca, cb), (ca2, cb2))` (ca·a + cb·b
 before `split`, ca2·a + cb2·b from it), `mutate(x, std, seed)` (x + N(0, std²) drawn from a generator seeded with
 `seed`, which the archive's random stream supplies), `copy(x)`, and `to_numpy`/`from_numpy` for the state;
-`evomerge.m2n2.flat` holds flat vectors, `evomerge.m2n2.mosaic` per-tensor coefficient vectors over source models.
+`evomerge.m2n2.flat` holds flat vectors, `evomerge.spaces.mosaic` per-tensor coefficient vectors over source models.
 
 Where the reference code would divide by zero, this one falls back: when no member scores anything, parents are
 uniform over the filled slots; when nothing attracts A (A is at least as good as everyone on every example), B is

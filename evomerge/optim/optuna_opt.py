@@ -104,7 +104,7 @@ class OptunaOptimizer(Optimizer):
             self._pending.append(self._ask_trial())
         return [x.copy() for _, x in self._pending]
 
-    def tell(self, genomes: list[np.ndarray], values: list) -> None:
+    def tell(self, genomes: list[np.ndarray], values: list, examples: list | None = None) -> None:
         values = self._check_told(genomes, values)
         if len(genomes) != len(self._pending):
             raise ValueError(f"tell: {len(genomes)} genomes, but the last ask() gave out {len(self._pending)}")
@@ -122,7 +122,7 @@ class OptunaOptimizer(Optimizer):
         self._outstanding.append(self._ask_trial())
         return self._outstanding[-1][1].copy()
 
-    def tell_one(self, genome: np.ndarray, value) -> None:
+    def tell_one(self, genome: np.ndarray, value, examples: list | None = None) -> None:
         """Tells the trial of `genome`: the first outstanding one (in the order asked) equal to it value for value.
         Bit-identical outstanding genomes are the same candidate, so whichever of their trials is told does not
         matter (their Optuna parameters could differ in a last bit only, where a discrete gene was snapped)."""

@@ -7,14 +7,15 @@ import numpy as np
 from evomerge.merge import OPERATORS
 from evomerge.recipe import GroupParams, Recipe
 from evomerge.sources import group_names
+from evomerge.spaces.base import SearchSpace
 
 
-class LayerWeightsSpace:
+class LayerWeightsSpace(SearchSpace):
     """Genome layout: for each group, K weights, then (if the operator sparsifies) K densities; all in [0, 1]
     and mapped linearly onto `weight_range` / `density_range`."""
 
-    def __init__(self, cfg, n_sources: int, n_blocks: int):
-        self.cfg = cfg
+    def __init__(self, cfg, n_sources: int, n_blocks: int, sources=None):
+        super().__init__(cfg, n_sources, n_blocks)
         self.k = n_sources
         self.groups = group_names(cfg.granularity, n_blocks)
         self.per_group = n_sources * (2 if OPERATORS[cfg.operator].uses_density else 1)
@@ -24,9 +25,7 @@ class LayerWeightsSpace:
         return len(self.groups) * self.per_group
 
     def decode(self, x: np.ndarray, seed: int = 0) -> Recipe:
-        x = np.clip(np.asarray(x, dtype=float), 0.0, 1.0)
-        if x.shape != (self.dim,):
-            raise ValueError(f"genome has shape {x.shape}, expected ({self.dim},)")
+        x = self._genome(x)
         (wlo, whi), (dlo, dhi) = self.cfg.weight_range, self.cfg.density_range
         groups = {}
         for g, name in enumerate(self.groups):
