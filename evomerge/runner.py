@@ -17,7 +17,7 @@ from evomerge.config import ExecutorConfig, ExperimentConfig, format_validation_
 from evomerge.errors import ConfigError
 from evomerge.executors import make_executor
 from evomerge.fitness.scorer import load_scorer_function
-from evomerge.fitness.tasks import load_split
+from evomerge.fitness.tasks import check_disjoint, load_split, shared_prompts
 from evomerge.spaces import SPACES
 from evomerge.heldout import FinalReport
 from evomerge.search import Evaluator, Search
@@ -118,9 +118,7 @@ def resolve_tasks(cfg: ExperimentConfig, base_dir: Path) -> dict[str, dict[str, 
             if source.test_split() == spec.splits.get(f.search_split, f.search_split) and not f.allow_test_split:
                 _refuse_test_split(field, f"{source} calls {source.test_split()!r} its test split")
             shared, n_search = overlap(out[f.search_split][task], out[f.heldout_split][task])
-            if shared:
-                raise ConfigError(f"{field}: {shared} documents appear in both the {f.search_split!r} and "
-                                  f"{f.heldout_split!r} splits; held-out numbers would not be held out")
+            check_disjoint(field, shared, "documents", f.search_split, f.heldout_split)
             if f.search_subset:
                 out.setdefault(f.full_search_split, {})[task] = out[f.search_split][task]
                 out[f.search_split][task] = {**out[f.search_split][task],
@@ -140,10 +138,8 @@ def resolve_tasks(cfg: ExperimentConfig, base_dir: Path) -> dict[str, dict[str, 
             out.setdefault(f.full_search_split, {})[task] = search
             out[f.search_split][task] = [search[i] for i in subset_indices(len(search), f.search_subset, cfg.seed, task)]
         out[f.heldout_split][task] = load_split(d, spec.splits.get(f.heldout_split, f.heldout_split), field)
-        overlap = {r["prompt"] for r in search} & {r["prompt"] for r in out[f.heldout_split][task]}
-        if overlap:
-            raise ConfigError(f"{field}: {len(overlap)} prompts appear in both the {f.search_split!r} and "
-                              f"{f.heldout_split!r} splits; held-out numbers would not be held out")
+        check_disjoint(field, shared_prompts(search, out[f.heldout_split][task]), "prompts", f.search_split,
+                       f.heldout_split)
     return out
 
 
