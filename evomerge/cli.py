@@ -333,10 +333,10 @@ def _build_lora(profile: str, force: bool) -> None:
 
 @zoo_app.command("data")
 def zoo_data(
-    out: Annotated[Path, typer.Option(help="where to write <task>/<split>.jsonl")] = Path("fitness/zoo"),
+    out: Annotated[Path, typer.Option(help="where to write <task>/<split>.jsonl")] = Path("fitness/data/zoo"),
     profile: Annotated[str, typer.Option(help="zoo profile: default | tiny")] = "default",
 ) -> None:
-    """Write the zoo's task splits as JSONL (the files under fitness/zoo are made by this)."""
+    """Write the zoo's task splits as JSONL (the files under fitness/data/zoo are made by this)."""
     from evomerge.zoo.build import PROFILES, write_task_data
 
     write_task_data(PROFILES[profile], out)

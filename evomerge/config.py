@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -371,13 +372,42 @@ def experiment_kind(path: Path) -> str | None:
     return raw.get("kind") if isinstance(raw, dict) else None
 
 
+def _rebase_fitness(data: dict, preset_dir: Path, base_dir: Path) -> dict:
+    """A fitness preset's relative paths (task sources, lm_eval.include_path) are relative to the preset file, the
+    experiment's own to the experiment file: rewritten here, relative to the experiment, so that one rule holds once
+    the file is loaded. A task lm-eval knows by name (not a YAML file, nothing of that name beside the preset) is
+    left as it is."""
+
+    def rebase(src: str) -> str:
+        if Path(src).is_absolute():
+            return src
+        if data.get("type") == "lm_eval" and not src.endswith((".yaml", ".yml")) and not (preset_dir / src).exists():
+            return src
+        return os.path.relpath(preset_dir / src, base_dir)
+
+    out = dict(data)
+    tasks = out.get("tasks")
+    if isinstance(tasks, dict):
+        out["tasks"] = {name: rebase(spec) if isinstance(spec, str) else
+                        ({**spec, "source": rebase(spec["source"])} if isinstance(spec, dict)
+                         and isinstance(spec.get("source"), str) else spec)
+                        for name, spec in tasks.items()}
+    lm = out.get("lm_eval")
+    if isinstance(lm, dict) and isinstance(lm.get("include_path"), str):
+        out["lm_eval"] = {**lm, "include_path": rebase(lm["include_path"])}
+    return out
+
+
 def load_experiment(path: str | Path) -> tuple[ExperimentConfig, Path]:
     """Parse and validate an experiment file; returns the config and the directory paths are relative to."""
     path = Path(path)
     raw = read_mapping(path, "experiment file")
     for section in ("space", "fitness"):  # a section may name a preset file instead of spelling it out
         if isinstance(raw.get(section), str):
-            raw[section] = read_mapping(path.parent / raw[section], f"{section} (preset file)")
+            preset = path.parent / raw[section]
+            raw[section] = read_mapping(preset, f"{section} (preset file)")
+            if section == "fitness":
+                raw[section] = _rebase_fitness(raw[section], preset.parent, path.parent)
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:
