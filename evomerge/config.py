@@ -142,7 +142,8 @@ class LmEvalConfig(_Strict):
     apply_chat_template: bool = False
     system_instruction: str | None = None  # with a chat template: the system message
     num_fewshot: int | None = Field(None, ge=0)
-    max_gen_toks: PositiveInt | None = None  # generation tasks: max new tokens (too few silently turns wins into losses)
+    # generation tasks: max new tokens (too few silently turns wins into losses)
+    max_gen_toks: PositiveInt | None = None
     until: list[str] | None = None  # generation tasks: stop sequences
     include_path: str | None = None  # a directory of task YAMLs whose task names `tasks` may use (relative to the file)
 
@@ -310,7 +311,8 @@ class ExperimentConfig(_Strict):
 
     @property
     def discrete_genes(self) -> bool:
-        return self.space.type == "data_flow" and self.space.flow.indicator == "binary"
+        flow = self.space.flow
+        return self.space.type == "data_flow" and flow is not None and flow.indicator == "binary"
 
     @model_validator(mode="after")
     def _operator_fits_sources(self) -> ExperimentConfig:

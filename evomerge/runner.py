@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 from pydantic import ValidationError
-
 from rich.console import Console
 
 from evomerge.config import ExecutorConfig, ExperimentConfig, format_validation_error, load_experiment
@@ -18,13 +17,12 @@ from evomerge.errors import ConfigError
 from evomerge.executors import make_executor
 from evomerge.fitness.scorer import load_scorer_function
 from evomerge.fitness.tasks import check_disjoint, load_split, shared_prompts
-from evomerge.spaces import SPACES
 from evomerge.heldout import FinalReport
 from evomerge.search import Evaluator, Search
+from evomerge.spaces import SPACES
 from evomerge.store import RunDir, RunStore, Snapshot
 from evomerge.store.rundir import DB_FILE, normalize_url
 from evomerge.zoo.build import PROFILES, build_zoo
-
 
 
 def resolve_models(cfg: ExperimentConfig, base_dir: Path, console: Console) -> tuple[Path | None, list[Path]]:
@@ -69,8 +67,8 @@ def model_name(path: Path) -> str:
 def run_best_model(field: str, run_dir: Path, console: Console) -> Path:
     """The best model of a finished run (the winner of its results.json) as a model directory, exported into
     RUN_DIR/exported/<label> the first time it is asked for: a PS result can become a data flow's model A."""
-    from evomerge.reporting.export import export_from_run
     from evomerge.heldout import RESULTS_FILE
+    from evomerge.reporting.export import export_from_run
 
     results = run_dir / RESULTS_FILE
     if not RunDir.exists(run_dir):
@@ -136,7 +134,8 @@ def resolve_tasks(cfg: ExperimentConfig, base_dir: Path) -> dict[str, dict[str, 
         out[f.search_split][task] = search[: f.max_examples] if f.max_examples else search
         if f.search_subset:
             out.setdefault(f.full_search_split, {})[task] = search
-            out[f.search_split][task] = [search[i] for i in subset_indices(len(search), f.search_subset, cfg.seed, task)]
+            subset = subset_indices(len(search), f.search_subset, cfg.seed, task)
+            out[f.search_split][task] = [search[i] for i in subset]
         out[f.heldout_split][task] = load_split(d, spec.splits.get(f.heldout_split, f.heldout_split), field)
         check_disjoint(field, shared_prompts(search, out[f.heldout_split][task]), "prompts", f.search_split,
                        f.heldout_split)

@@ -22,7 +22,7 @@ from evomerge.errors import RunError
 from evomerge.executors import Executor, Job
 from evomerge.optim import OPTIMIZERS
 from evomerge.recipe import FlowRecipe, Recipe, parse_recipe
-from evomerge.store import EvalKind, EventLog, Evaluation, RunStore, Snapshot
+from evomerge.store import EvalKind, Evaluation, EventLog, RunStore, Snapshot
 
 # periodic re-scores: whole search split, held-out split
 CHECKPOINT_KINDS = (EvalKind.CHECKPOINT, EvalKind.CHECKPOINT_HELDOUT)

@@ -98,7 +98,7 @@ class MappedCheckpoint:
         self._where = {}
         for shard in _shards(path):
             f = safe_open(shard, framework="pt")
-            for name in f.keys():
+            for name in f.keys():  # noqa: SIM118 — a safetensors file handle, not a mapping
                 self._where[name] = f
         self.meta = {n: _Meta(tuple(f.get_slice(n).get_shape()), _DTYPES.get(f.get_slice(n).get_dtype()))
                      for n, f in self._where.items()}
@@ -150,6 +150,8 @@ class SourcePool:
                  stream: bool | None = False):
         self.base_path, self.source_paths = Path(base), [Path(s) for s in sources]
         self.device = device
+        self.base: Mapping[str, torch.Tensor]  # name -> base tensor (read on demand when streaming)
+        self.stacked: Mapping[str, torch.Tensor]  # name -> [K, *shape] task vectors
         self.streaming = should_stream([self.base_path, *self.source_paths]) if stream is None else stream
         if self.streaming:
             self._init_streaming()
@@ -167,16 +169,17 @@ class SourcePool:
         self.base = {k: v.to(self.device) for k, v in base_sd.items() if v.is_floating_point()}
         # Task vectors stacked per tensor, [K, *shape]: a weighted sum over sources is then one BLAS pass, and
         # source i's task vector is the contiguous view stacked[name][i].
-        self.stacked: Mapping[str, torch.Tensor] = {}
+        stacked: dict[str, torch.Tensor] = {}
         k = len(self.source_paths)
         for i, src in enumerate(self.source_paths):
             sd = load_state_dict(src)
             check_compatible(self.base_path, base_sd, src, sd)
             for name, b in self.base.items():
                 if i == 0:
-                    self.stacked[name] = torch.empty((k, *b.shape), dtype=b.dtype, device=self.device)
-                torch.sub(sd[name].to(self.device), b, out=self.stacked[name][i])
+                    stacked[name] = torch.empty((k, *b.shape), dtype=b.dtype, device=self.device)
+                torch.sub(sd[name].to(self.device), b, out=stacked[name][i])
             del sd
+        self.stacked = stacked
 
     def _init_streaming(self) -> None:
         base_ck = MappedCheckpoint(self.base_path)

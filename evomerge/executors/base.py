@@ -95,7 +95,7 @@ class Executor:
         """The executor for `cfg` (an `ExecutorConfig`), its workers started with `worker_args`."""
         raise NotImplementedError
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.queue: deque[tuple[Job, int]] = deque()  # (job, attempt)
         self.stats: dict[str, WorkerStats] = {}
 

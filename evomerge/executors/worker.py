@@ -84,7 +84,8 @@ class Worker:
         self.tokenizer = self.builder.tokenizer
         # lm-eval takes the search split's example cap as its `limit`; the other scorers get capped example lists
         self.scorers = {split: make_scorer(self.tokenizer, split_tasks, fitness_cfg, Path(base_dir),
-                                           limit=fitness_cfg.max_examples if split == fitness_cfg.search_split else None)
+                                           limit=fitness_cfg.max_examples if split == fitness_cfg.search_split
+                                           else None)
                         for split, split_tasks in tasks.items()}
 
     def info(self) -> dict:

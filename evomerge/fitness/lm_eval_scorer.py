@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from evomerge.errors import ConfigError, read_mapping
 from evomerge.fitness.base import Score, Scorer, score_from_examples
 from evomerge.fitness.checks import make_check
-
 
 REGISTRY_KEY = "_evomerge_registry"  # in a task config: resolve this registered task in the process that builds it
 
@@ -25,6 +25,9 @@ class TaskSource:
 
     def __init__(self, source: str, base_dir: Path, include: Path | None, field: str):
         self.field, self.include = field, include
+        self.path: Path | None
+        self.name: str | None
+        self.raw: dict
         path = base_dir / source
         if source.endswith((".yaml", ".yml")) or path.is_file():
             self.path, self.name = path.resolve(), None
@@ -46,7 +49,8 @@ class TaskSource:
     def config(self, split: str, lm_cfg=None) -> dict:
         """The task evaluated on dataset split `split`, with the experiment's generation settings (an
         `LmEvalConfig`; None: the task's own)."""
-        if self.name is not None:
+        cfg: dict[str, Any]
+        if self.name is not None or self.path is None:
             cfg = {"task": self.name, REGISTRY_KEY: {"name": self.name, "include": self.include and str(self.include)}}
         else:
             cfg = dict(self.raw)
@@ -55,8 +59,8 @@ class TaskSource:
                 if split not in files:
                     raise ConfigError(f"{self.field}: {self.path} has no data file for split {split!r} (it has "
                                       f"{sorted(files)})")
-                cfg["dataset_kwargs"] = {**cfg["dataset_kwargs"],
-                                         "data_files": {k: str((self.path.parent / v).resolve()) for k, v in files.items()}}
+                absolute = {k: str((self.path.parent / v).resolve()) for k, v in files.items()}
+                cfg["dataset_kwargs"] = {**cfg["dataset_kwargs"], "data_files": absolute}
         cfg["test_split"] = split
         cfg["validation_split"] = None  # lm-eval would evaluate the validation split in place of the test split
         if lm_cfg is None:
@@ -88,7 +92,7 @@ def registered_config(name: str, include: Path | str | None, field: str, resolve
     from lm_eval.tasks._index import Kind
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    tm = _manager(include and str(include))
+    tm = _manager(str(include) if include else None)
     entry = tm.task_index.get(name)
     if entry is None:
         near = difflib.get_close_matches(name, tm.all_tasks, n=3)

@@ -31,7 +31,8 @@ def encode_choices(tokenizer, examples: list[dict], device: str | torch.device =
                         device=device)
 
 
-def encode_pairs(tokenizer, pairs: list[tuple[str, str]], eos: bool, device: str | torch.device = "cpu") -> EncodedBatch:
+def encode_pairs(tokenizer, pairs: list[tuple[str, str]], eos: bool,
+                 device: str | torch.device = "cpu") -> EncodedBatch:
     """Right-padded <s> context continuation [</s>] rows; the target mask covers the continuation (and EOS)."""
     bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
     rows, starts = [], []

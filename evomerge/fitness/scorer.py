@@ -13,8 +13,13 @@ import torch
 from evomerge.errors import ConfigError
 from evomerge.fitness.base import Score, Scorer, score_from_examples
 from evomerge.fitness.checks import make_check
-from evomerge.fitness.native import (choice_accuracy, encode_choices, encode_teacher_forced, exact_match_generate,
-                                     exact_match_teacher_forced)
+from evomerge.fitness.native import (
+    choice_accuracy,
+    encode_choices,
+    encode_teacher_forced,
+    exact_match_generate,
+    exact_match_teacher_forced,
+)
 from evomerge.fitness.tasks import is_multiple_choice
 
 
@@ -53,7 +58,7 @@ class NativeScorer(Scorer):
 
     def score(self, model) -> Score:
         model.eval()
-        per_example = {}
+        per_example: dict[str, list[float]] = {}
         for task, examples in self.tasks.items():
             if task in self._choices:
                 ok = choice_accuracy(model, self._choices[task], examples, self.batch_size)

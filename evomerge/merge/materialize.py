@@ -49,7 +49,7 @@ class Merger:
             return self._merged_rows(op, recipe, name, out)
         group = layer_group(name, recipe.granularity, self.pool.n_blocks)
         try:
-            params = recipe.groups[group]
+            group_params = recipe.groups[group]
         except KeyError:
             raise MergeError(f"recipe has no parameters for group {group!r} (tensor {name})") from None
         pool = self.pool
@@ -60,7 +60,7 @@ class Merger:
             seed=tensor_seed(recipe.seed, name),
             generator=self._generator(recipe.seed, name) if op.sparsify == "della" else None,
         )
-        params = MergeParams(weights=params.weights, densities=params.densities, lam=recipe.lam,
+        params = MergeParams(weights=group_params.weights, densities=group_params.densities, lam=recipe.lam,
                              normalize=recipe.normalize, rescale=recipe.rescale, gamma=recipe.gamma,
                              epsilon=recipe.epsilon)
         return op.merge(inputs, params, out=out)
@@ -122,7 +122,8 @@ def row_groups(recipe: Recipe) -> dict[str, list[tuple[int, int, object]]]:
         try:
             index.setdefault(name, []).append((int(a), int(b), gp))
         except ValueError:
-            raise MergeError(f"group {key!r}: granularity 'rows' expects groups named '<tensor>@<first>:<end>'") from None
+            raise MergeError(f"group {key!r}: granularity 'rows' expects groups named "
+                             "'<tensor>@<first>:<end>'") from None
     for spans in index.values():
         spans.sort(key=lambda s: s[0])
     return index

@@ -31,7 +31,7 @@ import zlib
 
 import numpy as np
 import optuna
-from optuna.distributions import FloatDistribution
+from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.storages import InMemoryStorage
 from optuna.trial import TrialState
 
@@ -70,7 +70,7 @@ class OptunaOptimizer(Optimizer):
         top = top_levels(self.steps)
         with warnings.catch_warnings():  # a step that does not divide 1 exactly in decimal: optuna warns, then trims
             warnings.simplefilter("ignore")
-            self._dists = {
+            self._dists: dict[str, BaseDistribution] = {
                 n: FloatDistribution(0.0, float(top[i] * s), step=float(s)) if s > 0 else FloatDistribution(0.0, 1.0)
                 for i, (n, s) in enumerate(zip(self._names, self.steps, strict=True))
             }

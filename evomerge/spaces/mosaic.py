@@ -70,7 +70,7 @@ def source_gram(paths: list[Path], units: list[Unit]) -> np.ndarray:
     out = np.empty((len(units), len(paths), len(paths)))
     stack, loaded = None, None
     for i, u in enumerate(units):
-        if u.name != loaded:  # a tensor's units are consecutive: each tensor is read once
+        if stack is None or u.name != loaded:  # a tensor's units are consecutive: each tensor is read once
             stack = torch.stack([ck[u.name].to(torch.float64).reshape(-1) for ck in cks])
             loaded = u.name
         per_row = u.size // (u.end - u.start)

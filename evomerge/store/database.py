@@ -162,7 +162,8 @@ class RunStore:
         except SQLAlchemyError as e:
             self.engine.dispose()
             msg = str(getattr(e, "orig", e)).splitlines()[0]
-            raise ConfigError(f"{where}: cannot read the run database ({msg}); expected an evomerge run store") from None
+            raise ConfigError(f"{where}: cannot read the run database ({msg}); expected an evomerge run "
+                              "store") from None
         except ConfigError:
             self.engine.dispose()
             raise
@@ -234,7 +235,7 @@ class RunStore:
 
     def best(self, kind: str = EvalKind.SEARCH) -> Evaluation | None:
         ok = [e for e in self.evaluations(kind) if e.status == "ok"]
-        return max(ok, key=lambda e: e.objective) if ok else None
+        return max(ok, key=lambda e: e.objective or 0.0) if ok else None
 
     # -- optimizer snapshots ---------------------------------------------------------------------------------------
     def save_snapshot(self, generation: int, phase: str, state: bytes, genomes=None) -> None:

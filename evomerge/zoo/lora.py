@@ -24,8 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from evomerge.fitness.native import encode_teacher_forced
-from evomerge.zoo.build import (PROFILES, _encode_train, _train, accuracy_per_task, build_zoo, evomerge_home,
-                                task_splits)
+from evomerge.zoo.build import PROFILES, _encode_train, _train, accuracy_per_task, build_zoo, evomerge_home, task_splits
 from evomerge.zoo.tasks import LETTERS, _word
 
 LORA_FORMAT = 1
