@@ -289,7 +289,9 @@ class ExperimentConfig(_Strict):
     seed: int = 0
     zoo: Literal["default", "tiny"] = "default"  # which zoo `zoo:NAME` references resolve to
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU when there is one
-    threads: PositiveInt = 1  # torch threads per worker: 1 when workers share cores (DESIGN §8); see quickstart
+    # torch threads per worker: 1 when workers share cores (more threads on tiny models only add barrier waits;
+    # see benchmarks/README.md), 2 for the quickstart, which owns both cores of a laptop-class machine
+    threads: PositiveInt = 1
     sources: SourcesConfig
     space: SpaceConfig = SpaceConfig()
     optimizer: OptimizerConfig = OptimizerConfig()

@@ -50,7 +50,7 @@ class DataConfig(_Strict):
 
 
 class StagesConfig(_Strict):
-    """The two CMA-ES stages with the paper's defaults (DESIGN §6)."""
+    """The two CMA-ES stages with the defaults of Chen et al. (black-box model merging)."""
 
     popsize: PositiveInt = 20
     sigma0: float = Field(0.05, gt=0)

@@ -1,5 +1,5 @@
 """The M2N2 algorithm (Abrantes, Lange, Tang, "Competition and Attraction Improve Model Fusion"), independent of how
-archive members are stored (DESIGN §6).
+archive members are stored. The formulas are below.
 
 An archive of at most P members, each with a row of per-example scores s(xⱼ|θ) ∈ [0, 1] (a score matrix S, P×N).
 
