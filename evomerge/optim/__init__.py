@@ -18,16 +18,16 @@ The contract is run over every entry by tests/test_optimizers.py and tests/test_
 - what a class can do is declared on it (the search reads these, never probes): `max_objectives`, `supports_steps`,
   `steady_state`, `needs_space` (constructed with `space=` the search space), `wants_examples`, `keeps_archive`
   (`archive()` lists the members, `parents(genome)` a bred child's parents, for the report).
-- class attribute `steady_state`: True where the optimizer also works one candidate at a time, for executors that
-  keep every worker busy. Then `ask_one() -> np.ndarray` gives out one genome (the same bounds and grid as `ask`),
-  outstanding until `tell_one(genome, value, examples=None)` (a float, or an `n_objectives`-tuple) takes it back;
-  any number may be outstanding and they are told in any order. `tell_one` finds its genome among the outstanding ones by value
-  (exactly equal; of bit-identical outstanding ones, the first asked is taken: they are the same candidate), and
-  raises ValueError for a genome that is not outstanding. `outstanding() -> list[np.ndarray]` lists them in the
-  order asked (for a runner to issue again after a crash; always empty where `steady_state` is False). Either mode
-  works alone, but they do not interleave: `ask` with genomes of `ask_one` outstanding, or `ask_one` with a
-  generation asked and not told, raises RuntimeError. Where `steady_state` is False, `ask_one`/`tell_one` raise
-  NotImplementedError naming the registered optimizers that would do.
+- class attribute `steady_state`: True where the optimizer also works one candidate at a time, for executors that keep
+  every worker busy. Then `ask_one() -> np.ndarray` gives out one genome (the same bounds and grid as `ask`),
+  outstanding until `tell_one(genome, value, examples=None)` (a float, or an `n_objectives`-tuple) takes it back; any
+  number may be outstanding and they are told in any order. `tell_one` finds its genome among the outstanding ones by
+  value (exactly equal; of bit-identical outstanding ones, the first asked is taken: they are the same candidate), and
+  raises ValueError for a genome that is not outstanding. `outstanding() -> list[np.ndarray]` lists them in the order
+  asked (for a runner to issue again after a crash; always empty where `steady_state` is False). Either mode works
+  alone, but they do not interleave: `ask` with genomes of `ask_one` outstanding, or `ask_one` with a generation asked
+  and not told, raises RuntimeError. Where `steady_state` is False, `ask_one`/`tell_one` raise NotImplementedError
+  naming the registered optimizers that would do.
 - `state() -> bytes` (a pickle) and `load_state(bytes)`: everything needed for a bit-exact resume, RNG included,
   also between `ask` and `tell`: an optimizer of any seed that loads a state taken right after `ask` accepts
   `tell(those genomes, values)` and then asks exactly what the original would have. Likewise in steady-state, at
