@@ -122,6 +122,9 @@ class OptimizerConfig(_Strict):
     # None: steady-state (a new candidate the moment any result lands) when the optimizer can and there is more
     # than one worker; false: whole generations (exactly reproducible); true: always steady-state
     steady_state: bool | None = None
+    # score the start point, the sources and the baselines the space can express on the search split first, and
+    # give them to the optimizer (a search then never ends below what it was given); false: the optimizer alone
+    warm_start: bool = True
     m2n2: M2N2Config = M2N2Config()
 
     @field_validator("type")
@@ -195,6 +198,9 @@ class FitnessConfig(_Strict):
     # (with search_subset) and on the held-out split, kept in results.json as `checkpoints`
     rescore_every: PositiveInt | None = None
     mode: Literal["teacher_forced", "generate"] = "teacher_forced"
+    # native: a prompt is the user turn of the tokenizer's chat template, with the generation prompt (lm_eval has
+    # its own switch, lm_eval.apply_chat_template)
+    apply_chat_template: bool = False
     batch_size: PositiveInt = 128
     max_new_tokens: PositiveInt = 16
 

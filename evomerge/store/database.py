@@ -74,6 +74,7 @@ class EvalKind(StrEnum):
     (and a value read back compares equal to its member)."""
 
     SEARCH = "search"  # a candidate of the search, on the search split (label g<generation>-<index>)
+    SEED = "seed"  # a known candidate scored before the search (start point, sources, baselines; warm start)
     LEADER = "leader"  # one of the best search candidates on the held-out split, scored by an otherwise idle worker
     CHECKPOINT = "checkpoint"  # every fitness.rescore_every: the best so far on the whole search split (subset runs)
     CHECKPOINT_HELDOUT = "checkpoint_heldout"  # … and on the held-out split
