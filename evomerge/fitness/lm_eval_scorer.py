@@ -200,6 +200,9 @@ class LmEvalScorer(Scorer):
     def check_config(cls, cfg) -> None:
         if cfg.scorer:
             raise ValueError("fitness.scorer: only used with type: python")
+        if cfg.apply_chat_template:
+            raise ValueError("fitness.apply_chat_template: only used with type: native (lm_eval: "
+                             "lm_eval.apply_chat_template; python: your scorer formats its prompts)")
 
     @classmethod
     def from_config(cls, tokenizer, tasks, cfg, base_dir, limit=None) -> LmEvalScorer:  # noqa: ARG003

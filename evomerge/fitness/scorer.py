@@ -56,7 +56,7 @@ class NativeScorer(Scorer):
     def from_config(cls, tokenizer, tasks, cfg, base_dir, limit=None) -> NativeScorer:  # noqa: ARG003
         checks = {t: make_check(cfg.task_spec(t).check) for t in cfg.tasks if cfg.task_spec(t).check}
         return cls(tokenizer, tasks, mode=cfg.mode, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
-                   weights=cfg.task_weights(), checks=checks)
+                   weights=cfg.task_weights(), checks=checks, chat=cfg.apply_chat_template)
 
     def score(self, model) -> Score:
         model.eval()
@@ -87,6 +87,9 @@ class PythonScorer(Scorer):
     def check_config(cls, cfg) -> None:
         if not cfg.scorer or ":" not in cfg.scorer:
             raise ValueError("fitness.scorer: type python needs scorer: 'module:function'")
+        if cfg.apply_chat_template:
+            raise ValueError("fitness.apply_chat_template: only used with type: native (lm_eval: "
+                             "lm_eval.apply_chat_template; python: your scorer formats its prompts)")
         _no_metric(cfg, "a python scorer returns one score per example")
         for name in cfg.tasks:
             if cfg.task_spec(name).check:
