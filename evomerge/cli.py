@@ -75,9 +75,11 @@ def _run(make_runner) -> None:
 @app.command()
 def run(
     experiment: Annotated[Path, typer.Argument(help="experiment YAML file")],
-    run_dir: Annotated[Path | None, typer.Option(help="run directory (default runs/<name>); an existing one continues")] = None,
+    run_dir: Annotated[Path | None,
+                       typer.Option(help="run directory (default runs/<name>); an existing one continues")] = None,
     force: Annotated[bool, typer.Option(help="continue an existing run whose config changed in fields that do not "
-                                              "define the search (threads, device, executor, baselines, name)")] = False,
+                                              "define the search (threads, device, executor, baselines, name)")
+                     ] = False,
     db: Annotated[str | None, typer.Option(help="keep the run's evaluations in this database (SQLAlchemy URL, e.g. "
                                                 "postgresql://user@host/evomerge) instead of RUN_DIR/run.db; a "
                                                 "password comes from PGPASSWORD or ~/.pgpass",
@@ -117,7 +119,8 @@ def _run_digits(experiment: Path, run_dir: Path | None) -> None:
     for key, s in res["summary"].items():
         console.print(f"{key:28s} test {s['test_mean']:.4f} ± {s['test_std']:.4f} over {s['seeds']} seeds at "
                       f"{s['forward_passes']} passes ({s['passes_per_s_mean']} passes/s)")
-    console.print(f"{time.perf_counter() - t0:.0f} s; results in {out / 'results.json'}, curves in {out / 'curves.png'}")
+    console.print(f"{time.perf_counter() - t0:.0f} s; results in {out / 'results.json'}, "
+                  f"curves in {out / 'curves.png'}")
 
 
 @app.command()
@@ -297,7 +300,8 @@ def export(
                                            "started from)")] = 1,
     candidate: Annotated[str | None, typer.Option(help="export this candidate id instead (e.g. g14-8)")] = None,
     base: Annotated[Path | None, typer.Option(help="with a recipe file: the base model directory")] = None,
-    source: Annotated[list[Path] | None, typer.Option(help="with a recipe file: a source model (repeat, in order)")] = None,
+    source: Annotated[list[Path] | None,
+                      typer.Option(help="with a recipe file: a source model (repeat, in order)")] = None,
 ) -> None:
     """Export a run's candidate, or any recipe, as a Hugging Face model directory (+ card, recipe, mergekit YAML)."""
     from evomerge.reporting.export import export_from_run, export_recipe_file
@@ -405,10 +409,10 @@ def _build_lora(profile: str, force: bool) -> None:
 
 @zoo_app.command("data")
 def zoo_data(
-    out: Annotated[Path, typer.Option(help="where to write <task>/<split>.jsonl")] = Path("fitness/zoo"),
+    out: Annotated[Path, typer.Option(help="where to write <task>/<split>.jsonl")] = Path("fitness/data/zoo"),
     profile: Annotated[str, typer.Option(help="zoo profile: default | tiny")] = "default",
 ) -> None:
-    """Write the zoo's task splits as JSONL (the files under fitness/zoo are made by this)."""
+    """Write the zoo's task splits as JSONL (the files under fitness/data/zoo are made by this)."""
     from evomerge.zoo.build import PROFILES, write_task_data
 
     write_task_data(PROFILES[profile], out)

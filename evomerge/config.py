@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import os
 import types
 import typing
 from pathlib import Path
@@ -10,7 +10,6 @@ from typing import Annotated, Literal
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -21,40 +20,22 @@ from pydantic import (
     model_validator,
 )
 
-from evomerge.errors import ConfigError
+from evomerge.errors import (  # noqa: F401
+    ConfigError,
+    RunName,
+    format_validation_error,
+    load_yaml,
+    one_line,
+    read_mapping,
+    read_text,
+    shown,
+)
 
 # Bounds on what an experiment file may ask for: far above any real run, far below what exhausts a machine.
-MAX_FILE_BYTES = 1 << 20  # an experiment or preset file
-MAX_YAML_NODES = 100_000  # after alias expansion (a "billion laughs" file is refused, not expanded)
-MAX_YAML_DEPTH = 64
-MAX_LINE = 400  # an error line is cut to this many characters
-MAX_VALUE_SHOWN = 80  # a value echoed in an error
 SEED_MAX = 2**32 - 1  # numpy's and cmaes' seeds
 MAX_POPSIZE, MAX_GENERATIONS = 100_000, 1_000_000
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-def shown(value) -> str:
-    """A value as an error message echoes it: its repr, cut to a readable length."""
-    r = repr(value)
-    return r if len(r) <= MAX_VALUE_SHOWN else r[: MAX_VALUE_SHOWN - 1] + "…"
-
-
-def one_line(msg: str) -> str:
-    """An error message as one line of at most MAX_LINE characters."""
-    msg = " ".join(str(msg).split())
-    return msg if len(msg) <= MAX_LINE else msg[: MAX_LINE - 1] + "…"
-
-
-def _run_name(v: str) -> str:
-    """A run's name becomes a directory under runs/: one plain path component, no '..', no separators."""
-    if not _NAME.fullmatch(v) or ".." in v:
-        raise ValueError(f"expected a run name of letters, digits, '.', '_' and '-' (not starting with '.' or "
-                         f"'-', no '..', at most 128 characters), got {shown(v)}")
-    return v
-
-
-RunName = Annotated[str, AfterValidator(_run_name)]
 
 
 def _admits(ann, kind: type) -> bool:
@@ -69,9 +50,7 @@ def _admits(ann, kind: type) -> bool:
         return any(_admits(a, kind) for a in args)
     if origin is Literal:
         return any(type(a) is kind for a in args)
-    if ann in (int, float, bool, str, type(None)) or origin in (list, tuple, dict):
-        return False
-    return True
+    return not (ann in (int, float, bool, str, type(None)) or origin in (list, tuple, dict))
 
 
 def _no_coercion(value, ann, where: str):
@@ -105,7 +84,8 @@ class StrictModel(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _strict_types(cls, value, info: ValidationInfo):
-        return _no_coercion(value, cls.model_fields[info.field_name].annotation, info.field_name)
+        name = info.field_name or ""
+        return _no_coercion(value, cls.model_fields[name].annotation, name)
 
 
 def _registered(name: str, registry: dict, what: str) -> str:
@@ -244,7 +224,8 @@ class LmEvalConfig(_Strict):
     apply_chat_template: bool = False
     system_instruction: str | None = None  # with a chat template: the system message
     num_fewshot: int | None = Field(None, ge=0)
-    max_gen_toks: PositiveInt | None = None  # generation tasks: max new tokens (too few silently turns wins into losses)
+    # generation tasks: max new tokens (too few silently turns wins into losses)
+    max_gen_toks: PositiveInt | None = None
     until: list[str] | None = None  # generation tasks: stop sequences
     include_path: str | None = None  # a directory of task YAMLs whose task names `tasks` may use (relative to the file)
 
@@ -273,9 +254,10 @@ class TaskSpec(_Strict):
 
 
 class FitnessConfig(_Strict):
-    # native: exact match of the answer; python: a per-example scorer of yours, `scorer: module:function`;
-    # lm_eval: lm-evaluation-harness tasks from task YAML files, run on the in-memory model
-    type: Literal["native", "python", "lm_eval"] = "native"
+    # a scorer of evomerge.fitness.SCORERS — native: exact match of the answer; python: a per-example scorer of
+    # yours, `scorer: module:function`; lm_eval: lm-evaluation-harness tasks from task YAML files, run on the
+    # in-memory model
+    type: str = "native"
     # name -> where the task comes from (see TaskSpec.source), or a TaskSpec
     tasks: dict[str, str | TaskSpec] = Field(min_length=1)
     lm_eval: LmEvalConfig = LmEvalConfig()
@@ -301,27 +283,25 @@ class FitnessConfig(_Strict):
     batch_size: PositiveInt = 128
     max_new_tokens: PositiveInt = 16
 
+    @field_validator("type")
+    @classmethod
+    def _known_scorer(cls, v: str) -> str:
+        from evomerge.fitness import SCORERS
+
+        return _registered(v, SCORERS, "scorer")
+
     @model_validator(mode="after")
     def _consistent(self) -> FitnessConfig:
         if self.search_split == self.heldout_split:
             raise ValueError("search_split and heldout_split must differ: held-out numbers must not be searched on")
-        if self.type == "python" and (not self.scorer or ":" not in self.scorer):
-            raise ValueError("fitness.scorer: type python needs scorer: 'module:function'")
-        if self.type != "python" and self.scorer:
-            raise ValueError("fitness.scorer: only used with type: python")
-        if self.apply_chat_template and self.type != "native":
-            raise ValueError("fitness.apply_chat_template: only used with type: native (lm_eval: "
-                             "lm_eval.apply_chat_template; python: your scorer formats its prompts)")
+        from evomerge.fitness import SCORERS
+
+        SCORERS[self.type].check_config(self)  # what this scorer does not do, named by field
         if self.search_subset and self.max_examples:
             raise ValueError("fitness.search_subset: use either search_subset (a random subset, re-checked at the "
                              "end) or max_examples (the first N), not both")
         for name in self.tasks:
             spec = self.task_spec(name)
-            if spec.metric and self.type != "lm_eval":
-                raise ValueError(f"fitness.tasks.{name}.metric: only used with type: lm_eval (native scores exact "
-                                 "match)")
-            if spec.check and self.type == "python":
-                raise ValueError(f"fitness.tasks.{name}.check: a python scorer applies its own checks")
             unknown = sorted(set(spec.splits) - {self.search_split, self.heldout_split})
             if unknown:
                 raise ValueError(f"fitness.tasks.{name}.splits: {unknown} are not this experiment's splits (expected "
@@ -335,7 +315,7 @@ class FitnessConfig(_Strict):
 
     def task_spec(self, name: str) -> TaskSpec:
         spec = self.tasks[name]
-        return TaskSpec(source=spec) if isinstance(spec, str) else spec
+        return TaskSpec.model_validate({"source": spec}) if isinstance(spec, str) else spec
 
     @property
     def full_search_split(self) -> str:
@@ -348,8 +328,9 @@ class FitnessConfig(_Strict):
 
 
 class ExecutorConfig(_Strict):
-    # local: in this process; process: a child process, replaced when it dies or hangs; ray: a pool of Ray actors
-    type: Literal["local", "process", "ray"] = "local"
+    # an executor of evomerge.executors.EXECUTORS — local: in this process; process: a child process, replaced
+    # when it dies or hangs; ray: a pool of Ray actors
+    type: str = "local"
     timeout_s: float | None = Field(None, gt=0)  # per evaluation; needs an executor that can stop a worker
     max_retries: int = Field(1, ge=0)  # re-issues of a candidate whose worker died, before it is recorded FAILED
     # ray only. None: one worker per GPU of the cluster (GPUs visible and device not cpu), else one per CPU
@@ -360,10 +341,20 @@ class ExecutorConfig(_Strict):
     cpus_per_worker: float | None = Field(None, gt=0)
     address: str | None = None  # None: start a local Ray instance; 'auto' or 'ray://head:10001': join a cluster
 
+    @field_validator("type")
+    @classmethod
+    def _known_executor(cls, v: str) -> str:
+        from evomerge.executors import EXECUTORS
+
+        return _registered(v, EXECUTORS, "executor")
+
     @model_validator(mode="after")
     def _timeout_needs_a_process(self) -> ExecutorConfig:
-        if self.timeout_s is not None and self.type == "local":
-            raise ValueError("executor.timeout_s: needs type: process or ray (an evaluation running in this process "
+        from evomerge.executors import EXECUTORS
+
+        if self.timeout_s is not None and not EXECUTORS[self.type].can_stop:
+            able = " or ".join(sorted(n for n, c in EXECUTORS.items() if c.can_stop))
+            raise ValueError(f"executor.timeout_s: needs type: {able} (an evaluation running in this process "
                              "cannot be stopped)")
         ray_only = [f for f in ("workers", "gpus_per_worker", "cpus_per_worker", "address")
                     if getattr(self, f) is not None]
@@ -410,7 +401,8 @@ class ExperimentConfig(_Strict):
 
     @property
     def discrete_genes(self) -> bool:
-        return self.space.type == "data_flow" and self.space.flow.indicator == "binary"
+        flow = self.space.flow
+        return self.space.type == "data_flow" and flow is not None and flow.indicator == "binary"
 
     @model_validator(mode="after")
     def _operator_fits_sources(self) -> ExperimentConfig:
@@ -461,133 +453,6 @@ class ExperimentConfig(_Strict):
         return self
 
 
-def _loc(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def format_validation_error(err: ValidationError, source: str) -> str:
-    parts = []
-    for e in err.errors():
-        msg = e["msg"].removeprefix("Value error, ")
-        where = _loc(e["loc"])
-        if e["type"] == "missing":
-            msg = "required field is missing"
-        elif e["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif "input" in e and e["type"] not in ("value_error",):
-            msg += f" (got {shown(e['input'])})"
-        parts.append(f"{where}: {msg}" if e["loc"] else msg)  # model-level checks name their fields themselves
-    return one_line(f"{source}: " + "; ".join(parts))
-
-
-class BoundedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader (plain data only) that also refuses what would exhaust memory or the stack: nesting
-    deeper than MAX_YAML_DEPTH, more than MAX_YAML_NODES nodes once aliases are expanded (whoever walks the
-    result, pydantic or a message, expands them), and a key given twice in one mapping (the last would win
-    silently)."""
-
-    def __init__(self, stream):
-        super().__init__(stream)
-        self._depth = 0
-
-    def compose_node(self, parent, index):
-        self._depth += 1
-        try:
-            if self._depth > MAX_YAML_DEPTH:
-                raise yaml.YAMLError(f"nested deeper than {MAX_YAML_DEPTH} levels (line {self.line + 1})")
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-    def get_single_node(self):
-        node = super().get_single_node()
-        if node is not None:
-            _expanded_size(node, {}, set())
-        return node
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen = set()
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    dup = key in seen
-                    seen.add(key)
-                except TypeError:  # an unhashable key: the base class reports it
-                    continue
-                if dup:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {shown(key)} (line {key_node.start_mark.line + 1})")
-        return super().construct_mapping(node, deep)
-
-
-def _expanded_size(node, sizes: dict, visiting: set) -> int:
-    """The number of nodes `node` stands for with every alias expanded; YAMLError past MAX_YAML_NODES or on a
-    recursive alias (a structure that contains itself)."""
-    key = id(node)
-    if key in sizes:
-        return sizes[key]
-    if key in visiting:
-        raise yaml.YAMLError("a recursive alias (a value that contains itself)")
-    visiting.add(key)
-    n = 1
-    if isinstance(node, yaml.SequenceNode):
-        n += sum(_expanded_size(c, sizes, visiting) for c in node.value)
-    elif isinstance(node, yaml.MappingNode):
-        n += sum(_expanded_size(k, sizes, visiting) + _expanded_size(v, sizes, visiting) for k, v in node.value)
-    visiting.discard(key)
-    if n > MAX_YAML_NODES:
-        raise yaml.YAMLError(f"more than {MAX_YAML_NODES} values once aliases are expanded")
-    sizes[key] = n
-    return n
-
-
-def load_yaml(text: str):
-    """YAML text as plain data, bounded (see BoundedLoader)."""
-    loader = BoundedLoader(text)
-    try:
-        return loader.get_single_data()
-    finally:
-        loader.dispose()
-
-
-def read_text(path: Path, what: str) -> str:
-    """A small UTF-8 text file, or ConfigError saying what it is instead (missing, a directory, too big, binary)."""
-    if path.is_dir():
-        raise ConfigError(f"{what}: {str(path)!r} is a directory (expected a YAML file)")
-    if not path.is_file():
-        raise ConfigError(f"{what}: {str(path)!r} not found (expected a YAML file)")
-    try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ConfigError(f"{what}: {path} is {size} bytes; an experiment file is at most {MAX_FILE_BYTES}")
-        data = path.read_bytes()[: MAX_FILE_BYTES + 1]
-    except OSError as e:
-        raise ConfigError(f"{what}: cannot read {path} ({e.strerror})") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        enc = "UTF-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "not UTF-8"
-        raise ConfigError(f"{what}: {path} is {enc} text or binary; expected a UTF-8 YAML file") from None
-
-
-def read_mapping(path: Path, what: str) -> dict:
-    """Read a YAML file that must hold a mapping; `what` prefixes every error (a field or the file itself)."""
-    text = read_text(path, what)
-    try:
-        data = load_yaml(text)
-    except (yaml.YAMLError, RecursionError) as e:
-        raise ConfigError(one_line(f"{what}: {path} is not valid YAML: {e}")) from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what}: {path} must hold a YAML mapping of fields")
-    return data
-
-
 def experiment_kind(path: Path) -> str | None:
     """The top-level `kind:` of an experiment file: absent for merge searches; `m2n2_digits` for the M2N2 paper's
     digits reproduction (`evomerge.m2n2.digits`), which merges no Hugging Face models and has its own runner;
@@ -599,13 +464,42 @@ def experiment_kind(path: Path) -> str | None:
     return raw.get("kind") if isinstance(raw, dict) else None
 
 
+def _rebase_fitness(data: dict, preset_dir: Path, base_dir: Path) -> dict:
+    """A fitness preset's relative paths (task sources, lm_eval.include_path) are relative to the preset file, the
+    experiment's own to the experiment file: rewritten here, relative to the experiment, so that one rule holds once
+    the file is loaded. A task lm-eval knows by name (not a YAML file, nothing of that name beside the preset) is
+    left as it is."""
+
+    def rebase(src: str) -> str:
+        if Path(src).is_absolute():
+            return src
+        if data.get("type") == "lm_eval" and not src.endswith((".yaml", ".yml")) and not (preset_dir / src).exists():
+            return src
+        return os.path.relpath(preset_dir / src, base_dir)
+
+    out = dict(data)
+    tasks = out.get("tasks")
+    if isinstance(tasks, dict):
+        out["tasks"] = {name: rebase(spec) if isinstance(spec, str) else
+                        ({**spec, "source": rebase(spec["source"])} if isinstance(spec, dict)
+                         and isinstance(spec.get("source"), str) else spec)
+                        for name, spec in tasks.items()}
+    lm = out.get("lm_eval")
+    if isinstance(lm, dict) and isinstance(lm.get("include_path"), str):
+        out["lm_eval"] = {**lm, "include_path": rebase(lm["include_path"])}
+    return out
+
+
 def load_experiment(path: str | Path) -> tuple[ExperimentConfig, Path]:
     """Parse and validate an experiment file; returns the config and the directory paths are relative to."""
     path = Path(path)
     raw = read_mapping(path, "experiment file")
     for section in ("space", "fitness"):  # a section may name a preset file instead of spelling it out
         if isinstance(raw.get(section), str):
-            raw[section] = read_mapping(path.parent / raw[section], f"{section} (preset file)")
+            preset = path.parent / raw[section]
+            raw[section] = read_mapping(preset, f"{section} (preset file)")
+            if section == "fitness":
+                raw[section] = _rebase_fitness(raw[section], preset.parent, path.parent)
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:

@@ -9,23 +9,21 @@ import time
 from pathlib import Path
 
 from pydantic import ValidationError
-
 from rich.console import Console
 
 from evomerge.config import ExecutorConfig, ExperimentConfig, format_validation_error, load_experiment
 from evomerge.errors import ConfigError
 from evomerge.executors import make_executor
 from evomerge.fitness.scorer import load_scorer_function
-from evomerge.fitness.tasks import load_split
+from evomerge.fitness.tasks import check_disjoint, load_split, shared_prompts
+from evomerge.heldout import FinalReport
 from evomerge.optim.state import check_snapshot
+from evomerge.search import Evaluator, Search
 from evomerge.sources import preflight
 from evomerge.spaces import SPACES
-from evomerge.heldout import FinalReport
-from evomerge.search import Evaluator, Search
 from evomerge.store import RunDir, RunStore, Snapshot
 from evomerge.store.rundir import DB_FILE, normalize_url
 from evomerge.zoo.build import PROFILES, build_zoo
-
 
 
 def resolve_models(cfg: ExperimentConfig, base_dir: Path, console: Console) -> tuple[Path | None, list[Path]]:
@@ -70,8 +68,8 @@ def model_name(path: Path) -> str:
 def run_best_model(field: str, run_dir: Path, console: Console) -> Path:
     """The best model of a finished run (the winner of its results.json) as a model directory, exported into
     RUN_DIR/exported/<label> the first time it is asked for: a PS result can become a data flow's model A."""
-    from evomerge.reporting.export import export_from_run
     from evomerge.heldout import RESULTS_FILE
+    from evomerge.reporting.export import export_from_run
 
     results = run_dir / RESULTS_FILE
     if not RunDir.exists(run_dir):
@@ -119,9 +117,7 @@ def resolve_tasks(cfg: ExperimentConfig, base_dir: Path) -> dict[str, dict[str, 
             if source.test_split() == spec.splits.get(f.search_split, f.search_split) and not f.allow_test_split:
                 _refuse_test_split(field, f"{source} calls {source.test_split()!r} its test split")
             shared, n_search = overlap(out[f.search_split][task], out[f.heldout_split][task])
-            if shared:
-                raise ConfigError(f"{field}: {shared} documents appear in both the {f.search_split!r} and "
-                                  f"{f.heldout_split!r} splits; held-out numbers would not be held out")
+            check_disjoint(field, shared, "documents", f.search_split, f.heldout_split)
             if f.search_subset:
                 out.setdefault(f.full_search_split, {})[task] = out[f.search_split][task]
                 out[f.search_split][task] = {**out[f.search_split][task],
@@ -139,12 +135,11 @@ def resolve_tasks(cfg: ExperimentConfig, base_dir: Path) -> dict[str, dict[str, 
         out[f.search_split][task] = search[: f.max_examples] if f.max_examples else search
         if f.search_subset:
             out.setdefault(f.full_search_split, {})[task] = search
-            out[f.search_split][task] = [search[i] for i in subset_indices(len(search), f.search_subset, cfg.seed, task)]
+            subset = subset_indices(len(search), f.search_subset, cfg.seed, task)
+            out[f.search_split][task] = [search[i] for i in subset]
         out[f.heldout_split][task] = load_split(d, spec.splits.get(f.heldout_split, f.heldout_split), field)
-        overlap = {r["prompt"] for r in search} & {r["prompt"] for r in out[f.heldout_split][task]}
-        if overlap:
-            raise ConfigError(f"{field}: {len(overlap)} prompts appear in both the {f.search_split!r} and "
-                              f"{f.heldout_split!r} splits; held-out numbers would not be held out")
+        check_disjoint(field, shared_prompts(search, out[f.heldout_split][task]), "prompts", f.search_split,
+                       f.heldout_split)
     return out
 
 

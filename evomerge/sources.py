@@ -20,7 +20,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from evomerge.errors import SourceError
-from evomerge.merge.sparsify import magnitude_ranks
 
 _BLOCK = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 _EMBED = re.compile(r"embed|wte|wpe")
@@ -105,7 +104,7 @@ class MappedCheckpoint:
         self._where = {}
         for shard in _shards(path):
             f = safe_open(shard, framework="pt")
-            for name in f.keys():
+            for name in f.keys():  # noqa: SIM118 — a safetensors file handle, not a mapping
                 self._where[name] = f
         self.meta = {n: _Meta(tuple(f.get_slice(n).get_shape()), _DTYPES.get(f.get_slice(n).get_dtype()))
                      for n, f in self._where.items()}
@@ -117,7 +116,7 @@ class MappedCheckpoint:
 def checkpoint_dtype(path: Path) -> torch.dtype:
     """The dtype of a checkpoint's first floating-point tensor, from its files' headers (nothing is read)."""
     meta = MappedCheckpoint(Path(path)).meta
-    return next(m.dtype for m in meta.values() if m.is_floating_point())
+    return next(m.dtype for m in meta.values() if m.is_floating_point() and m.dtype is not None)
 
 
 class _Lazy(Mapping):
@@ -164,6 +163,8 @@ class SourcePool:
         self.base_path, self.source_paths = Path(base), [Path(s) for s in sources]
         self.device = device
         self._cast = dtype  # None: the checkpoints' own dtype
+        self.base: Mapping[str, torch.Tensor]  # name -> base tensor (read on demand when streaming)
+        self.stacked: Mapping[str, torch.Tensor]  # name -> [K, *shape] task vectors
         self.streaming = should_stream([self.base_path, *self.source_paths]) if stream is None else stream
         if self.streaming:
             self._init_streaming()
@@ -175,7 +176,6 @@ class SourcePool:
         self.n_blocks = 1 + max((block_index(name) or 0) for name in self.base)
         # the dtype a live model should hold merges in: that of the base's first floating tensor
         self.dtype = next(iter(self.base.values())).dtype
-        self._ranks: dict[tuple[str, str], torch.Tensor] = {}
         self._checkpoints: list[MappedCheckpoint] | None = None  # opened when a merge first needs a source itself
 
     def _init_in_memory(self) -> None:
@@ -183,16 +183,17 @@ class SourcePool:
         self.base = {k: v.to(self.device, self._cast) for k, v in base_sd.items() if v.is_floating_point()}
         # Task vectors stacked per tensor, [K, *shape]: a weighted sum over sources is then one BLAS pass, and
         # source i's task vector is the contiguous view stacked[name][i].
-        self.stacked: Mapping[str, torch.Tensor] = {}
+        stacked: dict[str, torch.Tensor] = {}
         k = len(self.source_paths)
         for i, src in enumerate(self.source_paths):
             sd = load_state_dict(src)
             check_compatible(self.base_path, base_sd, src, sd)
             for name, b in self.base.items():
                 if i == 0:
-                    self.stacked[name] = torch.empty((k, *b.shape), dtype=b.dtype, device=self.device)
-                torch.sub(sd[name].to(self.device, b.dtype), b, out=self.stacked[name][i])
+                    stacked[name] = torch.empty((k, *b.shape), dtype=b.dtype, device=self.device)
+                torch.sub(sd[name].to(self.device, b.dtype), b, out=stacked[name][i])
             del sd
+        self.stacked = stacked
 
     def _init_streaming(self) -> None:
         base_ck = MappedCheckpoint(self.base_path)
@@ -214,17 +215,6 @@ class SourcePool:
     @property
     def n_sources(self) -> int:
         return len(self.deltas)
-
-    def magnitude_ranks(self, name: str, kind: str) -> torch.Tensor:
-        """Magnitude ranks of every source's τ[name], stacked [K, *shape], computed once (the sources never change
-        during a search) — or, when streaming, every time, so that memory stays bounded."""
-        key = (name, kind)
-        if key in self._ranks:
-            return self._ranks[key]
-        ranks = torch.stack([magnitude_ranks(d, kind) for d in self.stacked[name]])
-        if not self.streaming:
-            self._ranks[key] = ranks
-        return ranks
 
 
 def _json(path: Path) -> dict:

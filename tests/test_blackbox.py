@@ -357,7 +357,7 @@ def test_bad_blackbox_experiment_is_named(tmp_path, edit, expected):
     from evomerge.cli import app
 
     cfg = yaml.safe_load((REPO / "experiments" / "blackbox_lora.yaml").read_text())
-    cfg["data"]["tasks"] = {t: str(REPO / "fitness" / "zoo" / t) for t in cfg["data"]["tasks"]}
+    cfg["data"]["tasks"] = {t: str(REPO / "fitness" / "data" / "zoo" / t) for t in cfg["data"]["tasks"]}
     edit(cfg)
     path = tmp_path / "bb.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -11,7 +11,8 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt, ValidationError, model_validator
 
-from evomerge.config import SEED_MAX, RunName, StrictModel as _Strict, format_validation_error, read_mapping
+from evomerge.config import SEED_MAX, RunName, format_validation_error, read_mapping
+from evomerge.config import StrictModel as _Strict
 from evomerge.errors import ConfigError
 
 
@@ -48,7 +49,7 @@ class DataConfig(_Strict):
 
 
 class StagesConfig(_Strict):
-    """The two CMA-ES stages with the paper's defaults (DESIGN §6)."""
+    """The two CMA-ES stages with the defaults of Chen et al. (black-box model merging)."""
 
     popsize: PositiveInt = 20
     sigma0: float = Field(0.05, gt=0)

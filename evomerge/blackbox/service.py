@@ -1,4 +1,6 @@
-"""The merge service: a provider hosts a base model and a LoRA repository behind an HTTP API (DESIGN §6).
+"""The merge service: a provider hosts a base model and a LoRA repository behind an HTTP API (Chen et al.,
+"Black-box Model Merging for Language-Model-as-a-Service with Massive Model Repositories"; see the README's
+black-box section).
 
 Clients send per-adapter sparsity α and scale β plus validation examples (or the name of a dataset the server
 knows) and get back scalars — the mean validation loss, optionally per-example losses and accuracy — or greedy

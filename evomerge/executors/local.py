@@ -11,6 +11,10 @@ from evomerge.store import Evaluation
 
 
 class LocalExecutor(Executor):
+    @classmethod
+    def from_config(cls, cfg, worker_args: dict) -> LocalExecutor:  # noqa: ARG003 — nothing to set
+        return cls(worker_args)
+
     def __init__(self, worker_args: dict):
         super().__init__()
         self.worker = Worker(**worker_args)

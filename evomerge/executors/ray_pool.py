@@ -82,6 +82,14 @@ def _started(refs: list) -> list[dict]:
 
 
 class RayExecutor(Executor):
+    can_stop = True
+
+    @classmethod
+    def from_config(cls, cfg, worker_args: dict) -> RayExecutor:
+        return cls(worker_args, workers=cfg.workers, gpus_per_worker=cfg.gpus_per_worker,
+                   cpus_per_worker=cfg.cpus_per_worker, address=cfg.address, timeout_s=cfg.timeout_s,
+                   max_retries=cfg.max_retries)
+
     def __init__(self, worker_args: dict, workers: int | None = None, gpus_per_worker: float | None = None,
                  cpus_per_worker: float | None = None, address: str | None = None, timeout_s: float | None = None,
                  max_retries: int = 1):

@@ -13,7 +13,7 @@ from threadpoolctl import threadpool_limits
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evomerge.errors import MergeError
-from evomerge.fitness.scorer import make_scorer
+from evomerge.fitness import make_scorer
 from evomerge.merge.materialize import Merger
 from evomerge.recipe import FlowRecipe, Recipe
 from evomerge.sources import SourcePool
@@ -105,7 +105,8 @@ class Worker:
         self.tokenizer = self.builder.tokenizer
         # lm-eval takes the search split's example cap as its `limit`; the other scorers get capped example lists
         self.scorers = {split: make_scorer(self.tokenizer, split_tasks, fitness_cfg, Path(base_dir),
-                                           limit=fitness_cfg.max_examples if split == fitness_cfg.search_split else None)
+                                           limit=fitness_cfg.max_examples if split == fitness_cfg.search_split
+                                           else None)
                         for split, split_tasks in tasks.items()}
 
     def info(self) -> dict:
@@ -121,8 +122,8 @@ class Worker:
         t0 = time.perf_counter()
         try:
             scorer = self.scorers[job.split]
-            # teacher-forced scoring checks the logits for NaN/Inf, which is cheaper than scanning every weight
-            model = self.builder.build(job.recipe, check_finite=scorer.mode != "teacher_forced")
+            # a scorer that checks the logits for NaN/Inf spares the scan of every weight
+            model = self.builder.build(job.recipe, check_finite=not scorer.checks_logits)
             t1 = time.perf_counter()
             ev.merge_seconds = t1 - t0
             try:

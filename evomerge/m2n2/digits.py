@@ -1,5 +1,6 @@
 """The M2N2 paper's reference experiment: scikit-learn digits, an MLP 64-256-10, evolved from scratch or merged from
-two models pre-trained on half the digits each (DESIGN §6). Run with `evomerge run experiments/m2n2_digits.yaml`.
+two models pre-trained on half the digits each (see the README's M2N2 section). Run with
+`evomerge run experiments/m2n2_digits.yaml`.
 
 One forward pass is the evaluation of one child on the whole training split (1437 images, one batched matrix
 product in torch). Every `log_every` passes the member with the best training accuracy is scored on the test split
@@ -18,8 +19,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from evomerge.config import RunName, format_validation_error
-from evomerge.errors import ConfigError
+from evomerge.errors import ConfigError, RunName, format_validation_error
 from evomerge.m2n2 import threefry
 from evomerge.m2n2.flat import FlatBackend
 from evomerge.m2n2.niches import Niches, NicheSettings, NumpyDraws, ThreefryDraws

@@ -36,6 +36,12 @@ class TensorInputs:
     # which low-precision rounding can move by an ulp of the base
     sources: Callable[[int], torch.Tensor] | None = None
 
+    def magnitude_ranks(self, kind: str) -> torch.Tensor:
+        """The stacked magnitude ranks of `kind` (a sparsifying operator needs them)."""
+        if self.ranks is None:
+            raise ValueError("this operator sparsifies by magnitude rank: TensorInputs.ranks is required")
+        return self.ranks(kind)
+
 
 @dataclass(frozen=True)
 class MergeParams:
@@ -134,11 +140,11 @@ class GeneralizedMerge:
         hi = torch.full((k,), n, dtype=torch.int64)
         ranks = seeds = None
         if self.sparsify == "magnitude":
-            ranks = list(x.ranks("desc").reshape(k, -1))
+            ranks = list(x.magnitude_ranks("desc").reshape(k, -1))
             for i, d in enumerate(dens):
                 hi[i] = n if d >= 1 else (0 if d <= 0 else max(1, int(d * n)))  # mergekit's rule
         elif self.sparsify == "outliers":
-            ranks = list(x.ranks("asc").reshape(k, -1))
+            ranks = list(x.magnitude_ranks("asc").reshape(k, -1))
             for i, d in enumerate(dens):
                 if d < 1:
                     target, top = int(d * n), int(p.gamma * n)
@@ -157,13 +163,13 @@ class GeneralizedMerge:
     def _sparsified(self, x: TensorInputs, i: int, density: float, p: MergeParams, rescale: str) -> torch.Tensor:
         delta = x.deltas[i]
         if self.sparsify == "magnitude":
-            return magnitude_trim(delta, density, x.ranks("desc")[i], rescale)
+            return magnitude_trim(delta, density, x.magnitude_ranks("desc")[i], rescale)
         if self.sparsify == "outliers":
-            return outlier_trim(delta, density, p.gamma, x.ranks("asc")[i], rescale)
+            return outlier_trim(delta, density, p.gamma, x.magnitude_ranks("asc")[i], rescale)
         if self.sparsify == "random":
             return random_drop(delta, density, source_seed(x.seed, i), rescale)
         if self.sparsify == "della":
-            return della_drop(delta, density, p.epsilon, x.ranks("row_asc")[i], x.generator, rescale)
+            return della_drop(delta, density, p.epsilon, x.magnitude_ranks("row_asc")[i], x.generator, rescale)
         return delta
 
     def _reference(self, x: TensorInputs, p: MergeParams, normalize: bool, rescale: str) -> torch.Tensor:

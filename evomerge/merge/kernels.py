@@ -46,7 +46,7 @@ def combine(base, deltas: list[torch.Tensor], ranks: list[torch.Tensor] | None, 
         t = d.to(work)
         if ranks is not None:
             t = t * ((ranks[i] >= lo[i]) & (ranks[i] < hi[i]))
-        if seeds is not None:
+        if seeds is not None and index is not None:
             t = t * hash_keep(index, seeds[i], hi[i])
         if keep_prob is not None:  # the papers' 1/p rescale, before weighting (as the step-by-step path)
             t = low(t / keep_prob[i])
@@ -98,8 +98,8 @@ def run(base: torch.Tensor, deltas, ranks, seeds, keep_prob, weights, wsum, lo, 
             _compile_failed = True
             log.warning("torch.compile of the merge kernel failed (%s); merging eagerly, which is slower", e)
     for s in range(0, n, CHUNK):
-        e = min(s + CHUNK, n)
+        end = min(s + CHUNK, n)
         offset = torch.tensor(s, dtype=torch.int64, device=base.device)
-        out[s:e] = combine(base[s:e], [d[s:e] for d in deltas], None if ranks is None else [r[s:e] for r in ranks],
-                           seeds, offset, *args)
+        out[s:end] = combine(base[s:end], [d[s:end] for d in deltas],
+                             None if ranks is None else [r[s:end] for r in ranks], seeds, offset, *args)
     return out

@@ -51,7 +51,7 @@ class CMAOptimizer(Optimizer):
         """One whole generation of genomes."""
         return [self._es.ask() for _ in range(self.popsize)]
 
-    def tell(self, genomes: list[np.ndarray], values: list[float]) -> None:
+    def tell(self, genomes: list[np.ndarray], values: list, examples: list | None = None) -> None:
         values = self._check_told(genomes, values)
         self._es.tell([(np.asarray(x, dtype=float), -v) for x, v in zip(genomes, values, strict=True)])
 
@@ -106,7 +106,7 @@ class CMAwMOptimizer(Optimizer):
             self._pending.append((snap_to_grid(x_eval, self.steps), x_tell))
         return [x.copy() for x, _ in self._pending]
 
-    def tell(self, genomes: list[np.ndarray], values: list[float]) -> None:
+    def tell(self, genomes: list[np.ndarray], values: list, examples: list | None = None) -> None:
         values = self._check_told(genomes, values)
         if len(genomes) != len(self._pending):
             raise ValueError(f"tell: {len(genomes)} genomes, but the last ask() gave out {len(self._pending)}")

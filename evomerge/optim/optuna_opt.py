@@ -34,7 +34,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import optuna
-from optuna.distributions import FloatDistribution, distribution_to_json, json_to_distribution
+from optuna.distributions import BaseDistribution, FloatDistribution, distribution_to_json, json_to_distribution
 from optuna.samplers._lazy_random_state import LazyRandomState
 from optuna.storages import InMemoryStorage
 from optuna.trial import FrozenTrial, TrialState
@@ -108,7 +108,7 @@ class OptunaOptimizer(Optimizer):
         top = top_levels(self.steps)
         with warnings.catch_warnings():  # a step that does not divide 1 exactly in decimal: optuna warns, then trims
             warnings.simplefilter("ignore")
-            self._dists = {
+            self._dists: dict[str, BaseDistribution] = {
                 n: FloatDistribution(0.0, float(top[i] * s), step=float(s)) if s > 0 else FloatDistribution(0.0, 1.0)
                 for i, (n, s) in enumerate(zip(self._names, self.steps, strict=True))
             }
@@ -156,7 +156,7 @@ class OptunaOptimizer(Optimizer):
             self._pending.append(self._ask_trial())
         return [x.copy() for _, x in self._pending]
 
-    def tell(self, genomes: list[np.ndarray], values: list) -> None:
+    def tell(self, genomes: list[np.ndarray], values: list, examples: list | None = None) -> None:
         values = self._check_told(genomes, values)
         if len(genomes) != len(self._pending):
             raise ValueError(f"tell: {len(genomes)} genomes, but the last ask() gave out {len(self._pending)}")
@@ -174,7 +174,7 @@ class OptunaOptimizer(Optimizer):
         self._outstanding.append(self._ask_trial())
         return self._outstanding[-1][1].copy()
 
-    def tell_one(self, genome: np.ndarray, value) -> None:
+    def tell_one(self, genome: np.ndarray, value, examples: list | None = None) -> None:
         """Tells the trial of `genome`: the first outstanding one (in the order asked) equal to it value for value.
         Bit-identical outstanding genomes are the same candidate, so whichever of their trials is told does not
         matter (their Optuna parameters could differ in a last bit only, where a discrete gene was snapped)."""

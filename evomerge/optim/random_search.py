@@ -51,7 +51,7 @@ class RandomSearch(Optimizer):
         self._generation_out = True
         return list(self._draw(self._popsize))
 
-    def tell(self, genomes: list[np.ndarray], values: list) -> None:
+    def tell(self, genomes: list[np.ndarray], values: list, examples: list | None = None) -> None:
         """Random search learns nothing (the values are checked, then dropped)."""
         self._check_told(genomes, values)
         self._generation_out = False
@@ -62,7 +62,7 @@ class RandomSearch(Optimizer):
         self._outstanding.append(x)
         return x.copy()
 
-    def tell_one(self, genome: np.ndarray, value) -> None:
+    def tell_one(self, genome: np.ndarray, value, examples: list | None = None) -> None:
         """Checks the value and forgets `genome` (the first outstanding one equal to it)."""
         self._check_one(value)
         i = self._match(genome, self._outstanding)

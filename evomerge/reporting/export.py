@@ -10,9 +10,9 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from evomerge.errors import MergeError
 from evomerge.merge import OPERATORS
 from evomerge.merge.materialize import Merger
-from evomerge.errors import MergeError
 from evomerge.recipe import FlowRecipe, Recipe, parse_recipe
 from evomerge.sources import SourcePool, checkpoint_dtype
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.table import Table
 
 from evomerge.config import ExperimentConfig
-from evomerge.store import RunDir, read_events
+from evomerge.store import EvalKind, RunDir, read_events
 from evomerge.store.rundir import EVENTS_FILE
 
 
@@ -47,11 +47,11 @@ def run_status(path: Path) -> dict:
     try:
         name, generations = _name_and_generations(store)
         blackbox = store.get_meta("kind") == "blackbox"
-        search = store.evaluations("search")
-        best = store.best("search")
+        search = store.evaluations(EvalKind.SEARCH)
+        best = store.best(EvalKind.SEARCH)
         snap = store.last_snapshot()
         finished = store.get_meta("finished")
-        heldout = len(store.evaluations("heldout"))
+        heldout = len(store.evaluations(EvalKind.HELDOUT))
         total = store.get_meta("search_total")
         workers = json.loads(store.get_meta("workers") or "[]")
     finally:

@@ -8,6 +8,7 @@ from evomerge.merge import OPERATORS
 from evomerge.merge.generalized import GeneralizedMerge
 from evomerge.recipe import GroupParams, Recipe
 from evomerge.sources import group_names
+from evomerge.spaces.base import SearchSpace
 
 
 def has_scale_gene(cfg) -> bool:
@@ -22,13 +23,13 @@ def has_scale_gene(cfg) -> bool:
     return op.default_normalize if cfg.normalize is None else cfg.normalize
 
 
-class LayerWeightsSpace:
+class LayerWeightsSpace(SearchSpace):
     """Genome layout: for each group, K weights, then (if the operator sparsifies) K densities, then (if
     `has_scale_gene`) the group's scale; all in [0, 1] and mapped linearly onto `weight_range` / `density_range` /
     `scale_range` (the default x0 = 0.5 starts the scale at 1 for the default range [0, 2])."""
 
-    def __init__(self, cfg, n_sources: int, n_blocks: int):
-        self.cfg = cfg
+    def __init__(self, cfg, n_sources: int, n_blocks: int, sources=None):
+        super().__init__(cfg, n_sources, n_blocks)
         self.k = n_sources
         self.groups = group_names(cfg.granularity, n_blocks)
         self.densities = OPERATORS[cfg.operator].uses_density
@@ -40,9 +41,7 @@ class LayerWeightsSpace:
         return len(self.groups) * self.per_group
 
     def decode(self, x: np.ndarray, seed: int = 0) -> Recipe:
-        x = np.clip(np.asarray(x, dtype=float), 0.0, 1.0)
-        if x.shape != (self.dim,):
-            raise ValueError(f"genome has shape {x.shape}, expected ({self.dim},)")
+        x = self._genome(x)
         (wlo, whi), (dlo, dhi), (slo, shi) = self.cfg.weight_range, self.cfg.density_range, self.cfg.scale_range
         k = self.k
         groups = {}
@@ -85,7 +84,7 @@ class LayerWeightsSpace:
         elif baselines.enabled and op in ("ties", "dare_ties"):
             d = baselines.ties_density if op == "ties" else baselines.dare_density
             wanted.append((f"{'TIES' if op == 'ties' else 'DARE-TIES'} d={d:g}", [1.0] * k, [d] * k))
-        out = []
+        out: list = []
         for label, w, d in wanted:
             x = self.encode(w, d)
             if x is not None and not any(np.array_equal(x, y) for _, y in out):
