@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import print_markdown_table
 from evomerge.zoo.build import build_zoo, evomerge_home, write_task_data
-from evomerge.zoo.families import FAMILIES, family_spec
+from evomerge.zoo.build import family_spec
+from evomerge.zoo.families import FAMILIES
 
 OUT = Path(__file__).resolve().parent / "results" / "families.json"
 

@@ -19,7 +19,8 @@ def dry_run(experiment: Path, console: Console) -> None:
     from evomerge.config import load_experiment
     from evomerge.executors import Job
     from evomerge.executors.worker import Worker
-    from evomerge.fitness.scorer import load_scorer_function, make_scorer
+    from evomerge.fitness import make_scorer
+    from evomerge.fitness.scorer import load_scorer_function
     from evomerge.inspect import grouping, render_grouping
     from evomerge.runner import resolve_models, resolve_tasks
     from evomerge.search import make_optimizer

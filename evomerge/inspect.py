@@ -57,7 +57,8 @@ def grouping(path: Path, granularity: str | int = "layer") -> dict:
         g = layer_group(target, granularity, n_blocks)
         notes.append(f"{name} is tied to {target} (stored once): it moves with the {g!r} group, not with the group "
                      f"its name suggests")
-        if granularity not in ("model", "tensor") and layer_group(name, granularity, n_blocks) == "head" and g != "head":
+        if (granularity not in ("model", "tensor") and layer_group(name, granularity, n_blocks) == "head"
+                and g != "head"):
             notes.append("so the 'head' genes move only " + (", ".join(groups.get("head", [])) or "nothing"))
     order = group_names(granularity, n_blocks) if granularity != "tensor" else sorted(groups)
     return {"groups": {g: groups[g] for g in order if g in groups}, "params": dict(params), "tied": tied,

@@ -18,11 +18,12 @@ from evomerge.config import ExecutorConfig, ExperimentConfig, experiment_kind, f
 from evomerge.errors import ConfigError
 from evomerge.executors import make_executor
 from evomerge.fitness.scorer import load_scorer_function
-from evomerge.fitness.tasks import load_split
+from evomerge.fitness.tasks import check_disjoint, load_split, shared_prompts
 from evomerge.heldout import FinalReport
 from evomerge.m2n2.digits import DigitsRunner
 from evomerge.run.lifecycle import RESULTS_FILE, RunLifecycle, RunSettings, stored_kind
 from evomerge.search import Evaluator, Search
+from evomerge.sources import preflight
 from evomerge.spaces import SPACES
 from evomerge.store import RunDir, RunStore, Snapshot
 from evomerge.zoo.build import PROFILES, build_zoo
@@ -118,9 +119,7 @@ def resolve_tasks(cfg: ExperimentConfig, base_dir: Path) -> dict[str, dict[str, 
             if source.test_split() == spec.splits.get(f.search_split, f.search_split) and not f.allow_test_split:
                 _refuse_test_split(field, f"{source} calls {source.test_split()!r} its test split")
             shared, n_search = overlap(out[f.search_split][task], out[f.heldout_split][task])
-            if shared:
-                raise ConfigError(f"{field}: {shared} documents appear in both the {f.search_split!r} and "
-                                  f"{f.heldout_split!r} splits; held-out numbers would not be held out")
+            check_disjoint(field, shared, "documents", f.search_split, f.heldout_split)
             if f.search_subset:
                 out.setdefault(f.full_search_split, {})[task] = out[f.search_split][task]
                 out[f.search_split][task] = {**out[f.search_split][task],
@@ -138,12 +137,11 @@ def resolve_tasks(cfg: ExperimentConfig, base_dir: Path) -> dict[str, dict[str, 
         out[f.search_split][task] = search[: f.max_examples] if f.max_examples else search
         if f.search_subset:
             out.setdefault(f.full_search_split, {})[task] = search
-            out[f.search_split][task] = [search[i] for i in subset_indices(len(search), f.search_subset, cfg.seed, task)]
+            subset = subset_indices(len(search), f.search_subset, cfg.seed, task)
+            out[f.search_split][task] = [search[i] for i in subset]
         out[f.heldout_split][task] = load_split(d, spec.splits.get(f.heldout_split, f.heldout_split), field)
-        overlap = {r["prompt"] for r in search} & {r["prompt"] for r in out[f.heldout_split][task]}
-        if overlap:
-            raise ConfigError(f"{field}: {len(overlap)} prompts appear in both the {f.search_split!r} and "
-                              f"{f.heldout_split!r} splits; held-out numbers would not be held out")
+        check_disjoint(field, shared_prompts(search, out[f.heldout_split][task]), "prompts", f.search_split,
+                       f.heldout_split)
     return out
 
 
@@ -188,6 +186,7 @@ class Runner(RunLifecycle):
         if self.cfg.fitness.type == "python":  # fails here, before the run directory exists, not in a worker
             load_scorer_function(self.cfg.fitness.scorer, self.base_dir)
         self.base, self.models = resolve_models(self.cfg, self.base_dir, self.console)
+        preflight(self.base, self.models)  # sources and tokenizer, before the run directory is created or touched
 
     def settings(self) -> RunSettings:
         return RunSettings.of_search(self.cfg)
@@ -196,7 +195,7 @@ class Runner(RunLifecycle):
         # absolute source paths, so that `evomerge export RUN` needs nothing but the run directory
         store.set_meta("sources", json.dumps({"base": self.base and str(self.base),
                                               "models": [str(m) for m in self.models],
-                                              "space": self.cfg.space.type}))
+                                              "space": self.cfg.space.type, "dtype": self.cfg.dtype}))
 
     def summary(self, results: dict) -> dict:
         return {"best": results["rows"][0]["label"], "heldout": results["rows"][0]["average"]}
@@ -210,7 +209,7 @@ class Runner(RunLifecycle):
         device = cfg.device if self.executor_cfg.type == "ray" else resolve_device(cfg.device)
         worker_args = {"base": base, "sources": models, "tasks": tasks, "fitness_cfg": cfg.fitness,
                        "threads": cfg.threads, "stream": stream, "device": device, "base_dir": self.base_dir,
-                       "flow": cfg.space.type == "data_flow"}
+                       "flow": cfg.space.type == "data_flow", "dtype": cfg.dtype}
         with self.console.status(f"starting the {self.executor_cfg.type} executor (workers load the sources)"):
             executor = make_executor(self.executor_cfg, worker_args)
         try:

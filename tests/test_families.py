@@ -16,7 +16,8 @@ from evomerge.fitness.scorer import NativeScorer
 from evomerge.runner import Runner
 from evomerge.store import RunDir
 from evomerge.zoo.build import PROFILES, build_zoo, make_splits, write_task_data
-from evomerge.zoo.families import FAMILIES, family_spec
+from evomerge.zoo.build import family_spec
+from evomerge.zoo.families import FAMILIES
 from evomerge.zoo.tokenizer import build_char_tokenizer
 from tests.conftest import write_experiment
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import shutil
 from types import SimpleNamespace
 
@@ -20,6 +19,7 @@ from evomerge.m2n2 import threefry
 from evomerge.m2n2.flat import FlatBackend
 from evomerge.m2n2.niches import (Niches, NicheSettings, ThreefryDraws, attraction, competition, shared_fitness,
                                    slerp_scales, snap)
+from evomerge.optim.state import decode, encode
 from evomerge.merge.materialize import Merger
 from evomerge.sources import SourcePool, load_state_dict
 from evomerge.spaces.mosaic import MosaicSpace
@@ -131,7 +131,7 @@ def test_state_resumes_exactly():
     a.offer(torch.zeros(40) + 0.01, (target.abs() < 0.03).double().numpy())
     _evolve(a, 30, target)
     b = make(99)
-    b.load_state(pickle.loads(pickle.dumps(a.state())))
+    b.load_state(a.state())  # the archive's state, as the optimizer keeps it
     _evolve(a, 40, target)
     _evolve(b, 40, target)
     assert np.array_equal(a.scores, b.scores)
@@ -150,7 +150,7 @@ def test_threefry_stream_resumes_exactly():
     a.offer(torch.zeros(40) - 0.01, (target.abs() > 0.03).double().numpy())
     _evolve(a, 30, target)
     b = make()
-    b.load_state(pickle.loads(pickle.dumps(a.state())))
+    b.load_state(decode(encode("m2n2", a.state()), "m2n2"))  # through the stored form: data, not a pickle
     _evolve(a, 40, target)
     _evolve(b, 40, target)
     assert np.array_equal(a.scores, b.scores)
@@ -365,7 +365,7 @@ def test_m2n2_search_on_the_tiny_zoo(tmp_path, tiny_zoo, tiny_task_dir):
                for r in recipes)
     for k in range(3):  # the sources themselves come first
         assert {tuple(g["weights"]) for g in recipes[k]["groups"].values()} == {tuple(float(i == k) for i in range(3))}
-    state = pickle.loads(store.last_snapshot().state)["niches"]
+    state = decode(store.last_snapshot().state, "m2n2")["niches"]
     filled = [i for i, m in enumerate(state["members"]) if m is not None]
     history = json.loads(store.get_meta("archive_history"))
     store.close()

@@ -299,3 +299,34 @@ def test_periodic_rescoring_every_n_evaluations(tmp_path, tiny_zoo, tiny_task_di
     assert len(held) == 3 * 2
     # the last checkpoint saw the final top 2: the end of the run copied their held-out scores
     assert {e.worker for e in final_held} == {"cache"}
+
+
+def test_a_bf16_run_merges_scores_and_exports_in_bf16(tmp_path, tiny_zoo, tiny_task_dir):
+    """`dtype: bfloat16`: the fp32 zoo is cast when loaded, every candidate merges and scores in bf16, the sources'
+    rows are the sources themselves, and the export is a bf16 checkpoint whose mergekit YAML says bfloat16."""
+    import torch
+    import yaml
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from evomerge.cli import app
+
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_task_dir, dtype="bfloat16",
+                           optimizer={"type": "cma", "generations": 1, "popsize": 3})
+    results = _run(exp, tmp_path / "run")
+    assert all(r[4] == "ok" for r in _search_rows(tmp_path / "run"))
+    labels = [r["label"] for r in results["rows"]]
+    assert labels[0].startswith("evolved") and "add" in labels
+    cfg = yaml.safe_load(exp.read_text())
+    worker = Worker(tiny_zoo / "base", [tiny_zoo / "add"], {}, _fitness(cfg), dtype="bfloat16")
+    assert worker.builder.model.dtype == torch.bfloat16 and worker.builder.pool.dtype == torch.bfloat16
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "best")])
+    assert result.exit_code == 0, result.stderr
+    assert {t.dtype for t in load_file(tmp_path / "best" / "model.safetensors").values()} == {torch.bfloat16}
+    assert yaml.safe_load((tmp_path / "best" / "mergekit_config.yml").read_text())["dtype"] == "bfloat16"
+
+
+def _fitness(cfg):
+    from evomerge.config import FitnessConfig
+
+    return FitnessConfig.model_validate(cfg["fitness"])

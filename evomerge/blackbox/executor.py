@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import time
 
-from evomerge.blackbox.client import BudgetExhausted, MergeClient, ServiceError
+from evomerge.blackbox.client import BudgetExhausted, MergeClient, ServiceError, TransportFailure
 from evomerge.executors import Executor, Job, WorkerStats
 from evomerge.executors.base import failed_evaluation
 from evomerge.store import Evaluation
 
 BUDGET_PREFIX = "budget exhausted: "  # the error of a query refused for want of budget (asked again on resume)
+TRANSPORT_PREFIX = "transport: "  # the service was unreachable: not the candidate's fault, asked again on resume
 
 
 class ServiceExecutor(Executor):
@@ -38,7 +39,9 @@ class ServiceExecutor(Executor):
             r = self.client.evaluate(m.alpha, m.beta, self.examples[job.split], accuracy=accuracy,
                                      per_example=accuracy)
         except ServiceError as e:
-            error = f"{BUDGET_PREFIX}{e}" if isinstance(e, BudgetExhausted) else str(e)
+            prefix = BUDGET_PREFIX if isinstance(e, BudgetExhausted) else \
+                TRANSPORT_PREFIX if isinstance(e, TransportFailure) else ""
+            error = f"{prefix}{e}"
             ev = failed_evaluation(job, error, 1, "service")
             ev.eval_seconds = time.time() - t0
             return ev

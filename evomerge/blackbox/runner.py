@@ -26,7 +26,7 @@ from rich.table import Table
 
 from evomerge.blackbox.client import MergeClient, read_token
 from evomerge.blackbox.config import BlackboxExperiment, load_blackbox
-from evomerge.blackbox.executor import BUDGET_PREFIX, ServiceExecutor
+from evomerge.blackbox.executor import BUDGET_PREFIX, TRANSPORT_PREFIX, ServiceExecutor
 from evomerge.blackbox.space import ServiceMerge, StageSpace
 from evomerge.config import OptimizerConfig
 from evomerge.errors import ConfigError, RunError
@@ -149,16 +149,17 @@ class BlackboxRunner(RunLifecycle):
             url = s.url
             token_file = (self.base_dir / s.token_file).resolve() if s.token_file else None
             token = read_token(s.token_env, token_file)
-        client = MergeClient(url, token, retries=s.retries, timeout_s=s.timeout_s)
+        client = MergeClient(url, token, retries=s.retries, timeout_s=s.timeout_s, retry_window_s=s.retry_window_s)
         stack.callback(client.close)
         return client
 
     # -- the run ------------------------------------------------------------------------------------------------
     def _query(self, store: RunStore, executor: ServiceExecutor, job: Job) -> Evaluation:
-        """One query, or its stored answer when this run already asked it; a query refused for want of budget is
-        asked again (the budget may be new)."""
+        """One query, or its stored answer when this run already asked it; a query refused for want of budget (the
+        budget may be new) or lost to an unreachable service is asked again."""
         old = store.get(job.kind, job.generation, job.idx, job.label)
-        if old is not None and old.genome == job.genome and not (old.error or "").startswith(BUDGET_PREFIX):
+        if old is not None and old.genome == job.genome and \
+                not (old.error or "").startswith((BUDGET_PREFIX, TRANSPORT_PREFIX)):
             return old
         executor.submit(job)
         ev = executor.next()

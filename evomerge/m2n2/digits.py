@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from evomerge.config import format_validation_error, read_mapping
-from evomerge.errors import ConfigError
+from evomerge.config import read_mapping
+from evomerge.errors import ConfigError, RunName, format_validation_error
 from evomerge.m2n2 import threefry
 from evomerge.m2n2.flat import FlatBackend
 from evomerge.m2n2.niches import Niches, NicheSettings, NumpyDraws, ThreefryDraws
@@ -56,7 +56,7 @@ class DigitsVariant(_Strict):
 
 class DigitsConfig(_Strict):
     kind: Literal["m2n2_digits"]
-    name: str
+    name: RunName  # a directory under runs/
     runs: PositiveInt = 3  # seeds base_seed + run
     base_seed: int = 42
     popsize: int = Field(20, ge=2)

@@ -1,5 +1,5 @@
 """The M2N2 algorithm (Abrantes, Lange, Tang, "Competition and Attraction Improve Model Fusion"), independent of how
-archive members are stored (DESIGN §6).
+archive members are stored. The formulas are below.
 
 An archive of at most P members, each with a row of per-example scores s(xⱼ|θ) ∈ [0, 1] (a score matrix S, P×N).
 
@@ -22,7 +22,7 @@ the sorted unit offsets 0 … D a split snaps to), `dot(a, b)`, `mix(a, b, split
 before `split`, ca2·a + cb2·b from it), `mutate(x, std, seed)` (x + N(0, std²) drawn from a generator seeded with
 `seed`, which the archive's random stream supplies), `add_noise(x, noise, std)` (x + std·noise for given
 standard normals), `copy(x)`, and `to_numpy`/`from_numpy` for the state;
-`evomerge.m2n2.flat` holds flat vectors, `evomerge.m2n2.mosaic` per-tensor coefficient vectors over source models.
+`evomerge.m2n2.flat` holds flat vectors, `evomerge.spaces.mosaic` per-tensor coefficient vectors over source models.
 
 Random numbers come from a stream of draws: `NumpyDraws` (one numpy Generator, the default) or `ThreefryDraws`
 (JAX's generator with the reference code's key schedule: for the same seed, the reference's very draws, hence its

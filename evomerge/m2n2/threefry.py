@@ -154,7 +154,7 @@ def erfinv32(x: np.ndarray) -> np.ndarray:
 _NORMAL_LO = np.nextafter(np.float32(-1.0), np.float32(0.0))
 
 
-def normal(k: np.ndarray, n: int) -> np.ndarray:
+def normal(k: Key, n: int) -> np.ndarray:
     """jax.random.normal(k, (n,), float32): √2·erf⁻¹(u), u uniform on (-1, 1)."""
     return np.float32(np.sqrt(2)) * erfinv32(uniform(k, n, _NORMAL_LO, 1.0))
 

@@ -45,7 +45,7 @@ from evomerge.errors import ConfigError
 from evomerge.optim.pareto import pareto_front
 from evomerge.reporting.status import run_settings
 from evomerge.run.lifecycle import RunSettings
-from evomerge.store import Evaluation, RunDir, RunStore
+from evomerge.store import EvalKind, Evaluation, RunDir, RunStore
 
 SCHEMA = "evomerge-leaderboard"
 SCHEMA_VERSION = 1
@@ -191,7 +191,7 @@ def read_board(path: Path) -> Board:
 def _candidates(f: RunSettings, search: list[Evaluation], evals: list[Evaluation],
                 parents: dict[str, list[str]]) -> list[Candidate]:
     tasks = list(f.tasks)
-    scored = {(e.recipe, e.split): e for e in evals if e.status == "ok" and e.kind != "search"}
+    scored = {(e.recipe, e.split): e for e in evals if e.status == "ok" and e.kind != EvalKind.SEARCH}
     ok = [e for e in search if e.status == "ok"]
     order = sorted(range(len(ok)), key=lambda i: -ok[i].objective)  # stable: ties keep evaluation order
     rank = {id(ok[i]): r + 1 for r, i in enumerate(order)}

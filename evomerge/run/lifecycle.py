@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
-from evomerge.config import format_validation_error
-from evomerge.errors import ConfigError
+from evomerge.errors import ConfigError, format_validation_error
+from evomerge.optim.state import check_snapshot
 from evomerge.store import EventLog, RunDir, RunStore, Snapshot
 from evomerge.store.rundir import DB_FILE, normalize_url
 
@@ -138,11 +138,13 @@ class RunLifecycle:
         self.events: EventLog | None = None
         if experiment is not None:
             path = Path(experiment)
-            self.experiment_text = path.read_text() if path.is_file() else None
-            self.cfg, self.base_dir = self.load(path)
+            self.cfg, self.base_dir = self.load(path)  # checks the file first (size, encoding, YAML)
+            self.experiment_text = path.read_text(encoding="utf-8") if path.is_file() else None
             self.run_dir = Path(run_dir) if run_dir else Path("runs") / self.cfg.name
-        else:
+        elif run_dir is not None:
             self.run_dir = Path(run_dir)
+        else:
+            raise ValueError("a run needs an experiment file or a run directory")
 
     # -- what a kind supplies ------------------------------------------------------------------------------------
     @classmethod
@@ -200,10 +202,11 @@ class RunLifecycle:
     def run(self) -> dict:
         self.check()
         rundir, fresh = self._open()
-        with rundir.lock():
+        with rundir.lock(defer_pid=True) as claim:
             store = self._store(rundir, fresh)
             try:
                 snapshot = self._prepare(store, rundir)
+                claim()  # the pid goes into the lock file only once every check passed
                 stored = len(store.evaluations("search"))
                 with rundir.session(kind=self.kind, resumed=not fresh, stored=stored) as self.events:
                     body = self.execute(store, snapshot)
@@ -259,14 +262,8 @@ class RunLifecycle:
 
     def _load_snapshot(self, store: RunStore, where: Path) -> Snapshot | None:
         """The newest optimizer snapshot, checked to load before the run writes anything."""
-        import pickle
-
         snap = store.last_snapshot()
         if snap is None:
             return None
-        try:
-            pickle.loads(snap.state)
-        except Exception as e:  # noqa: BLE001 — any unpickling failure means the same thing
-            raise ConfigError(f"{where}: the optimizer snapshot of generation {snap.generation + 1} "
-                              f"is unreadable ({type(e).__name__}); the run cannot continue exactly") from None
+        check_snapshot(snap.state, str(where), snap.generation)  # data only: never unpickled
         return snap

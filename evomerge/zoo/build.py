@@ -212,3 +212,18 @@ def _save(model, tok, path: Path) -> None:
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(path, safe_serialization=True)
     tok.save_pretrained(path)
+
+
+def family_spec(family: str, profile: str = "ci"):
+    """A zoo spec for `family`: 'ci' (seconds: tiny, few steps, near-chance models; checks the pipeline) or 'bench'
+    (minutes: models that learn the tasks, for benchmarks/families.py). Two skills, so a base and two experts."""
+    common = {"family": family, "tasks": ("add", "reverse"), "mixture_weights": (2.0, 1.0)}
+    if profile == "ci":
+        return ZooSpec(**common, hidden=32, intermediate=64, layers=2, heads=4, batch=32, base_lr=3e-3,
+                       base_max_steps=60, base_target=1.1, check_every=1000, expert_lr=3e-3, expert_steps=30,
+                       sizes={"train": 400, "search": 20, "heldout": 20})
+    if profile == "bench":
+        return ZooSpec(**common, hidden=64, intermediate=128, layers=2, heads=4, batch=64, base_lr=3e-3,
+                       base_max_steps=600, base_target=0.3, check_every=50, expert_lr=1e-3, expert_steps=120,
+                       sizes={"train": 2000, "search": 60, "heldout": 100})
+    raise ValueError(f"unknown family profile {profile!r}; expected 'ci' or 'bench'")
