@@ -33,6 +33,7 @@ from evomerge.errors import ConfigError, RunError
 from evomerge.executors import Job
 from evomerge.fitness.tasks import load_split
 from evomerge.optim import OPTIMIZERS
+from evomerge.optim.state import StateError
 from evomerge.run.lifecycle import RunLifecycle, RunSettings
 from evomerge.search import FailedValue
 from evomerge.store import RunStore, Snapshot
@@ -191,7 +192,11 @@ class BlackboxRunner(RunLifecycle):
             opt = OPTIMIZERS[OPTIMIZER](ocfg, space.dim, seed=self.cfg.seed, x0=space.genome_x0)
             start, pending = 0, None
             if snap is not None and snap.generation >= offset:  # stopped inside this phase
-                opt.load_state(snap.state)
+                try:
+                    opt.load_state(snap.state)
+                except StateError as e:  # readable data, but not this optimizer's: refused before anything is asked
+                    raise ConfigError(f"the optimizer snapshot of generation {snap.generation + 1} does not fit this "
+                                      f"run ({e}); start the search again in a new --run-dir") from None
                 start = told - offset
                 if snap.phase == "asked":  # asked but not told: the same genomes go out again
                     pending = [np.asarray(g, dtype=float) for g in snap.genomes]
