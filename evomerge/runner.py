@@ -20,7 +20,7 @@ from evomerge.executors import make_executor
 from evomerge.fitness.scorer import load_scorer_function
 from evomerge.fitness.tasks import check_disjoint, load_split, shared_prompts
 from evomerge.heldout import FinalReport
-from evomerge.m2n2.digits import DigitsRunner
+from evomerge.run.digits import DigitsRunner
 from evomerge.run.lifecycle import RESULTS_FILE, RunLifecycle, RunSettings, stored_kind
 from evomerge.search import Evaluator, Search
 from evomerge.sources import preflight
