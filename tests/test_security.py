@@ -319,8 +319,11 @@ def test_client_waits_out_a_service_restart_then_gives_a_transport_failure():
 
 def test_queries_lost_to_transport_are_asked_again_on_resume(tmp_path):
     from evomerge.blackbox.client import MergeClient
+    from evomerge.blackbox.executor import TRANSPORT_PREFIX, ServiceExecutor
     from evomerge.blackbox.launch import free_port
-    from evomerge.blackbox.runner import TRANSPORT_PREFIX, BlackboxRunner
+    from evomerge.blackbox.runner import BlackboxRunner
+    from evomerge.blackbox.space import ServiceMerge
+    from evomerge.executors import Job
     from evomerge.store import Evaluation, EventLog, RunStore
 
     store = RunStore(f"sqlite:///{tmp_path / 'run.db'}", "r1", "t", create=True)
@@ -329,16 +332,19 @@ def test_queries_lost_to_transport_are_asked_again_on_resume(tmp_path):
     genome = [1.0, 0.5]
     lost = Evaluation("search", 0, 0, "g0-0", "query", "failed", genome=genome, error=f"{TRANSPORT_PREFIX}refused")
     bad = Evaluation("search", 0, 1, "g0-1", "query", "failed", genome=genome, error="HTTP 422: diverged")
-    runner.stored = {("search", 0, 0, "g0-0"): lost, ("search", 0, 1, "g0-1"): bad}
+    store.add(lost)
+    store.add(bad)
     port = free_port()
     with _late_server(port, 0.0), MergeClient(f"http://127.0.0.1:{port}", TOKEN) as client:
         time.sleep(0.3)
-        again = runner._query(store, client, "search", 0, 0, "g0-0", [1.0], [0.5], [{"prompt": "1", "answer": "2"}])
-        kept = runner._query(store, client, "search", 0, 1, "g0-1", [1.0], [0.5], [{"prompt": "1", "answer": "2"}])
+        executor = ServiceExecutor(client, {"query": [{"prompt": "1", "answer": "2"}]}, ())
+        merge = ServiceMerge((1.0,), (0.5,))
+        again = runner._query(store, executor, Job("search", 0, 0, "g0-0", "query", merge, genome))
+        kept = runner._query(store, executor, Job("search", 0, 1, "g0-1", "query", merge, genome))
     runner.events.close()
     store.close()
     assert again.status == "ok" and again.objective == -0.5 and client.queries == 1
-    assert kept is bad  # the candidate's own failure is not asked again
+    assert kept.status == "failed" and kept.error == bad.error  # the candidate's own failure is not asked again
 
 
 # -- 5, 8, 11. bounded, checked experiment files -----------------------------------------------------------------
