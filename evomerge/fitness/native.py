@@ -19,6 +19,13 @@ class EncodedBatch:
     attention_mask: torch.Tensor  # [B, L]
     target_mask: torch.Tensor  # [B, L-1] True where position p must predict input_ids[p + 1]
 
+    def rows(self, idx: list[int] | None) -> EncodedBatch:
+        """These rows only (all of them for None)."""
+        if idx is None:
+            return self
+        t = torch.as_tensor(idx, dtype=torch.long, device=self.input_ids.device)
+        return EncodedBatch(self.input_ids[t], self.attention_mask[t], self.target_mask[t])
+
 
 def encode_teacher_forced(tokenizer, examples: list[dict], device: str | torch.device = "cpu") -> EncodedBatch:
     """Encode examples once (<s> prompt answer </s>); the result is reused for every candidate model."""

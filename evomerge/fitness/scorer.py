@@ -17,19 +17,28 @@ from evomerge.fitness.native import (choice_accuracy, encode_choices, encode_tea
 from evomerge.fitness.tasks import is_multiple_choice
 
 
+Examples = dict[str, list[int]]  # per task, the indices of the examples to score (a task left out: none of it)
+
+
 @dataclass(frozen=True)
 class Score:
     objective: float  # weighted mean of the per-task scores
     per_task: dict[str, float]
-    per_example: dict[str, list[float]]
+    per_example: dict[str, list[float]]  # with `examples`: the scores of those examples, in that order
 
 
 def _score(per_example: dict[str, list[float]], weights: dict[str, float]) -> Score:
-    per_task = {t: sum(v) / len(v) for t, v in per_example.items()}
-    objective = sum(weights[t] * s for t, s in per_task.items()) / sum(weights.values())
+    """Per-task means and their weighted mean; a task with no scored example counts with weight 0."""
+    per_task = {t: sum(v) / len(v) for t, v in per_example.items() if v}
+    total = sum(weights[t] for t in per_task)
+    objective = sum(weights[t] * s for t, s in per_task.items()) / total if total else float("nan")
     if not math.isfinite(objective):
         raise FloatingPointError(f"the objective is {objective}")
     return Score(objective, per_task, per_example)
+
+
+def _pick(items: list, indices: list[int] | None) -> list:
+    return items if indices is None else [items[i] for i in indices]
 
 
 class NativeScorer:
@@ -53,21 +62,37 @@ class NativeScorer:
                 raise ConfigError(f"fitness.tasks.{t}.check: checks look at generated answers; {t} is multiple-choice")
         self._passes = {t: torch.tensor([self.checks[t](ex["answer"]) for ex in tasks[t]]) for t in self.checks}
 
-    def score(self, model) -> Score:
+    def score(self, model, examples: Examples | None = None) -> Score:
+        """Every example, or with `examples` only those (per task, by index; a task left out is not scored)."""
         model.eval()
         per_example = {}
-        for task, examples in self.tasks.items():
+        for task, rows in self.tasks.items():
+            idx = None if examples is None else examples.get(task, [])
+            if idx is not None and not idx:
+                per_example[task] = []
+                continue
             if task in self._choices:
-                ok = choice_accuracy(model, self._choices[task], examples, self.batch_size)
+                ok = choice_accuracy(model, self._choices[task].rows(_choice_rows(rows, idx)), _pick(rows, idx),
+                                     self.batch_size)
             elif self._encoded is not None:
-                ok = exact_match_teacher_forced(model, self._encoded[task], self.batch_size)
+                ok = exact_match_teacher_forced(model, self._encoded[task].rows(idx), self.batch_size)
                 if task in self._passes:
-                    ok = ok & self._passes[task]
+                    ok = ok & (self._passes[task] if idx is None else self._passes[task][idx])
             else:
-                ok = exact_match_generate(model, self.tokenizer, examples, self.max_new_tokens, self.batch_size,
-                                          check=self.checks.get(task))
+                ok = exact_match_generate(model, self.tokenizer, _pick(rows, idx), self.max_new_tokens,
+                                          self.batch_size, check=self.checks.get(task))
             per_example[task] = [int(v) for v in ok]
         return _score(per_example, self.weights)
+
+
+def _choice_rows(rows: list[dict], idx: list[int] | None) -> list[int] | None:
+    """The flattened (prompt, choice) rows of the chosen multiple-choice examples."""
+    if idx is None:
+        return None
+    starts = [0]
+    for r in rows:
+        starts.append(starts[-1] + len(r["choices"]))
+    return [j for i in idx for j in range(starts[i], starts[i + 1])]
 
 
 class PythonScorer:
@@ -79,13 +104,14 @@ class PythonScorer:
         self.tokenizer, self.tasks, self.fn = tokenizer, tasks, fn
         self.weights = weights or dict.fromkeys(tasks, 1.0)
 
-    def score(self, model) -> Score:
+    def score(self, model, examples: Examples | None = None) -> Score:
         model.eval()
         per_example = {}
-        for task, examples in self.tasks.items():
-            scores = [float(v) for v in self.fn(model, self.tokenizer, task, examples)]
-            if len(scores) != len(examples):
-                raise ValueError(f"scorer returned {len(scores)} scores for {len(examples)} {task!r} examples")
+        for task, rows in self.tasks.items():
+            chosen = _pick(rows, None if examples is None else examples.get(task, []))
+            scores = [float(v) for v in self.fn(model, self.tokenizer, task, chosen)] if chosen else []
+            if len(scores) != len(chosen):
+                raise ValueError(f"scorer returned {len(scores)} scores for {len(chosen)} {task!r} examples")
             per_example[task] = scores
         return _score(per_example, self.weights)
 
