@@ -8,7 +8,10 @@ every method, is not counted). Then, from the full runs' stored scores, the IRT 
 was not fitted on (fitted on the generations before, estimated from the anchors alone).
 
     python benchmarks/eval_cost.py                      # everything: 4 methods x 3 seeds (~30 min on 2 cores)
-    python benchmarks/eval_cost.py --methods full,irt --seeds 0
+    python benchmarks/eval_cost.py --methods full,irt --seeds 0   # some; the file keeps the others' records
+
+Each (method, seed) record replaces its earlier one in the results file, and the summary is recomputed over all
+records there, so seeds can run in separate processes (one per core, with threads: 1).
 
 Ends with one JSON line {"summary": {"racing_ratio", "racing_gain_share", "irt_ratio", "irt_gain_share", ...}}, also
 written to benchmarks/results/eval_cost.json (a ratio: full evaluation's examples over the method's; a gain share:
@@ -18,12 +21,15 @@ the method's held-out gain over uniform task arithmetic divided by full evaluati
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+import os
 
 import numpy as np
 import yaml
@@ -44,9 +50,11 @@ METHODS = {
 SEARCH_KINDS = ("search", "rescore", "checkpoint")  # evaluations on the search split
 
 
-def experiment(method: str, seed: int, out: Path) -> Path:
+def experiment(method: str, seed: int, out: Path, threads: int | None = None) -> Path:
     cfg = yaml.safe_load(QUICKSTART.read_text())
     cfg["name"], cfg["seed"] = f"eval_cost_{method}_{seed}", seed
+    if threads:
+        cfg["threads"] = threads
     fitness = cfg["fitness"]
     fitness["tasks"] = {t: str((QUICKSTART.parent / p).resolve()) for t, p in fitness["tasks"].items()}
     fitness.update(METHODS[method])
@@ -69,8 +77,8 @@ def examples_scored(run_dir: Path) -> int:
         store.close()
 
 
-def run_one(method: str, seed: int, tmp: Path) -> dict:
-    exp = experiment(method, seed, tmp)
+def run_one(method: str, seed: int, tmp: Path, threads: int | None = None) -> dict:
+    exp = experiment(method, seed, tmp, threads)
     t = time.perf_counter()
     results = Runner(exp, tmp / f"run_{method}_{seed}", console=Console(quiet=True)).run()
     seconds = time.perf_counter() - t
@@ -134,25 +142,44 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads of each run (default: the quickstart's)")
     args = ap.parse_args()
     methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
-    records = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         for seed in seeds:
             for method in methods:
-                rec = run_one(method, seed, tmp)
+                rec = run_one(method, seed, tmp, args.threads)
                 if method == "full":
                     rec["irt_error"] = irt_error(tmp / f"run_full_{seed}")
-                records.append(rec)
                 print(json.dumps(rec), flush=True)
-    summary = summarize(records)
-    out = {"machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d"),
-           "command": "python benchmarks/eval_cost.py --methods " + args.methods + " --seeds " + args.seeds,
-           "records": records, "summary": summary}
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+                summary = store_record(rec)
     print(json.dumps({"summary": summary}))
+
+
+def store_record(rec: dict) -> dict:
+    """Add a record to the results file (replacing the same method and seed), recompute the summary over all."""
+    RESULTS.parent.mkdir(exist_ok=True)
+    with open(RESULTS.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+        records = [r for r in old.get("records", []) if (r["method"], r["seed"]) != (rec["method"], rec["seed"])]
+        records = sorted([*records, rec], key=lambda r: (r["seed"], list(METHODS).index(r["method"])))
+        summary = summarize(records)
+        out = {"machine": (_cpu() + f", {os.cpu_count()} cores"), "date": time.strftime("%Y-%m-%d"),
+               "command": "python benchmarks/eval_cost.py", "records": records, "summary": summary}
+        RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    return summary
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def summarize(records: list[dict]) -> dict:
