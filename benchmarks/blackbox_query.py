@@ -42,7 +42,7 @@ def main() -> None:
     base = build_zoo(PROFILES["default"]) / "base"
     repo_dir = build_lora_repo(LORA_PROFILES["default"])
     examples = [e for t in ("add", "cipher", "reverse")
-                for e in load_split(REPO / "fitness" / "zoo" / t, "search", t)[: args.examples]]
+                for e in load_split(REPO / "fitness" / "data" / "zoo" / t, "search", t)[: args.examples]]
     repo = LoraRepository(repo_dir)
     n = len(repo)
     pool = ModelPool(base, list(repo.modules))

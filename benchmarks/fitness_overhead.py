@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from evomerge.config import FitnessConfig  # noqa: E402
 from evomerge.fitness.lm_eval_scorer import load_task_config  # noqa: E402
-from evomerge.fitness.scorer import make_scorer  # noqa: E402
+from evomerge.fitness import make_scorer  # noqa: E402
 from evomerge.fitness.tasks import load_split  # noqa: E402
 from evomerge.zoo.build import PROFILES, build_zoo  # noqa: E402
 
@@ -74,7 +74,7 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(zoo / "add")
     model = AutoModelForCausalLM.from_pretrained(zoo / "add").eval()
     acc = timed_forward(model)
-    examples = {t: load_split(REPO / "fitness" / "zoo" / t, "search", t) for t in TASKS}
+    examples = {t: load_split(REPO / "fitness" / "data" / "zoo" / t, "search", t) for t in TASKS}
     files = {t: str(REPO / "fitness" / "lm_eval" / f"zoo_{t}.yaml") for t in TASKS}
     configs = {t: load_task_config(Path(files[t]), "search", t) for t in TASKS}
     paths = [

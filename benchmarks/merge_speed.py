@@ -6,6 +6,7 @@ computed during the warm-up, once per source, as in a search). Ratios compare fi
 
     python benchmarks/merge_speed.py            # full size
     python benchmarks/merge_speed.py --small    # a quick 8M-parameter check
+    python benchmarks/merge_speed.py --dtype bfloat16   # the same models cast to bf16, as real checkpoints ship
 """
 
 from __future__ import annotations
@@ -72,14 +73,18 @@ def main() -> None:
     ap.add_argument("--small", action="store_true")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--skip-mergekit-ties", action="store_true", help="mergekit's TIES takes ~40 s per merge")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                    help="merge in this dtype (both evomerge and mergekit; the models are cast when loaded)")
     args = ap.parse_args()
+    dtype = getattr(torch, args.dtype)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         cfg, sds = build(tmp, args.small)
+        sds = [{k: v.to(dtype) for k, v in sd.items()} for sd in sds]
         n_params = sum(v.numel() for v in sds[0].values())
-        print(f"{n_params / 1e6:.1f}M parameters, base + 3 experts, fp32, {torch.get_num_threads()} threads")
-        pool = SourcePool(tmp / "base", [tmp / f"e{i}" for i in range(3)])
-        live = LlamaForCausalLM(cfg)
+        print(f"{n_params / 1e6:.1f}M parameters, base + 3 experts, {args.dtype}, {torch.get_num_threads()} threads")
+        pool = SourcePool(tmp / "base", [tmp / f"e{i}" for i in range(3)], dtype=dtype)
+        live = LlamaForCausalLM(cfg).to(dtype)
         merger = Merger(pool)
         w = (0.5, 0.3, 0.4)
         recipes = {
@@ -98,8 +103,8 @@ def main() -> None:
 
         # The floor: one fused pass per tensor, base + Σ wᵢτᵢ written into a preallocated output.
         stacked = {k: torch.stack([pool.deltas[i][k].reshape(-1) for i in range(3)]) for k in pool.base}
-        wt = torch.tensor(w)
-        out = {k: torch.empty(v.numel()) for k, v in pool.base.items()}
+        wt = torch.tensor(w, dtype=dtype)
+        out = {k: torch.empty(v.numel(), dtype=dtype) for k, v in pool.base.items()}
 
         def floor():
             for k, b in pool.base.items():
@@ -128,7 +133,7 @@ def main() -> None:
             theirs[name] = median_seconds(lambda m=models, b=base, n=name, p=per_input: merge_state_dicts(m, n, base=b, parameters=p),
                                   1 if name == "ties" else args.reps)
 
-        gbytes = 5 * n_params * 4 / 1e9  # task arithmetic reads base + 3 task vectors, writes 1
+        gbytes = 5 * n_params * dtype.itemsize / 1e9  # task arithmetic reads base + 3 task vectors, writes 1
         print(f"\nfused torch task-arithmetic floor: {floor_s:.3f} s ({gbytes / floor_s:.1f} GB/s)")
         print(f"{'operator':16s} {'evomerge s':>11s} {'mergekit s':>11s} {'speed-up':>9s} {'/ floor':>8s}")
         for name in recipes:

@@ -6,6 +6,7 @@ seeds, and prints the held-out margin of the evolved merge over the best source 
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
+from evomerge.config import load_experiment
 from evomerge.runner import Runner
 from evomerge.zoo.build import ZooSpec, build_zoo, write_task_data
 
@@ -23,7 +25,8 @@ def run_seed(seed: int, tmp: Path) -> dict:
     spec = ZooSpec(seed=seed)
     zoo = build_zoo(spec, log=lambda *_: None)
     write_task_data(spec, tmp / f"tasks{seed}")
-    cfg = yaml.safe_load((REPO / "experiments" / "quickstart.yaml").read_text())
+    # the quickstart's config with its presets spelled out, so that its sections can be edited here
+    cfg = json.loads(load_experiment(REPO / "experiments" / "quickstart.yaml")[0].model_dump_json())
     cfg["name"], cfg["seed"] = f"quickstart-zoo-seed-{seed}", seed
     cfg["sources"] = {"base": str(zoo / "base"), "models": [str(zoo / t) for t in spec.tasks]}
     cfg["fitness"]["tasks"] = {t: str(tmp / f"tasks{seed}" / t) for t in spec.tasks}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from evomerge.errors import EvomergeError, RunError
+from evomerge.errors import EvomergeError, RunError, Stopped
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Evolutionary search for model-merge recipes.")
 zoo_app = typer.Typer(no_args_is_help=True, help="The tiny model zoo built locally for demos and tests.")
@@ -21,7 +23,9 @@ err_console = Console(stderr=True)
 
 def _fail(e: Exception) -> None:
     """User errors (bad config or sources) exit 2; a run that cannot go on exits 1."""
-    err_console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+    from evomerge.config import one_line
+
+    err_console.print(f"[red]error:[/] {escape(one_line(str(e)))}", highlight=False, soft_wrap=True)
     raise typer.Exit(1 if isinstance(e, RunError) else 2)
 
 
@@ -35,27 +39,47 @@ def _executor_overrides(workers: int | None, ray_address: str | None) -> dict:
     return {k: v for k, v in (("workers", workers), ("address", ray_address)) if v is not None}
 
 
-def _run(make_runner) -> None:
-    """Run a Runner with the CLI's error handling: user errors exit 2, a run that cannot go on 1, Ctrl-C 130."""
+@contextlib.contextmanager
+def _stop_on_signals():
+    """SIGTERM and SIGHUP stop a run as Ctrl-C does (they raise `Stopped`, a KeyboardInterrupt, in the main
+    thread), so that a scheduler's or a closed terminal's stop is clean and `evomerge resume` continues exactly."""
+    def stop(signum, _frame):
+        raise Stopped(signum)
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        runner = make_runner()
-        console.print(f"run directory: {runner.run_dir}")
-        runner.run()
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _run(make_runner) -> None:
+    """Run a Runner with the CLI's error handling: user errors exit 2, a run that cannot go on 1, Ctrl-C 130,
+    SIGTERM 143, SIGHUP 129."""
+    runner = None
+    try:
+        with _stop_on_signals():
+            runner = make_runner()
+            console.print(f"run directory: {runner.run_dir}")
+            runner.run()
     except EvomergeError as e:
         _fail(e)
-    except KeyboardInterrupt:
-        err_console.print(f"interrupted; every completed evaluation is saved. Continue with: evomerge resume "
-                          f"{runner.run_dir}",
-                          highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as e:
+        what = f"stopped by {e}" if isinstance(e, Stopped) else "interrupted"
+        where = f" Continue with: evomerge resume {runner.run_dir}" if runner is not None else ""
+        err_console.print(f"{what}; every completed evaluation is saved.{where}", highlight=False, soft_wrap=True)
+        raise typer.Exit(e.exit_status if isinstance(e, Stopped) else 130) from None
 
 
 @app.command()
 def run(
     experiment: Annotated[Path, typer.Argument(help="experiment YAML file")],
-    run_dir: Annotated[Path | None, typer.Option(help="run directory (default runs/<name>); an existing one continues")] = None,
+    run_dir: Annotated[Path | None,
+                       typer.Option(help="run directory (default runs/<name>); an existing one continues")] = None,
     force: Annotated[bool, typer.Option(help="continue an existing run whose config changed in fields that do not "
-                                              "define the search (threads, device, executor, baselines, name)")] = False,
+                                              "define the search (threads, device, executor, baselines, name)")
+                     ] = False,
     db: Annotated[str | None, typer.Option(help="keep the run's evaluations in this database (SQLAlchemy URL, e.g. "
                                                 "postgresql://user@host/evomerge) instead of RUN_DIR/run.db; a "
                                                 "password comes from PGPASSWORD or ~/.pgpass",
@@ -95,7 +119,8 @@ def _run_digits(experiment: Path, run_dir: Path | None) -> None:
     for key, s in res["summary"].items():
         console.print(f"{key:28s} test {s['test_mean']:.4f} ± {s['test_std']:.4f} over {s['seeds']} seeds at "
                       f"{s['forward_passes']} passes ({s['passes_per_s_mean']} passes/s)")
-    console.print(f"{time.perf_counter() - t0:.0f} s; results in {out / 'results.json'}, curves in {out / 'curves.png'}")
+    console.print(f"{time.perf_counter() - t0:.0f} s; results in {out / 'results.json'}, "
+                  f"curves in {out / 'curves.png'}")
 
 
 @app.command()
@@ -111,12 +136,20 @@ def serve(
                                                            "<split>.jsonl (repeat)")] = None,
     replicas: Annotated[int, typer.Option(help="live copies of the base model (concurrent merges)")] = 1,
     threads: Annotated[int, typer.Option(help="torch threads")] = 1,
+    budget_db: Annotated[Path | None, typer.Option(help="SQLite file of each token's budget and spent queries, kept "
+                                                        "across restarts (tokens stored as SHA-256 only); default: "
+                                                        "beside --tokens-file, else $EVOMERGE_HOME/service-budgets.db")]
+    = None,
+    rate: Annotated[float, typer.Option(help="queries per second per token (bursts of twice that)", min=0.01)]
+    = 50.0,
 ) -> None:
     """Serve black-box LoRA merging over HTTP: clients send per-adapter α and β, get losses or completions."""
+    import sqlite3
+
     import torch
     import uvicorn
 
-    from evomerge.blackbox.service import MergeService, create_app, read_tokens
+    from evomerge.blackbox.service import Limits, MergeService, create_app, read_tokens
 
     torch.set_num_threads(threads)
     try:
@@ -127,11 +160,22 @@ def serve(
                 raise EvomergeError(f"--dataset: expected NAME=DIR with an existing directory, got {item!r}")
             datasets[name] = Path(d)
         tokens = read_tokens(tokens_file, budget)
-        service = MergeService(base, repository, datasets, replicas=replicas)
+        if budget_db is None:
+            from evomerge.zoo.build import evomerge_home
+
+            budget_db = (tokens_file.with_name(tokens_file.name + ".budgets.db") if tokens_file is not None
+                         else evomerge_home() / "service-budgets.db")
+            budget_db.parent.mkdir(parents=True, exist_ok=True)
+        service = MergeService(base, repository, datasets, replicas=replicas,
+                               limits=Limits(rate_per_s=rate, burst=max(1, int(2 * rate))))
+        app_ = create_app(service, tokens, budget_db)
     except EvomergeError as e:
         _fail(e)
-    console.print(f"serving {len(service.repo)} adapters on http://{host}:{port} (OpenAPI: /docs, /openapi.json)")
-    uvicorn.run(create_app(service, tokens), host=host, port=port, log_level="warning")
+    except sqlite3.Error as e:
+        _fail(EvomergeError(f"--budget-db: cannot use {budget_db} ({e})"))
+    console.print(f"serving {len(service.repo)} adapters on http://{host}:{port} (OpenAPI: /docs, /openapi.json); "
+                  f"budgets in {budget_db}")
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
 @app.command()
@@ -190,8 +234,13 @@ def runs(folder: Annotated[Path, typer.Argument(help="folder holding run directo
 
 
 @app.command()
-def validate(experiment: Annotated[Path, typer.Argument(help="experiment YAML file")]) -> None:
-    """Check an experiment file without running it."""
+def validate(
+    experiment: Annotated[Path, typer.Argument(help="experiment YAML file")],
+    config_only: Annotated[bool, typer.Option(help="check the file only: no sources loaded, nothing scored (for "
+                                                   "experiments whose models are elsewhere)")] = False,
+) -> None:
+    """Check an experiment: the file, then a dry run — the sources loaded, their grouping shown, the first candidate
+    built and scored on a few examples of every task and split — so that what would fail in `run` fails here."""
     from evomerge.config import experiment_kind, load_experiment, read_mapping
 
     try:
@@ -213,19 +262,46 @@ def validate(experiment: Annotated[Path, typer.Argument(help="experiment YAML fi
                     source = cfg.fitness.task_spec(task).source
                     if source.endswith((".yaml", ".yml")):
                         TaskSource(source, base_dir, None, f"fitness.tasks.{task}")
+        if kind not in ("m2n2_digits", "blackbox") and not config_only:
+            from evomerge.dryrun import dry_run
+
+            dry_run(experiment, console)
     except EvomergeError as e:
         _fail(e)
     console.print(f"{experiment}: ok ({cfg.name})")
 
 
 @app.command()
+def inspect(
+    source: Annotated[Path, typer.Argument(help="a Hugging Face model directory (safetensors)")],
+    granularity: Annotated[str, typer.Option(help="model | layer | N (blocks per group) | tensor")] = "layer",
+) -> None:
+    """How a model's tensors are grouped for a search, tied tensors named (a tied LM head moves with 'embed')."""
+    from evomerge.inspect import grouping, render_grouping
+
+    try:
+        g: str | int = int(granularity) if granularity.isdigit() else granularity
+        if g not in ("model", "layer", "tensor") and not (isinstance(g, int) and g > 0):
+            raise EvomergeError(f"--granularity: expected model, layer, tensor or a positive number, got "
+                                f"{granularity!r}")
+        lines = render_grouping(grouping(source, g), source)
+    except EvomergeError as e:
+        _fail(e)
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+@app.command()
 def export(
     what: Annotated[Path, typer.Argument(help="a run directory, or a recipe JSON file (then give --base, --source)")],
     out: Annotated[Path, typer.Option(help="where to write the model directory")],
-    rank: Annotated[int, typer.Option(help="export the candidate with this rank by search score")] = 1,
+    rank: Annotated[int, typer.Option(help="export the candidate with this rank by search score (rank 1: the final "
+                                           "table's evolved row, which may be a source or baseline the search "
+                                           "started from)")] = 1,
     candidate: Annotated[str | None, typer.Option(help="export this candidate id instead (e.g. g14-8)")] = None,
     base: Annotated[Path | None, typer.Option(help="with a recipe file: the base model directory")] = None,
-    source: Annotated[list[Path] | None, typer.Option(help="with a recipe file: a source model (repeat, in order)")] = None,
+    source: Annotated[list[Path] | None,
+                      typer.Option(help="with a recipe file: a source model (repeat, in order)")] = None,
 ) -> None:
     """Export a run's candidate, or any recipe, as a Hugging Face model directory (+ card, recipe, mergekit YAML)."""
     from evomerge.reporting.export import export_from_run, export_recipe_file
@@ -333,10 +409,10 @@ def _build_lora(profile: str, force: bool) -> None:
 
 @zoo_app.command("data")
 def zoo_data(
-    out: Annotated[Path, typer.Option(help="where to write <task>/<split>.jsonl")] = Path("fitness/zoo"),
+    out: Annotated[Path, typer.Option(help="where to write <task>/<split>.jsonl")] = Path("fitness/data/zoo"),
     profile: Annotated[str, typer.Option(help="zoo profile: default | tiny")] = "default",
 ) -> None:
-    """Write the zoo's task splits as JSONL (the files under fitness/zoo are made by this)."""
+    """Write the zoo's task splits as JSONL (the files under fitness/data/zoo are made by this)."""
     from evomerge.zoo.build import PROFILES, write_task_data
 
     write_task_data(PROFILES[profile], out)

@@ -2,13 +2,90 @@
 
 from __future__ import annotations
 
+import os
+import types
+import typing
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from evomerge.errors import ConfigError
+from evomerge.errors import (  # noqa: F401
+    ConfigError,
+    RunName,
+    format_validation_error,
+    load_yaml,
+    one_line,
+    read_mapping,
+    read_text,
+    shown,
+)
+
+# Bounds on what an experiment file may ask for: far above any real run, far below what exhausts a machine.
+SEED_MAX = 2**32 - 1  # numpy's and cmaes' seeds
+MAX_POPSIZE, MAX_GENERATIONS = 100_000, 1_000_000
+
+
+
+
+def _admits(ann, kind: type) -> bool:
+    """Whether a field's annotation accepts a value of `kind` (bool or str) as it is, not by coercion. Anything
+    beyond plain numbers, strings, literals, lists and unions (paths, sections) is left to pydantic (True)."""
+    if ann is kind or ann is typing.Any:
+        return True
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is Annotated:
+        return _admits(args[0], kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(_admits(a, kind) for a in args)
+    if origin is Literal:
+        return any(type(a) is kind for a in args)
+    return not (ann in (int, float, bool, str, type(None)) or origin in (list, tuple, dict))
+
+
+def _no_coercion(value, ann, where: str):
+    """Refuse what pydantic's lax mode would convert silently: true/false for a number, "0.5" for a float."""
+    if isinstance(value, bool) and not _admits(ann, bool):
+        raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
+    if isinstance(value, str) and not _admits(ann, str):
+        raise ValueError(f"expected a number, got the string {shown(value)}")
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is Annotated:
+        return _no_coercion(value, args[0], where)
+    if origin in (typing.Union, types.UnionType):
+        if not any(typing.get_origin(a) in (list, tuple) for a in args):
+            return value
+        args = next(typing.get_args(a) for a in args if typing.get_origin(a) in (list, tuple))
+        origin = list
+    if origin in (list, tuple) and isinstance(value, (list, tuple)) and args:
+        for i, v in enumerate(value):
+            same = origin is list or (len(args) == 2 and args[1] is Ellipsis)  # list[X], tuple[X, ...]
+            item = args[0] if same else args[min(i, len(args) - 1)]
+            _no_coercion(v, item, where)
+    return value
+
+
+class StrictModel(BaseModel):
+    """Every section of an experiment: unknown fields are errors, and nothing is coerced (no "0.5" for 0.5, no
+    true for 1)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_types(cls, value, info: ValidationInfo):
+        name = info.field_name or ""
+        return _no_coercion(value, cls.model_fields[name].annotation, name)
 
 
 def _registered(name: str, registry: dict, what: str) -> str:
@@ -19,8 +96,7 @@ def _registered(name: str, registry: dict, what: str) -> str:
     return name
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+_Strict = StrictModel
 
 
 class SourcesConfig(_Strict):
@@ -61,6 +137,10 @@ class SpaceConfig(_Strict):
     density_range: tuple[float, float] = (0.1, 1.0)
     normalize: bool | None = None
     lam: float = 1.0
+    # one more gene per group, mapped onto scale_range, multiplying the group's merged task vector; auto: when the
+    # operator normalizes (TIES's weighted mean and normalized sums cannot shrink the merge through the weights)
+    scale: Literal["auto"] | bool = "auto"
+    scale_range: tuple[float, float] = (0.0, 2.0)
     gamma: float = Field(0.01, ge=0, lt=1)
     epsilon: float = Field(0.15, gt=0, lt=0.5)
     rescale: Literal["inverse", "l1", "none"] | None = None  # None: the operator's default
@@ -95,7 +175,7 @@ class SpaceConfig(_Strict):
 
         return _registered(v, OPERATORS, "operator")
 
-    @field_validator("weight_range", "density_range")
+    @field_validator("weight_range", "density_range", "scale_range")
     @classmethod
     def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
         if v[0] >= v[1]:
@@ -114,13 +194,16 @@ class M2N2Config(_Strict):
 
 class OptimizerConfig(_Strict):
     type: str = "cma"
-    generations: PositiveInt = 10
-    popsize: PositiveInt | None = None  # None: CMA-ES default 4 + ⌊3 ln n⌋
-    sigma0: float = Field(1 / 6, gt=0)
+    generations: int = Field(10, ge=1, le=MAX_GENERATIONS)
+    popsize: int | None = Field(None, ge=1, le=MAX_POPSIZE)  # None: CMA-ES default 4 + ⌊3 ln n⌋
+    sigma0: float = Field(1 / 6, gt=0, le=10)  # genomes live in [0, 1]: a larger step is no search
     x0: float = Field(0.5, ge=0, le=1)
     # None: steady-state (a new candidate the moment any result lands) when the optimizer can and there is more
     # than one worker; false: whole generations (exactly reproducible); true: always steady-state
     steady_state: bool | None = None
+    # score the start point, the sources and the baselines the space can express on the search split first, and
+    # give them to the optimizer (a search then never ends below what it was given); false: the optimizer alone
+    warm_start: bool = True
     m2n2: M2N2Config = M2N2Config()
 
     @field_validator("type")
@@ -141,7 +224,8 @@ class LmEvalConfig(_Strict):
     apply_chat_template: bool = False
     system_instruction: str | None = None  # with a chat template: the system message
     num_fewshot: int | None = Field(None, ge=0)
-    max_gen_toks: PositiveInt | None = None  # generation tasks: max new tokens (too few silently turns wins into losses)
+    # generation tasks: max new tokens (too few silently turns wins into losses)
+    max_gen_toks: PositiveInt | None = None
     until: list[str] | None = None  # generation tasks: stop sequences
     include_path: str | None = None  # a directory of task YAMLs whose task names `tasks` may use (relative to the file)
 
@@ -189,9 +273,10 @@ class IrtConfig(_Strict):
 
 
 class FitnessConfig(_Strict):
-    # native: exact match of the answer; python: a per-example scorer of yours, `scorer: module:function`;
-    # lm_eval: lm-evaluation-harness tasks from task YAML files, run on the in-memory model
-    type: Literal["native", "python", "lm_eval"] = "native"
+    # a scorer of evomerge.fitness.SCORERS — native: exact match of the answer; python: a per-example scorer of
+    # yours, `scorer: module:function`; lm_eval: lm-evaluation-harness tasks from task YAML files, run on the
+    # in-memory model
+    type: str = "native"
     # name -> where the task comes from (see TaskSpec.source), or a TaskSpec
     tasks: dict[str, str | TaskSpec] = Field(min_length=1)
     lm_eval: LmEvalConfig = LmEvalConfig()
@@ -217,17 +302,26 @@ class FitnessConfig(_Strict):
     race: RaceConfig = RaceConfig()
     irt: IrtConfig = IrtConfig()
     mode: Literal["teacher_forced", "generate"] = "teacher_forced"
+    # native: a prompt is the user turn of the tokenizer's chat template, with the generation prompt (lm_eval has
+    # its own switch, lm_eval.apply_chat_template)
+    apply_chat_template: bool = False
     batch_size: PositiveInt = 128
     max_new_tokens: PositiveInt = 16
+
+    @field_validator("type")
+    @classmethod
+    def _known_scorer(cls, v: str) -> str:
+        from evomerge.fitness import SCORERS
+
+        return _registered(v, SCORERS, "scorer")
 
     @model_validator(mode="after")
     def _consistent(self) -> FitnessConfig:
         if self.search_split == self.heldout_split:
             raise ValueError("search_split and heldout_split must differ: held-out numbers must not be searched on")
-        if self.type == "python" and (not self.scorer or ":" not in self.scorer):
-            raise ValueError("fitness.scorer: type python needs scorer: 'module:function'")
-        if self.type != "python" and self.scorer:
-            raise ValueError("fitness.scorer: only used with type: python")
+        from evomerge.fitness import SCORERS
+
+        SCORERS[self.type].check_config(self)  # what this scorer does not do, named by field
         if self.search_subset and self.estimator != "full":
             raise ValueError(f"fitness.estimator: {self.estimator} scores fewer examples by itself; use it without "
                              "search_subset")
@@ -236,11 +330,6 @@ class FitnessConfig(_Strict):
                              "end) or max_examples (the first N), not both")
         for name in self.tasks:
             spec = self.task_spec(name)
-            if spec.metric and self.type != "lm_eval":
-                raise ValueError(f"fitness.tasks.{name}.metric: only used with type: lm_eval (native scores exact "
-                                 "match)")
-            if spec.check and self.type == "python":
-                raise ValueError(f"fitness.tasks.{name}.check: a python scorer applies its own checks")
             unknown = sorted(set(spec.splits) - {self.search_split, self.heldout_split})
             if unknown:
                 raise ValueError(f"fitness.tasks.{name}.splits: {unknown} are not this experiment's splits (expected "
@@ -254,7 +343,7 @@ class FitnessConfig(_Strict):
 
     def task_spec(self, name: str) -> TaskSpec:
         spec = self.tasks[name]
-        return TaskSpec(source=spec) if isinstance(spec, str) else spec
+        return TaskSpec.model_validate({"source": spec}) if isinstance(spec, str) else spec
 
     @property
     def full_search_split(self) -> str:
@@ -277,20 +366,33 @@ class FitnessConfig(_Strict):
 
 
 class ExecutorConfig(_Strict):
-    # local: in this process; process: a child process, replaced when it dies or hangs; ray: a pool of Ray actors
-    type: Literal["local", "process", "ray"] = "local"
+    # an executor of evomerge.executors.EXECUTORS — local: in this process; process: a child process, replaced
+    # when it dies or hangs; ray: a pool of Ray actors
+    type: str = "local"
     timeout_s: float | None = Field(None, gt=0)  # per evaluation; needs an executor that can stop a worker
     max_retries: int = Field(1, ge=0)  # re-issues of a candidate whose worker died, before it is recorded FAILED
     # ray only. None: one worker per GPU of the cluster (GPUs visible and device not cpu), else one per CPU
     workers: PositiveInt | None = None
     gpus_per_worker: float | None = Field(None, ge=0)  # None: 1 when the cluster has GPUs, else 0
-    cpus_per_worker: float | None = Field(None, gt=0)  # None: 1 with GPUs, else the CPUs shared among workers
+    # None: 1 with GPUs, else the CPUs shared among workers (whole CPUs when there are enough). A Ray worker runs
+    # one CPU thread per whole CPU it was given (at least 1; at most 2 on a GPU worker), whatever `threads` says
+    cpus_per_worker: float | None = Field(None, gt=0)
     address: str | None = None  # None: start a local Ray instance; 'auto' or 'ray://head:10001': join a cluster
+
+    @field_validator("type")
+    @classmethod
+    def _known_executor(cls, v: str) -> str:
+        from evomerge.executors import EXECUTORS
+
+        return _registered(v, EXECUTORS, "executor")
 
     @model_validator(mode="after")
     def _timeout_needs_a_process(self) -> ExecutorConfig:
-        if self.timeout_s is not None and self.type == "local":
-            raise ValueError("executor.timeout_s: needs type: process or ray (an evaluation running in this process "
+        from evomerge.executors import EXECUTORS
+
+        if self.timeout_s is not None and not EXECUTORS[self.type].can_stop:
+            able = " or ".join(sorted(n for n, c in EXECUTORS.items() if c.can_stop))
+            raise ValueError(f"executor.timeout_s: needs type: {able} (an evaluation running in this process "
                              "cannot be stopped)")
         ray_only = [f for f in ("workers", "gpus_per_worker", "cpus_per_worker", "address")
                     if getattr(self, f) is not None]
@@ -308,11 +410,14 @@ class BaselinesConfig(_Strict):
 
 
 class ExperimentConfig(_Strict):
-    name: str
-    seed: int = 0
+    name: RunName
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     zoo: Literal["default", "tiny"] = "default"  # which zoo `zoo:NAME` references resolve to
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU when there is one
-    threads: PositiveInt = 1  # torch threads per worker: 1 when workers share cores (DESIGN §8); see quickstart
+    # the dtype the sources are merged and scored in (they are cast to it when loaded); auto: their own
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # CPU threads (torch, OpenMP, BLAS) of the local and process executors' worker; Ray workers follow their CPUs
+    threads: int = Field(1, ge=1, le=1024)
     sources: SourcesConfig
     space: SpaceConfig = SpaceConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -334,7 +439,8 @@ class ExperimentConfig(_Strict):
 
     @property
     def discrete_genes(self) -> bool:
-        return self.space.type == "data_flow" and self.space.flow.indicator == "binary"
+        flow = self.space.flow
+        return self.space.type == "data_flow" and flow is not None and flow.indicator == "binary"
 
     @model_validator(mode="after")
     def _operator_fits_sources(self) -> ExperimentConfig:
@@ -385,50 +491,41 @@ class ExperimentConfig(_Strict):
         return self
 
 
-def _loc(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def format_validation_error(err: ValidationError, source: str) -> str:
-    parts = []
-    for e in err.errors():
-        msg = e["msg"].removeprefix("Value error, ")
-        where = _loc(e["loc"])
-        if e["type"] == "missing":
-            msg = "required field is missing"
-        elif e["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif "input" in e and e["type"] not in ("value_error",):
-            msg += f" (got {e['input']!r})"
-        parts.append(f"{where}: {msg}" if e["loc"] else msg)  # model-level checks name their fields themselves
-    return f"{source}: " + "; ".join(parts)
-
-
-def read_mapping(path: Path, what: str) -> dict:
-    """Read a YAML file that must hold a mapping; `what` prefixes every error (a field or the file itself)."""
-    if not path.is_file():
-        raise ConfigError(f"{what}: {str(path)!r} not found (expected a YAML file)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{what}: {path} is not valid YAML: {e}".replace("\n", " ")) from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what}: {path} must hold a YAML mapping of fields")
-    return data
-
-
 def experiment_kind(path: Path) -> str | None:
     """The top-level `kind:` of an experiment file: absent for merge searches; `m2n2_digits` for the M2N2 paper's
     digits reproduction (`evomerge.m2n2.digits`), which merges no Hugging Face models and has its own runner;
     `blackbox` for black-box merging through a merge service (`evomerge.blackbox`)."""
     try:
-        raw = yaml.safe_load(path.read_text()) if path.is_file() else None
-    except yaml.YAMLError:
+        raw = load_yaml(read_text(path, "experiment file"))
+    except (yaml.YAMLError, RecursionError, ConfigError):
         return None  # load_experiment reports it
     return raw.get("kind") if isinstance(raw, dict) else None
+
+
+def _rebase_fitness(data: dict, preset_dir: Path, base_dir: Path) -> dict:
+    """A fitness preset's relative paths (task sources, lm_eval.include_path) are relative to the preset file, the
+    experiment's own to the experiment file: rewritten here, relative to the experiment, so that one rule holds once
+    the file is loaded. A task lm-eval knows by name (not a YAML file, nothing of that name beside the preset) is
+    left as it is."""
+
+    def rebase(src: str) -> str:
+        if Path(src).is_absolute():
+            return src
+        if data.get("type") == "lm_eval" and not src.endswith((".yaml", ".yml")) and not (preset_dir / src).exists():
+            return src
+        return os.path.relpath(preset_dir / src, base_dir)
+
+    out = dict(data)
+    tasks = out.get("tasks")
+    if isinstance(tasks, dict):
+        out["tasks"] = {name: rebase(spec) if isinstance(spec, str) else
+                        ({**spec, "source": rebase(spec["source"])} if isinstance(spec, dict)
+                         and isinstance(spec.get("source"), str) else spec)
+                        for name, spec in tasks.items()}
+    lm = out.get("lm_eval")
+    if isinstance(lm, dict) and isinstance(lm.get("include_path"), str):
+        out["lm_eval"] = {**lm, "include_path": rebase(lm["include_path"])}
+    return out
 
 
 def load_experiment(path: str | Path) -> tuple[ExperimentConfig, Path]:
@@ -437,7 +534,10 @@ def load_experiment(path: str | Path) -> tuple[ExperimentConfig, Path]:
     raw = read_mapping(path, "experiment file")
     for section in ("space", "fitness"):  # a section may name a preset file instead of spelling it out
         if isinstance(raw.get(section), str):
-            raw[section] = read_mapping(path.parent / raw[section], f"{section} (preset file)")
+            preset = path.parent / raw[section]
+            raw[section] = read_mapping(preset, f"{section} (preset file)")
+            if section == "fitness":
+                raw[section] = _rebase_fitness(raw[section], preset.parent, path.parent)
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:

@@ -17,8 +17,8 @@ from evomerge.errors import RunError
 from evomerge.executors import Job
 from evomerge.optim.pareto import pareto_front
 from evomerge.recipe import FlowRecipe, Recipe, parse_recipe
-from evomerge.search import Evaluator
-from evomerge.store import Evaluation, RunStore
+from evomerge.search import CHECKPOINT_KINDS, SEED_KIND, Evaluator
+from evomerge.store import EvalKind, Evaluation, RunStore
 
 RESULTS_FILE = "results.json"
 FRONT_HELDOUT = 20  # Pareto-front members re-scored on held-out data
@@ -33,12 +33,15 @@ class FinalReport:
 
     def _rows(self, store: RunStore, best: Evaluation) -> list[tuple[str, str, Recipe | FlowRecipe]]:
         if self.cfg.space.type == "data_flow":  # against each model of the flow on its own
-            return [("evolved", f"evolved ({best.label})", parse_recipe(best.recipe)),
+            return [("evolved", _evolved_label(best), parse_recipe(best.recipe)),
                     *(("source", name, FlowRecipe.identity(i, n))
                       for i, (name, n) in enumerate(zip(self.names, self.shape[1], strict=True)))]
         k, b = len(self.names), self.cfg.baselines
         rows: list[tuple[str, str, Recipe]] = []
-        rows.append(("evolved", f"evolved ({best.label})", Recipe.from_json(best.recipe)))
+        rows.append(("evolved", _evolved_label(best), Recipe.from_json(best.recipe)))
+        own = store.best(EvalKind.SEARCH)
+        if best.kind == SEED_KIND and own is not None:  # a known candidate won: the search's own best, for comparison
+            rows.append(("search", f"search's best ({own.label})", Recipe.from_json(own.recipe)))
         rows.append(("base", "base", Recipe.uniform("task_arithmetic", k, 0.0)))
         for i, name in enumerate(self.names):
             w = tuple(1.0 if j == i else 0.0 for j in range(k))
@@ -57,12 +60,13 @@ class FinalReport:
 
     def _tune_single_weight(self, store: RunStore) -> tuple[float, float]:
         k, grid = len(self.names), self.cfg.baselines.tuned_weights
-        jobs = [Job("tune", -1, i, f"ta-w{w:g}", self.cfg.fitness.search_split, Recipe.uniform("task_arithmetic", k, w))
-                for i, w in enumerate(grid) if store.get("tune", -1, i, f"ta-w{w:g}") is None]
+        jobs = [Job(EvalKind.TUNE, -1, i, f"ta-w{w:g}", self.cfg.fitness.search_split,
+                    Recipe.uniform("task_arithmetic", k, w))
+                for i, w in enumerate(grid) if store.get(EvalKind.TUNE, -1, i, f"ta-w{w:g}") is None]
         for _ in self.evaluator.evaluate(jobs):
             pass
         # the best weight on the search split; ties go to the smaller weight
-        best = max(store.evaluations("tune"), key=lambda ev: (ev.objective or 0.0, -ev.idx))
+        best = max(store.evaluations(EvalKind.TUNE), key=lambda ev: (ev.objective or 0.0, -ev.idx))
         return grid[best.idx], best.objective
 
     def _score_all(self, store: RunStore, kind: str, items: list[tuple[str, Recipe]],
@@ -87,10 +91,11 @@ class FinalReport:
         if self.cfg.n_objectives == 1:
             return None
         tasks = list(self.cfg.fitness.tasks)
-        ok = [e for e in store.evaluations("search") if e.status == "ok"]
+        ok = [e for e in store.evaluations(EvalKind.SEARCH) if e.status == "ok"]
         front = sorted((ok[i] for i in pareto_front([[e.per_task[t] for t in tasks] for e in ok])),
                        key=lambda e: -e.objective)
-        held = self._score_all(store, "front", [(e.label, parse_recipe(e.recipe)) for e in front[:FRONT_HELDOUT]])
+        held = self._score_all(store, EvalKind.FRONT,
+                               [(e.label, parse_recipe(e.recipe)) for e in front[:FRONT_HELDOUT]])
         return [{"label": e.label, "search": e.per_task, "search_objective": e.objective,
                  "heldout": h.per_task if h else None, "heldout_objective": h.objective if h else None,
                  "recipe": json.loads(e.recipe)}
@@ -103,26 +108,39 @@ class FinalReport:
         f = self.cfg.fitness
         if not f.cheap:
             return None
-        top = sorted((e for e in store.evaluations("search") if e.status == "ok"), key=lambda e: -e.objective)
+        top = sorted((e for e in _scored(store) if e.status == "ok"), key=lambda e: -e.objective)
         items = [(e.label, parse_recipe(e.recipe)) for e in top[: f.rescore_top]]
-        full = self._score_all(store, "rescore", items, split=f.rescore_split)
-        held = self._score_all(store, "rescore_heldout", items)
+        full = self._score_all(store, EvalKind.RESCORE, items, split=f.rescore_split)
+        held = self._score_all(store, EvalKind.RESCORE_HELDOUT, items)
         rows = [{"label": e.label, "subset": e.objective, "full_search": a.objective, "heldout": h.objective,
                  "subset_per_task": e.per_task, "full_search_per_task": a.per_task, "heldout_per_task": h.per_task}
                 for e, a, h in zip(top, full, held, strict=False)]
         return sorted(rows, key=lambda r: -r["full_search"])
 
-    def run(self, store: RunStore) -> dict:
-        best = store.best("search")
-        if best is None:
+    def _best(self, store: RunStore) -> tuple[Evaluation, list[str]]:
+        """The best on the search split of everything scored there: the search's candidates and the known ones it
+        started from (sources, baselines; the search's own on a tie); and a warning when the search's own best
+        ended below a known one."""
+        own, known = store.best(EvalKind.SEARCH), store.best(SEED_KIND)
+        if own is None:
             raise RunError("no successful search evaluation to report")
+        if known is None or known.objective <= own.objective:
+            return own, []
+        return known, [f"the search's own best ({own.label}, {own.objective:.4f}) ended below {known.label} "
+                       f"({known.objective:.4f}) on the {self.cfg.fitness.search_split!r} split; the evolved row is "
+                       f"{known.label}"]
+
+    def run(self, store: RunStore) -> dict:
+        best, warnings = self._best(store)
         rescored = self._rescore(store)
         if rescored:  # the winner is chosen on the whole search split, never on held-out data
-            best = next(e for e in store.evaluations("search") if e.label == rescored[0]["label"])
+            best = next(e for e in _scored(store) if e.label == rescored[0]["label"])
         rows = self._rows(store, best)
-        evals = self._score_all(store, "heldout", [(label, recipe) for _, label, recipe in rows])
+        evals = self._score_all(store, EvalKind.HELDOUT, [(label, recipe) for _, label, recipe in rows])
         results = _results(self.cfg, self.cfg.fitness.heldout_split, rows, evals, store)
         results["best_candidate"] = best.label
+        if warnings:
+            results["warnings"] = warnings
         front = self._pareto_front(store)
         if front is not None:
             results["pareto_front"] = front
@@ -133,6 +151,8 @@ class FinalReport:
             results["checkpoints"] = checkpoints
         (self.run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
         self.console.print(render_table(results))
+        for w in warnings:
+            self.console.print(f"[yellow]warning: {w}[/]")
         if front is not None:
             self.console.print(render_front(results))
         if rescored is not None:
@@ -142,13 +162,22 @@ class FinalReport:
         return results
 
 
+def _evolved_label(best: Evaluation) -> str:
+    """'evolved (g3-2)', or where no search candidate beat a known one: 'evolved (= source add, known before the
+    search)'."""
+    return f"evolved (= {best.label}, known before the search)" if best.kind == SEED_KIND else f"evolved ({best.label})"
+
+
+def _scored(store: RunStore) -> list[Evaluation]:
+    """Every candidate scored on the search split: the known ones the search started from, then its own."""
+    return [*store.evaluations(SEED_KIND), *store.evaluations(EvalKind.SEARCH)]
+
+
 def _checkpoints(store: RunStore) -> list[dict]:
     """The periodic re-scores (fitness.rescore_every), oldest first: per checkpoint, the best candidates then, with
     their search-split (subset) score, whole-search-split score (subset runs) and held-out score."""
-    from evomerge.search import CHECKPOINT_KINDS
-
     full_kind, held_kind = CHECKPOINT_KINDS
-    search = {e.label: e.objective for e in store.evaluations("search")}
+    search = {e.label: e.objective for e in store.evaluations(EvalKind.SEARCH)}
     full = {(e.generation, e.label): e.objective for e in store.evaluations(full_kind)}
     out: dict[int, list[dict]] = {}
     for e in sorted(store.evaluations(held_kind), key=lambda e: (e.generation, e.idx)):
@@ -178,14 +207,17 @@ def _results(cfg, split, rows, evals, store) -> dict:
             "evolved_minus_this": mean_d, "evolved_minus_this_stderr": math.sqrt(var_d / n),
             "recipe": json.loads(recipe.to_json()),
         })
-    search = store.evaluations("search")
+    search = store.evaluations(EvalKind.SEARCH)
     return {
         "schema_version": 1,
         "experiment": cfg.name,
         "split": split,
         "examples": n,
         "search": {"evaluations": len(search), "failed": sum(e.status != "ok" for e in search),
-                   "best_search_objective": store.best("search").objective,
+                   "best_search_objective": store.best(EvalKind.SEARCH).objective,
+                   # the best of the known candidates scored first (start point, sources, baselines)
+                   "best_known": ({"label": k.label, "objective": k.objective}
+                                  if (k := store.best(SEED_KIND)) is not None else None),
                    "seconds": sum(e.merge_seconds + e.eval_seconds for e in search)},
         "rows": out_rows,
     }

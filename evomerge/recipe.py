@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -16,6 +15,9 @@ class GroupParams(BaseModel):
 
     weights: tuple[float, ...]
     densities: tuple[float, ...] | None = None  # None: no sparsification (density 1)
+    # multiplies the group's merged task vector (with the recipe's λ): lets a normalizing operator, whose weights
+    # cancel out, shrink or grow the merge as task arithmetic's weights do
+    scale: float = 1.0
 
 
 class _JsonRecipe(BaseModel):

@@ -3,28 +3,27 @@
 from __future__ import annotations
 
 import json
-import pickle
 import random
 import shutil
 import time
 from pathlib import Path
 
 from pydantic import ValidationError
-
 from rich.console import Console
 
 from evomerge.config import ExecutorConfig, ExperimentConfig, format_validation_error, load_experiment
 from evomerge.errors import ConfigError
 from evomerge.executors import make_executor
 from evomerge.fitness.scorer import load_scorer_function
-from evomerge.fitness.tasks import load_split
-from evomerge.spaces import SPACES
+from evomerge.fitness.tasks import check_disjoint, load_split, shared_prompts
 from evomerge.heldout import FinalReport
+from evomerge.optim.state import check_snapshot
 from evomerge.search import Evaluator, Search
+from evomerge.sources import preflight
+from evomerge.spaces import SPACES
 from evomerge.store import RunDir, RunStore, Snapshot
 from evomerge.store.rundir import DB_FILE, normalize_url
 from evomerge.zoo.build import PROFILES, build_zoo
-
 
 
 def resolve_models(cfg: ExperimentConfig, base_dir: Path, console: Console) -> tuple[Path | None, list[Path]]:
@@ -69,8 +68,8 @@ def model_name(path: Path) -> str:
 def run_best_model(field: str, run_dir: Path, console: Console) -> Path:
     """The best model of a finished run (the winner of its results.json) as a model directory, exported into
     RUN_DIR/exported/<label> the first time it is asked for: a PS result can become a data flow's model A."""
-    from evomerge.reporting.export import export_from_run
     from evomerge.heldout import RESULTS_FILE
+    from evomerge.reporting.export import export_from_run
 
     results = run_dir / RESULTS_FILE
     if not RunDir.exists(run_dir):
@@ -118,9 +117,7 @@ def resolve_tasks(cfg: ExperimentConfig, base_dir: Path) -> dict[str, dict[str, 
             if source.test_split() == spec.splits.get(f.search_split, f.search_split) and not f.allow_test_split:
                 _refuse_test_split(field, f"{source} calls {source.test_split()!r} its test split")
             shared, n_search = overlap(out[f.search_split][task], out[f.heldout_split][task])
-            if shared:
-                raise ConfigError(f"{field}: {shared} documents appear in both the {f.search_split!r} and "
-                                  f"{f.heldout_split!r} splits; held-out numbers would not be held out")
+            check_disjoint(field, shared, "documents", f.search_split, f.heldout_split)
             if f.search_subset:
                 out.setdefault(f.full_search_split, {})[task] = out[f.search_split][task]
                 out[f.search_split][task] = {**out[f.search_split][task],
@@ -138,12 +135,11 @@ def resolve_tasks(cfg: ExperimentConfig, base_dir: Path) -> dict[str, dict[str, 
         out[f.search_split][task] = search[: f.max_examples] if f.max_examples else search
         if f.search_subset:
             out.setdefault(f.full_search_split, {})[task] = search
-            out[f.search_split][task] = [search[i] for i in subset_indices(len(search), f.search_subset, cfg.seed, task)]
+            subset = subset_indices(len(search), f.search_subset, cfg.seed, task)
+            out[f.search_split][task] = [search[i] for i in subset]
         out[f.heldout_split][task] = load_split(d, spec.splits.get(f.heldout_split, f.heldout_split), field)
-        overlap = {r["prompt"] for r in search} & {r["prompt"] for r in out[f.heldout_split][task]}
-        if overlap:
-            raise ConfigError(f"{field}: {len(overlap)} prompts appear in both the {f.search_split!r} and "
-                              f"{f.heldout_split!r} splits; held-out numbers would not be held out")
+        check_disjoint(field, shared_prompts(search, out[f.heldout_split][task]), "prompts", f.search_split,
+                       f.heldout_split)
     return out
 
 
@@ -207,8 +203,8 @@ class Runner:
         self.console = console or Console()
         self.force, self.db, self.executor_overrides = force, db, executor or {}
         if experiment is not None:
-            self.experiment_text = Path(experiment).read_text() if Path(experiment).is_file() else None
-            self.cfg, self.base_dir = load_experiment(experiment)
+            self.cfg, self.base_dir = load_experiment(experiment)  # checks the file first (size, encoding, YAML)
+            self.experiment_text = Path(experiment).read_text(encoding="utf-8")
             self.run_dir = Path(run_dir) if run_dir else Path("runs") / self.cfg.name
             self._executor_config()
         else:
@@ -264,11 +260,13 @@ class Runner:
         if self.cfg.fitness.type == "python":  # fails here, before the run directory exists, not in a worker
             load_scorer_function(self.cfg.fitness.scorer, self.base_dir)
         base, models = resolve_models(self.cfg, self.base_dir, self.console)
+        preflight(base, models)  # sources and tokenizer, before the run directory is created or touched
         rundir, fresh = self._open()
-        with rundir.lock():
+        with rundir.lock(defer_pid=True) as claim:
             store = self._store(rundir, fresh)
             try:
                 snapshot = self._prepare(store, rundir, base, models)
+                claim()
                 with rundir.session(resumed=not fresh, stored=len(store.evaluations("search"))) as self.events:
                     return self._run(store, base, models, tasks, snapshot)
             finally:
@@ -289,7 +287,7 @@ class Runner:
             (rundir.path / "experiment.yaml").write_text(self.experiment_text)
         # absolute source paths, so that `evomerge export RUN` needs nothing but the run directory
         store.set_meta("sources", json.dumps({"base": base and str(base), "models": [str(m) for m in models],
-                                              "space": self.cfg.space.type}))
+                                              "space": self.cfg.space.type, "dtype": self.cfg.dtype}))
         return snapshot
 
     def _run(self, store, base, models, tasks, snapshot) -> dict:
@@ -298,7 +296,7 @@ class Runner:
         device = cfg.device if self.executor_cfg.type == "ray" else resolve_device(cfg.device)
         worker_args = {"base": base, "sources": models, "tasks": tasks, "fitness_cfg": cfg.fitness,
                        "threads": cfg.threads, "stream": stream, "device": device, "base_dir": self.base_dir,
-                       "flow": cfg.space.type == "data_flow"}
+                       "flow": cfg.space.type == "data_flow", "dtype": cfg.dtype}
         with self.console.status(f"starting the {self.executor_cfg.type} executor (workers load the sources)"):
             executor = make_executor(self.executor_cfg, worker_args)
         try:
@@ -310,7 +308,8 @@ class Runner:
             space_cls = SPACES[cfg.space.type]
             extra = {"sources": models} if getattr(space_cls, "needs_sources", False) else {}  # the mosaic space
             space = space_cls(cfg.space, *executor.shape, **extra)
-            Search(cfg, store, self.evaluator, space, self.console, self.events, self.run_dir).run(snapshot)
+            Search(cfg, store, self.evaluator, space, self.console, self.events, self.run_dir,
+                   self.names).run(snapshot)
             results = FinalReport(cfg, self.evaluator, self.names, self.console, self.run_dir,
                                   executor.shape).run(store)
         finally:
@@ -325,11 +324,7 @@ class Runner:
         snap = store.last_snapshot()
         if snap is None:
             return None
-        try:
-            pickle.loads(snap.state)
-        except Exception as e:  # noqa: BLE001 — any unpickling failure means the same thing
-            raise ConfigError(f"{rundir.path / DB_FILE}: the optimizer snapshot of generation {snap.generation + 1} "
-                              f"is unreadable ({type(e).__name__}); the run cannot continue exactly") from None
+        check_snapshot(snap.state, str(rundir.path / DB_FILE), snap.generation)  # data only: never unpickled
         return snap
 
     # -- final comparison on held-out data ----------------------------------------------------------------------

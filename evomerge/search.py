@@ -22,10 +22,14 @@ from evomerge.errors import ConfigError, RunError
 from evomerge.executors import Executor, Job
 from evomerge.fitness.fidelity import Fidelity
 from evomerge.optim import OPTIMIZERS
+from evomerge.optim.base import snap_to_grid
+from evomerge.optim.state import StateError
 from evomerge.recipe import FlowRecipe, Recipe, parse_recipe
-from evomerge.store import EventLog, Evaluation, RunStore, Snapshot
+from evomerge.store import EvalKind, Evaluation, EventLog, RunStore, Snapshot
 
-CHECKPOINT_KINDS = ("checkpoint", "checkpoint_heldout")  # periodic re-scores: whole search split, held-out split
+SEED_KIND = EvalKind.SEED  # known candidates (start point, sources, baselines) scored before the search
+# periodic re-scores: whole search split, held-out split
+CHECKPOINT_KINDS = (EvalKind.CHECKPOINT, EvalKind.CHECKPOINT_HELDOUT)
 LEADERS = 5  # how many of the best search candidates idle workers re-score on held-out data
 TELEMETRY_EVERY_S = 10.0
 
@@ -46,7 +50,7 @@ class Evaluator:
         self.leaders: list[Evaluation] = []
         self._seconds: dict[str, tuple[int, float]] = {}  # split -> (evaluations, seconds): how long one takes
         self.fidelity = Fidelity(cfg, store)  # how many examples a search candidate is scored on
-        for ev in store.evaluations("search"):
+        for ev in store.evaluations(EvalKind.SEARCH):
             self._rank(ev)
         self._telemetry_at = 0.0
         self.announce_workers()
@@ -59,7 +63,7 @@ class Evaluator:
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def _rank(self, ev: Evaluation) -> None:
-        if ev.kind == "search" and ev.status == "ok":
+        if ev.kind == EvalKind.SEARCH and ev.status == "ok":
             self.leaders = sorted([*self.leaders, ev], key=lambda e: -e.objective)[:LEADERS]
 
     def record(self, ev: Evaluation) -> Evaluation:
@@ -89,14 +93,14 @@ class Evaluator:
     def _take(self) -> Evaluation:
         """The next evaluation any worker finishes, recorded."""
         ev = self.record(self.executor.next())
-        if ev.kind == "leader":
+        if ev.kind == EvalKind.LEADER:
             self._fillers.discard(ev.cache_key)
         self.after_result()
         return ev
 
     def collect(self) -> Evaluation:
         """The next evaluation of an issued job (leader evaluations are recorded on the way, not returned)."""
-        while (ev := self._take()).kind == "leader":
+        while (ev := self._take()).kind == EvalKind.LEADER:
             pass
         return ev
 
@@ -127,7 +131,7 @@ class Evaluator:
     def _room(self) -> bool:
         """Whether a leader started now would end before the search jobs on the other workers do (expected), so
         that the next batch never waits on it."""
-        running = [elapsed for job, elapsed in self.executor.running() if job.kind == "search"]
+        running = [elapsed for job, elapsed in self.executor.running() if job.kind == EvalKind.SEARCH]
         search = self._mean_seconds(self.cfg.fitness.search_split)
         if not running or search is None:
             return False
@@ -147,7 +151,7 @@ class Evaluator:
             if key in self._fillers or self.store.cached(key) is not None:
                 continue
             self._fillers.add(key)
-            self.executor.submit(Job("leader", -1, 0, ev.label, split, recipe, cache_key=key))
+            self.executor.submit(Job(EvalKind.LEADER, -1, 0, ev.label, split, recipe, cache_key=key))
 
     def after_result(self) -> None:
         self.announce_workers()
@@ -158,40 +162,45 @@ class Evaluator:
         for s in self.executor.stats.values():
             if s.name not in self._announced and s.pid is not None:
                 self._announced.add(s.name)
-                self.events.emit("worker_started", worker=s.name, pid=s.pid, host=s.host, device=s.device)
+                self.events.emit("worker_started", worker=s.name, pid=s.pid, host=s.host, device=s.device,
+                                 threads=s.threads)
 
     def save_telemetry(self) -> None:
         self._telemetry_at = time.monotonic()
         self.store.set_meta("workers", json.dumps(self.executor.telemetry()))
 
 
+def make_optimizer(cfg: ExperimentConfig, space):
+    """The experiment's optimizer over `space`'s genome."""
+    cls = OPTIMIZERS[cfg.optimizer.type]
+    extra = {"space": space} if cls.needs_space else {}
+    # a space may know where a search should start (x0) and which genes are discrete (steps)
+    return cls(cfg.optimizer, space.dim, seed=cfg.seed, n_objectives=cfg.n_objectives, steps=space.steps,
+               x0=space.x0, **extra)
+
+
 class Search:
     def __init__(self, cfg: ExperimentConfig, store: RunStore, evaluator: Evaluator, space, console: Console,
-                 events: EventLog, run_dir):
+                 events: EventLog, run_dir, names: list[str] | None = None):
+        """`names`: the sources' names, for the labels of the known candidates the search starts from."""
         self.cfg, self.store, self.evaluator, self.space = cfg, store, evaluator, space
         self.console, self.events, self.run_dir = console, events, run_dir
+        self.names = names or [f"model {i}" for i in range(getattr(space, "k", 0))]
         oc = cfg.optimizer
-        cls = OPTIMIZERS[oc.type]
-        extra = {"space": space} if getattr(cls, "needs_space", False) else {}
-        if hasattr(space, "x0"):  # a space may know where a search should start
-            extra["x0"] = space.x0
-        self.opt = cls(oc, space.dim, seed=cfg.seed, n_objectives=cfg.n_objectives,
-                       steps=getattr(space, "steps", None), **extra)
-        self._examples = getattr(cls, "wants_examples", False)  # M2N2 learns from per-example scores
-        if self._examples and cfg.fitness.estimator != "full":
+        self.opt = make_optimizer(cfg, space)
+        if self.opt.wants_examples and cfg.fitness.estimator != "full":
             raise ConfigError(f"fitness.estimator: {oc.type} learns from every example's score; use estimator: full")
         self.total = oc.generations * self.opt.popsize
         steady = oc.steady_state
         if steady is None:
             # an IRT estimate is refitted between generations: whole generations keep it the same on resume
-            steady = (getattr(self.opt, "steady_state", False) and evaluator.executor.n_workers > 1
-                      and cfg.fitness.estimator != "irt")
+            steady = self.opt.steady_state and evaluator.executor.n_workers > 1 and cfg.fitness.estimator != "irt"
         self.steady = steady
         if steady and cfg.fitness.rescore_every:
             console.print("[yellow]fitness.rescore_every: a steady-state search re-scores its best candidates at "
                           "the end only[/]")
         store.set_meta("search_total", str(self.total))
-        stored = store.evaluations("search")  # read once: best so far, floor and count come from it
+        stored = store.evaluations(EvalKind.SEARCH)  # read once: best so far, floor and count come from it
         self.done = len(stored)
         self.best = max((e for e in stored if e.status == "ok"), key=lambda e: e.objective, default=None)
         # the lowest scores seen, for the worst-case value a failed candidate is told
@@ -200,7 +209,7 @@ class Search:
             self._lower_floor(ev)
         self._checkpoints = {ev.generation for ev in store.evaluations(CHECKPOINT_KINDS[-1])}
         # optimizers that keep an archive (M2N2): its members by candidate label, over time, for the report
-        self._archive_every = self.opt.popsize if hasattr(self.opt, "archive") else 0
+        self._archive_every = self.opt.popsize if self.opt.keeps_archive else 0
         self._labels = {np.asarray(ev.genome, dtype=float).tobytes(): ev.label for ev in stored if ev.genome}
         self._parents: dict[str, list[str]] = {}  # label -> its parents' labels, for breeding optimizers
 
@@ -211,11 +220,12 @@ class Search:
         if self._archive_every:
             key = np.asarray(x, dtype=float).tobytes()
             self._labels[key] = label(gen, idx)
-            bred = getattr(self.opt, "bred", {}).pop(key, None)
+            bred = self.opt.parents(x)
             if bred is not None:
                 self._parents[label(gen, idx)] = [self._labels.get(np.asarray(p, dtype=float).tobytes(), "?")
                                                   for p in bred]
-        job = Job("search", gen, idx, label(gen, idx), self.cfg.fitness.search_split, recipe, [float(v) for v in x])
+        job = Job(EvalKind.SEARCH, gen, idx, label(gen, idx), self.cfg.fitness.search_split, recipe,
+                  [float(v) for v in x])
         return self.evaluator.fidelity.job(job)
 
     def _record_archive(self, told: int) -> None:
@@ -235,7 +245,7 @@ class Search:
 
     def _prior(self, n: int) -> Evaluation | None:
         gen, idx = divmod(n, self.opt.popsize)
-        return self.store.get("search", gen, idx, label(gen, idx))
+        return self.store.get(EvalKind.SEARCH, gen, idx, label(gen, idx))
 
     def _objectives(self, ev: Evaluation) -> list[float]:
         if self.cfg.n_objectives == 1:
@@ -261,14 +271,57 @@ class Search:
         return [v[0] for v in out] if self.cfg.n_objectives == 1 else [tuple(v) for v in out]
 
     def _example_row(self, ev: Evaluation) -> list[float] | None:
-        """The per-example scores of an evaluation, task after task in the config's order (None: it failed)."""
-        if ev.status != "ok":
+        """The per-example scores of an evaluation, task after task in the config's order (None: it failed, or the
+        optimizer does not learn from them)."""
+        if ev.status != "ok" or not self.opt.wants_examples:
             return None
         return [float(v) for t in self.cfg.fitness.tasks for v in ev.per_example[t]]
 
+    def seeds(self) -> list[tuple[str, np.ndarray]]:
+        """The known candidates: the optimizer's start point, then what the space can express of the sources and
+        the baselines (`space.seeds`), on the optimizer's grid, each genome once (the first label kept)."""
+        if not self.cfg.optimizer.warm_start or not hasattr(self.space, "seeds"):
+            return []
+        out: list[tuple[str, np.ndarray]] = []
+        for name, x in [("start", self.opt.x0), *self.space.seeds(self.names, self.cfg.baselines)]:
+            x = snap_to_grid(x, self.opt.steps)
+            if not any(np.array_equal(x, y) for _, y in out):
+                out.append((name, x))
+        return out
+
+    def _seed(self) -> None:
+        """Before the first ask: the known candidates are scored on the search split (once across restarts) and
+        told to the optimizer (`Optimizer.seed`), so that the search starts from the best of what it was given and
+        the final table can pick the best of everything scored."""
+        known = self.seeds()
+        if not known:
+            return
+        jobs = [Job(SEED_KIND, -1, i, name, self.cfg.fitness.search_split,
+                    self.space.decode(x, seed=self.cfg.seed * 1_000_003 + 999_999 - i), [float(v) for v in x])
+                for i, (name, x) in enumerate(known) if self.store.get(SEED_KIND, -1, i, name) is None]
+        with self.console.status(f"scoring {len(known)} known candidates (start, sources, baselines) first"):
+            for _ in self.evaluator.evaluate(jobs):
+                pass
+        evals = [self.store.get(SEED_KIND, -1, i, name) for i, (name, _) in enumerate(known)]
+        ok = [(x, e) for (_, x), e in zip(known, evals, strict=True) if e.status == "ok"]
+        for e in evals:
+            self._lower_floor(e)
+        if not ok:
+            return
+        genomes, told = [x for x, _ in ok], [e for _, e in ok]
+        self.opt.seed(genomes, self._values(told), [self._example_row(e) for e in told])
+        top = max(told, key=lambda e: e.objective)
+        self.console.print(f"known candidates on the search split: best {top.label} {top.objective:.3f} "
+                           f"({len(told)} scored)")
+        self.events.emit("seeded", candidates=len(told), best=top.objective, best_label=top.label)
+
     def run(self, snap: Snapshot | None) -> None:
         if snap is not None:
-            self.opt.load_state(snap.state)
+            try:
+                self.opt.load_state(snap.state)
+            except StateError as e:  # readable data, but not this optimizer's: refused before anything is asked
+                raise ConfigError(f"the optimizer snapshot of generation {snap.generation + 1} does not fit this "
+                                  f"run ({e}); start the search again in a new --run-dir") from None
             self.steady = snap.phase == "steady"  # a run goes on the way it started, whatever the workers now
         done = self.done
         if done >= self.total and (snap is None or snap.phase != "asked"):
@@ -276,6 +329,8 @@ class Search:
             return
         if done:
             self.console.print(f"continuing {self.run_dir} ({done} evaluations stored)")
+        if snap is None:  # nothing asked yet: the optimizer has not heard of the known candidates
+            self._seed()
         self.events.emit("search_started", workers=self.evaluator.executor.n_workers, steady_state=self.steady,
                          total=self.total)
         with _progress(self.console) as progress:
@@ -321,10 +376,7 @@ class Search:
                 raise RunError(f"every candidate of generation {gen + 1} failed; first error: "
                                f"{evals[0].error.splitlines()[0]}")
             told = [evals[i] for i in range(len(genomes))]
-            if self._examples:
-                self.opt.tell(genomes, self._values(told), [self._example_row(e) for e in told])
-            else:
-                self.opt.tell(genomes, self._values(told))
+            self.opt.tell(genomes, self._values(told), [self._example_row(e) for e in told])
             self.store.save_snapshot(gen, "told", self.opt.state())
             self._record_archive((gen + 1) * self.opt.popsize)
             self.events.emit("generation_told", generation=gen, best=self.best.objective, best_label=self.best.label)
@@ -338,7 +390,8 @@ class Search:
         if not f.rescore_every or done // f.rescore_every <= max(self._checkpoints, default=0) // f.rescore_every:
             return  # no multiple of rescore_every passed since the last checkpoint
         self._checkpoints.add(done)
-        top = sorted((e for e in self.store.evaluations("search") if e.status == "ok"), key=lambda e: -e.objective)
+        top = sorted((e for e in self.store.evaluations(EvalKind.SEARCH) if e.status == "ok"),
+                     key=lambda e: -e.objective)
         splits = dict(zip(CHECKPOINT_KINDS, (f.rescore_split, f.heldout_split), strict=True))
         if not f.cheap:
             splits.pop(CHECKPOINT_KINDS[0])
@@ -403,10 +456,7 @@ class Search:
             self._tell(n, hit, inflight, asked)
 
     def _tell(self, n: int, ev: Evaluation, inflight: dict[int, np.ndarray], asked: int) -> None:
-        if self._examples:
-            self.opt.tell_one(inflight.pop(n), self._values([ev])[0], self._example_row(ev))
-        else:
-            self.opt.tell_one(inflight.pop(n), self._values([ev])[0])
+        self.opt.tell_one(inflight.pop(n), self._values([ev])[0], self._example_row(ev))
         self._save_steady(asked, inflight)
         self._told += 1
         self._record_archive(self._told)

@@ -20,7 +20,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from evomerge.errors import SourceError
-from evomerge.merge.sparsify import magnitude_ranks
 
 _BLOCK = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 _EMBED = re.compile(r"embed|wte|wpe")
@@ -60,7 +59,13 @@ def _shards(path: Path) -> list[Path]:
         raise SourceError(f"{path}: not a directory (expected a Hugging Face model directory)")
     index = path / "model.safetensors.index.json"
     if index.exists():
-        return [path / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        try:
+            files = sorted(set(_json(index)["weight_map"].values()))
+        except (KeyError, TypeError, AttributeError):
+            raise SourceError(f"{index}: expected a safetensors index with a \"weight_map\"") from None
+        if not all(isinstance(f, str) and "/" not in f and f not in (".", "..") for f in files):
+            raise SourceError(f"{index}: weight_map must name files in the model directory")
+        return [path / f for f in files]
     if (path / "model.safetensors").exists():
         return [path / "model.safetensors"]
     if any(path.glob("*.bin")) or any(path.glob("*.pt")):
@@ -99,13 +104,19 @@ class MappedCheckpoint:
         self._where = {}
         for shard in _shards(path):
             f = safe_open(shard, framework="pt")
-            for name in f.keys():
+            for name in f.keys():  # noqa: SIM118 — a safetensors file handle, not a mapping
                 self._where[name] = f
         self.meta = {n: _Meta(tuple(f.get_slice(n).get_shape()), _DTYPES.get(f.get_slice(n).get_dtype()))
                      for n, f in self._where.items()}
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self._where[name].get_tensor(name)
+
+
+def checkpoint_dtype(path: Path) -> torch.dtype:
+    """The dtype of a checkpoint's first floating-point tensor, from its files' headers (nothing is read)."""
+    meta = MappedCheckpoint(Path(path)).meta
+    return next(m.dtype for m in meta.values() if m.is_floating_point() and m.dtype is not None)
 
 
 class _Lazy(Mapping):
@@ -148,9 +159,12 @@ class SourcePool:
     """
 
     def __init__(self, base: Path, sources: list[Path], device: str | torch.device = "cpu",
-                 stream: bool | None = False):
+                 stream: bool | None = False, dtype: torch.dtype | None = None):
         self.base_path, self.source_paths = Path(base), [Path(s) for s in sources]
         self.device = device
+        self._cast = dtype  # None: the checkpoints' own dtype
+        self.base: Mapping[str, torch.Tensor]  # name -> base tensor (read on demand when streaming)
+        self.stacked: Mapping[str, torch.Tensor]  # name -> [K, *shape] task vectors
         self.streaming = should_stream([self.base_path, *self.source_paths]) if stream is None else stream
         if self.streaming:
             self._init_streaming()
@@ -162,23 +176,24 @@ class SourcePool:
         self.n_blocks = 1 + max((block_index(name) or 0) for name in self.base)
         # the dtype a live model should hold merges in: that of the base's first floating tensor
         self.dtype = next(iter(self.base.values())).dtype
-        self._ranks: dict[tuple[str, str], torch.Tensor] = {}
+        self._checkpoints: list[MappedCheckpoint] | None = None  # opened when a merge first needs a source itself
 
     def _init_in_memory(self) -> None:
         base_sd = load_state_dict(self.base_path)
-        self.base = {k: v.to(self.device) for k, v in base_sd.items() if v.is_floating_point()}
+        self.base = {k: v.to(self.device, self._cast) for k, v in base_sd.items() if v.is_floating_point()}
         # Task vectors stacked per tensor, [K, *shape]: a weighted sum over sources is then one BLAS pass, and
         # source i's task vector is the contiguous view stacked[name][i].
-        self.stacked: Mapping[str, torch.Tensor] = {}
+        stacked: dict[str, torch.Tensor] = {}
         k = len(self.source_paths)
         for i, src in enumerate(self.source_paths):
             sd = load_state_dict(src)
             check_compatible(self.base_path, base_sd, src, sd)
             for name, b in self.base.items():
                 if i == 0:
-                    self.stacked[name] = torch.empty((k, *b.shape), dtype=b.dtype, device=self.device)
-                torch.sub(sd[name].to(self.device), b, out=self.stacked[name][i])
+                    stacked[name] = torch.empty((k, *b.shape), dtype=b.dtype, device=self.device)
+                torch.sub(sd[name].to(self.device, b.dtype), b, out=stacked[name][i])
             del sd
+        self.stacked = stacked
 
     def _init_streaming(self) -> None:
         base_ck = MappedCheckpoint(self.base_path)
@@ -186,27 +201,61 @@ class SourcePool:
         for p, ck in zip(self.source_paths, cks, strict=True):
             check_compatible(self.base_path, base_ck.meta, p, ck.meta)
         names = [n for n, m in base_ck.meta.items() if m.is_floating_point()]
-        self.base = _Lazy(names, lambda n: base_ck[n].to(self.device))
-        self.stacked = _Lazy(names, lambda n: torch.stack([ck[n].to(self.device) for ck in cks]) - self.base[n])
+        self.base = _Lazy(names, lambda n: base_ck[n].to(self.device, self._cast))
+        self.stacked = _Lazy(names, lambda n: torch.stack([ck[n].to(self.device, self._cast) for ck in cks])
+                             - self.base[n])
+
+    def source(self, name: str, i: int) -> torch.Tensor:
+        """Source i's own tensor `name`, read from its file (memory-mapped) in the pool's dtype and device: a merge
+        that is exactly one source returns this, not base + τᵢ, which rounding in bf16 can move off the source."""
+        if self._checkpoints is None:
+            self._checkpoints = [MappedCheckpoint(p) for p in self.source_paths]
+        return self._checkpoints[i][name].to(device=self.device, dtype=self.base[name].dtype)
 
     @property
     def n_sources(self) -> int:
         return len(self.deltas)
 
-    def magnitude_ranks(self, name: str, kind: str) -> torch.Tensor:
-        """Magnitude ranks of every source's τ[name], stacked [K, *shape], computed once (the sources never change
-        during a search) — or, when streaming, every time, so that memory stays bounded."""
-        key = (name, kind)
-        if key in self._ranks:
-            return self._ranks[key]
-        ranks = torch.stack([magnitude_ranks(d, kind) for d in self.stacked[name]])
-        if not self.streaming:
-            self._ranks[key] = ranks
-        return ranks
-
 
 def _json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """A JSON object file of a checkpoint ({} when absent); SourceError when it is not one."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise SourceError(f"{path}: not valid JSON ({str(e)[:80]})") from None
+    if not isinstance(data, dict):
+        raise SourceError(f"{path}: expected a JSON object")
+    return data
+
+
+def preflight(base: Path | None, sources: list[Path]) -> None:
+    """Check the sources before a run writes anything: safetensors present (not pickle-only), config.json and
+    the tokenizer readable, and every source's tensors (read from the file headers only) matching the base's. A
+    data flow (no base) checks each model on its own."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    paths = [p for p in (base, *sources) if p is not None]
+    metas = {}
+    for p in paths:
+        try:
+            metas[p] = MappedCheckpoint(p).meta
+            if not (p / "config.json").is_file():
+                raise SourceError(f"{p}: no config.json (expected a Hugging Face model directory)")
+            _json(p / "config.json")
+            AutoConfig.from_pretrained(p)
+        except SourceError:
+            raise
+        except Exception as e:  # noqa: BLE001 — safetensors and transformers raise many kinds; all mean the same
+            raise SourceError(f"{p}: cannot read the checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
+    try:
+        AutoTokenizer.from_pretrained(paths[0])
+    except Exception as e:  # noqa: BLE001
+        raise SourceError(f"{paths[0]}: cannot load its tokenizer ({type(e).__name__}: {str(e)[:120]})") from None
+    if base is not None:
+        for p in sources:
+            check_compatible(base, metas[base], p, metas[p])
 
 
 def _vocab(path: Path) -> dict | None:

@@ -3,6 +3,10 @@ run ends: the same evaluation sequence, the same best recipe, the same results, 
 
     python scripts/kill_resume.py experiments/quickstart.yaml --kills 5 --workdir /tmp/kill-resume
 
+`--signal TERM --signal HUP` stops it with those signals instead, in turn (what a cluster scheduler or a closed
+terminal sends): then each stop must also be clean — exit status 128 + the signal, a message, a `run_stopped`
+event naming the signal.
+
 Exit status 0 when the killed run matches the reference, 1 with the differences otherwise.
 """
 
@@ -65,7 +69,8 @@ def recomputed(run_dir: Path) -> list[tuple]:
     return [k for k, n in seen.items() if n > 1]
 
 
-def kill_and_resume(experiment: Path, workdir: Path, kills: int, seed: int, env: dict, log=print) -> dict:
+def kill_and_resume(experiment: Path, workdir: Path, kills: int, seed: int, env: dict, log=print,
+                    signals: tuple[int, ...] = (signal.SIGKILL,)) -> dict:
     rng = random.Random(seed)
     ref_dir, run_dir = workdir / "reference", workdir / "killed"
     t0 = time.time()
@@ -79,7 +84,7 @@ def kill_and_resume(experiment: Path, workdir: Path, kills: int, seed: int, env:
     targets = sorted(rng.sample(range(total), kills))
     per_eval = ref_seconds / total
     db = run_dir / "run.db"
-    killed_at = []
+    killed_at, stops = [], []
     for k, target in enumerate(targets):
         cmd = _evomerge("run", str(experiment), "--run-dir", str(run_dir)) if k == 0 else \
             _evomerge("resume", str(run_dir))
@@ -90,10 +95,13 @@ def kill_and_resume(experiment: Path, workdir: Path, kills: int, seed: int, env:
         if proc.poll() is not None:
             raise RuntimeError(f"the run ended before kill {k + 1} (exit {proc.returncode}): "
                                f"{proc.stderr.read().decode()[-2000:]}")
-        proc.send_signal(signal.SIGKILL)
+        sig = signal.Signals(signals[k % len(signals)])
+        proc.send_signal(sig)
         proc.wait()
         killed_at.append(stored_count(db))
-        log(f"kill {k + 1}/{kills}: SIGKILL with {killed_at[-1]}/{total} evaluations stored")
+        if sig != signal.SIGKILL:
+            stops.append(_clean_stop(proc, sig, run_dir))
+        log(f"kill {k + 1}/{kills}: {sig.name} with {killed_at[-1]}/{total} evaluations stored")
     done = subprocess.run(_evomerge("resume", str(run_dir)), env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"the final resume failed: {done.stderr[-2000:]}")
@@ -102,11 +110,24 @@ def kill_and_resume(experiment: Path, workdir: Path, kills: int, seed: int, env:
         "kills": kills, "killed_at": killed_at, "evaluations": total,
         "same_sequence": got["sequence"] == ref["sequence"], "same_best": got["best"] == ref["best"],
         "same_results": got["results"] == ref["results"],
-        "lost": total - len(got["sequence"]), "recomputed": recomputed(run_dir),
+        "lost": total - len(got["sequence"]), "recomputed": recomputed(run_dir), "clean_stops": stops,
     }
     report["ok"] = (report["same_sequence"] and report["same_best"] and report["same_results"]
-                    and report["lost"] == 0 and not report["recomputed"])
+                    and report["lost"] == 0 and not report["recomputed"] and all(s["clean"] for s in stops))
     return report
+
+
+def _clean_stop(proc: subprocess.Popen, sig: signal.Signals, run_dir: Path) -> dict:
+    """How a run stopped by a catchable signal ended: exit status, its message, its last event."""
+    err = proc.stderr.read().decode()
+    last = [e for e in read_events(run_dir / "events.jsonl") if e["event"] in ("run_started", "run_stopped")][-1]
+    out = {"signal": sig.name, "status": proc.returncode, "message": err.strip().splitlines()[-1:],
+           "event": last["event"], "reason": last.get("reason")}
+    said, named = (("interrupted", "KeyboardInterrupt") if sig == signal.SIGINT  # Ctrl-C's own words
+                   else (f"stopped by {sig.name}", sig.name))
+    out["clean"] = (proc.returncode == 128 + sig and said in err and "Traceback" not in err
+                    and last["event"] == "run_stopped" and named in (last.get("reason") or ""))
+    return out
 
 
 def main() -> int:
@@ -115,10 +136,13 @@ def main() -> int:
     ap.add_argument("--kills", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     ap.add_argument("--workdir", type=Path, default=Path("runs/kill-resume"))
+    ap.add_argument("--signal", action="append", choices=["KILL", "TERM", "HUP", "INT"],
+                    help="stop with these signals, in turn (default KILL)")
     args = ap.parse_args()
     if args.workdir.exists() and any(args.workdir.iterdir()):
         ap.error(f"--workdir {args.workdir} is not empty")
-    report = kill_and_resume(args.experiment, args.workdir, args.kills, args.seed, dict(os.environ))
+    sigs = tuple(signal.Signals[f"SIG{n}"] for n in (args.signal or ["KILL"]))
+    report = kill_and_resume(args.experiment, args.workdir, args.kills, args.seed, dict(os.environ), signals=sigs)
     print(json.dumps(report, indent=2))
     return 0 if report["ok"] else 1
 

@@ -252,7 +252,7 @@ def test_client_retries_transient_errors_but_not_bad_requests(flaky_server):
         assert len(seen) == 5  # a 4xx other than 429 is not retried
         script += [(0, 503, busy)] * 3
         with pytest.raises(ServiceError, match="failed after 3 attempts .*HTTP 503: try later"):
-            MergeClient(url, "t", retries=2, backoff_s=0.001).evaluate([1.0], [1.0], ex)
+            MergeClient(url, "t", retries=2, backoff_s=0.001, retry_window_s=0).evaluate([1.0], [1.0], ex)
 
 
 # -- a whole run that cannot read the adapters ---------------------------------------------------------------------
@@ -357,7 +357,7 @@ def test_bad_blackbox_experiment_is_named(tmp_path, edit, expected):
     from evomerge.cli import app
 
     cfg = yaml.safe_load((REPO / "experiments" / "blackbox_lora.yaml").read_text())
-    cfg["data"]["tasks"] = {t: str(REPO / "fitness" / "zoo" / t) for t in cfg["data"]["tasks"]}
+    cfg["data"]["tasks"] = {t: str(REPO / "fitness" / "data" / "zoo" / t) for t in cfg["data"]["tasks"]}
     edit(cfg)
     path = tmp_path / "bb.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -1,11 +1,15 @@
 """A bad experiment file gives a one-line error naming the field and what was expected, and exit status 2."""
 
+import os
+
 import pytest
 import yaml
 from typer.testing import CliRunner
 
 from evomerge.cli import app
-from tests.conftest import write_experiment
+from evomerge.config import load_experiment
+from evomerge.errors import read_mapping
+from tests.conftest import REPO, write_experiment
 
 
 def _cli(*args):
@@ -25,7 +29,8 @@ def _edit(path, fn):
     [
         (lambda c: c.pop("fitness"), "fitness: required field is missing"),
         (lambda c: c["sources"].pop("models"), "sources.models: required field is missing"),
-        (lambda c: c["optimizer"].update(generations="many"), "optimizer.generations: Input should be a valid integer"),
+        (lambda c: c["optimizer"].update(generations="many"),
+         "optimizer.generations: expected a number, got the string 'many'"),
         (lambda c: c["space"].update(operator="frankenmerge"), "space.operator: unknown operator 'frankenmerge'; "
                                                                  "expected one of"),
         (lambda c: c["optimizer"].update(type="hillclimb"), "optimizer.type: unknown optimizer 'hillclimb'"),
@@ -38,7 +43,7 @@ def _edit(path, fn):
                                                                         "weights for tasks among"),
         (lambda c: c["fitness"].update(type="python"), "fitness.scorer: type python needs scorer: 'module:function'"),
         (lambda c: c.update(executor={"type": "local", "timeout_s": 60}), "executor.timeout_s: needs type: process"),
-        (lambda c: c.update(executor={"type": "slurm"}), "executor.type: Input should be 'local', 'process' or 'ray'"),
+        (lambda c: c.update(executor={"type": "slurm"}), "executor.type: unknown executor 'slurm'; expected one of ['local', 'process', 'ray']"),
         (lambda c: c.update(executor={"type": "local", "workers": 4}), "executor.workers: only used with type: ray"),
         (lambda c: c["optimizer"].update(steady_state=True), "optimizer.steady_state: cma works in whole "
                                                              "generations; use one of"),
@@ -76,7 +81,7 @@ def test_unknown_zoo_model_and_missing_file(tmp_path, tiny_task_dir):
 def test_quickstart_is_valid():
     from tests.conftest import REPO
 
-    code, _ = _cli("validate", str(REPO / "experiments" / "quickstart.yaml"))
+    code, _ = _cli("validate", str(REPO / "experiments" / "quickstart.yaml"), "--config-only")
     assert code == 0
 
 
@@ -99,6 +104,36 @@ def test_every_shipped_experiment_and_preset_validates():
         from evomerge.config import SpaceConfig
 
         SpaceConfig.model_validate(read_mapping(preset, "space"))
+    for preset in sorted((REPO / "fitness").glob("*.yaml")):
+        from evomerge.config import FitnessConfig
+
+        FitnessConfig.model_validate(read_mapping(preset, "fitness"))
+
+
+def test_every_preset_is_composed_by_a_shipped_experiment():
+    """search_spaces/ and fitness/ hold the presets the experiments use, each named by at least one of them."""
+    used = set()
+    for exp in (REPO / "experiments").rglob("*.yaml"):
+        raw = read_mapping(exp, "experiment file")
+        used |= {(exp.parent / raw[s]).resolve() for s in ("space", "fitness") if isinstance(raw.get(s), str)}
+    presets = {p.resolve() for d in ("search_spaces", "fitness") for p in (REPO / d).glob("*.yaml")}
+    assert presets and presets <= used, sorted(str(p) for p in presets - used)
+
+
+def test_a_fitness_preset_paths_are_relative_to_the_preset(tmp_path, tiny_task_dir):
+    """The same preset gives the same tasks to experiments in different directories."""
+    (tmp_path / "presets" / "data").mkdir(parents=True)
+    (tmp_path / "presets" / "data" / "add").symlink_to(tiny_task_dir / "add")
+    (tmp_path / "presets" / "f.yaml").write_text("tasks: {add: data/add}\nmax_examples: 5\n")
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    loaded = []
+    for where in (tmp_path / "e.yaml", tmp_path / "deep" / "er" / "e.yaml"):
+        exp = write_experiment(where, tiny_task_dir,
+                               fitness=os.path.relpath(tmp_path / "presets" / "f.yaml", where.parent))
+        cfg, base_dir = load_experiment(exp)
+        loaded.append((base_dir / cfg.fitness.task_spec("add").source).resolve())
+        assert cfg.fitness.max_examples == 5
+    assert loaded == [(tiny_task_dir / "add").resolve()] * 2
 
 
 def test_missing_preset_is_named(tmp_path, tiny_task_dir):
@@ -137,7 +172,38 @@ def test_unreadable_files_are_named(tmp_path, tiny_zoo, tiny_task_dir):
         (a_list, "validate", "must hold a YAML mapping of fields"),
         (no_tasks, "run", "fitness.tasks.add: task directory"),
         (no_module, "run", "fitness.scorer: cannot import module 'no_such_module'"),
+        # validate is a dry run: what fails in run fails there, with the same line
+        (no_tasks, "validate", "fitness.tasks.add: task directory"),
+        (no_module, "validate", "fitness.scorer: cannot import module 'no_such_module'"),
     ]:
         code, err = _cli(command, str(path), *(["--run-dir", str(tmp_path / "r")] if command == "run" else []))
         assert code == 2 and expected in err and len(err.splitlines()) == 1, (path, err)
     assert not (tmp_path / "r").exists()
+
+
+def test_normalizing_operators_get_a_scale_gene_per_group_that_reaches_a_task_arithmetic_weight(tiny_zoo):
+    """TIES's weighted mean divides the weights out: without a scale per group the search could never shrink the
+    merged task vector the way a tuned task-arithmetic weight does."""
+    import numpy as np
+    import torch
+
+    from evomerge.config import SpaceConfig
+    from evomerge.merge.materialize import Merger
+    from evomerge.recipe import Recipe
+    from evomerge.sources import SourcePool
+    from evomerge.spaces.layer_weights import LayerWeightsSpace
+
+    ties = LayerWeightsSpace(SpaceConfig(operator="ties", granularity="model"), n_sources=1, n_blocks=2)
+    assert ties.dim == 3  # weight, density, scale
+    dare = LayerWeightsSpace(SpaceConfig(operator="dare_ties", granularity="layer"), n_sources=3, n_blocks=2)
+    assert dare.dim == 4 * 6  # not normalized by default: its weights already scale the merge
+    normalized = LayerWeightsSpace(SpaceConfig(operator="dare_ties", normalize=True), n_sources=3, n_blocks=2)
+    assert normalized.dim == 4 * 7
+    assert LayerWeightsSpace(SpaceConfig(operator="ties", scale=False), 3, 2).dim == 4 * 6
+    recipe = ties.decode(np.array([0.8, 1.0, 0.15]))  # weight 0.8, density 1, scale 0.3
+    assert recipe.groups["all"].scale == pytest.approx(0.3)
+    pool = SourcePool(tiny_zoo / "base", [tiny_zoo / "add"])
+    ta = Recipe.uniform("task_arithmetic", 1, 0.3)
+    merger = Merger(pool)
+    for name in pool.base:
+        torch.testing.assert_close(merger.merged_tensor(recipe, name), merger.merged_tensor(ta, name))

@@ -99,3 +99,30 @@ def test_cli_exports_a_recipe_file(tmp_path, tiny_zoo):
     assert (tmp_path / "m" / "mergekit_config.yml").is_file()
     bad = CliRunner().invoke(app, args[:-2])  # 2 sources for a 3-source recipe
     assert bad.exit_code == 2 and "has 3 weights for 2 --source models" in bad.stderr
+
+
+@pytest.mark.parametrize("operator", ["ties", "task_arithmetic", "breadcrumbs_ties"])
+def test_a_bf16_export_is_what_mergekit_makes_from_its_yaml(tmp_path, tiny_zoo, operator):
+    """Real checkpoints are bf16: the YAML must say so (mergekit computes in its `dtype`), and then mergekit's
+    tensors are the export's, bit for bit."""
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import MergeOptions, run_merge
+
+    base, sources = _sources(tiny_zoo)
+    copies = []
+    for path in [base, *sources]:  # bf16 copies of the zoo's models, as a bf16 family would ship
+        AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).save_pretrained(tmp_path / path.name)
+        AutoTokenizer.from_pretrained(path).save_pretrained(tmp_path / path.name)
+        copies.append(tmp_path / path.name)
+    base, sources = copies[0], copies[1:]
+    dens = (0.5, 0.7, 0.3) if operator != "task_arithmetic" else None
+    recipe = Recipe(operator=operator, lam=0.9, gamma=0.02, normalize=True,
+                    groups={"all": GroupParams(weights=(0.6, 0.3, 0.5), densities=dens)})
+    out = export_recipe(recipe, base, sources, tmp_path / "ours")
+    cfg = yaml.safe_load((out / "mergekit_config.yml").read_text())
+    assert cfg["dtype"] == "bfloat16"
+    run_merge(MergeConfiguration.model_validate(cfg), str(tmp_path / "theirs"), MergeOptions(copy_tokenizer=False))
+    ours, theirs = load_file(out / "model.safetensors"), load_file(tmp_path / "theirs" / "model.safetensors")
+    assert set(ours) == set(theirs)
+    for k in ours:
+        assert ours[k].dtype == torch.bfloat16 and torch.equal(ours[k], theirs[k]), k

@@ -6,7 +6,7 @@ from rich.console import Console
 
 from evomerge.config import FitnessConfig
 from evomerge.fitness.lm_eval_scorer import load_task_config
-from evomerge.fitness.scorer import make_scorer
+from evomerge.fitness import make_scorer
 from tests.conftest import REPO, write_experiment
 
 pytestmark = pytest.mark.slow
@@ -19,7 +19,7 @@ def _lm_eval_tasks(task_dir, tmp_path, suffix=""):
     for t in TASKS:
         name = f"zoo_{t}{suffix}"
         text = (REPO / "fitness" / "lm_eval" / f"{name}.yaml").read_text()
-        text = text.replace(f"../zoo/{t}{suffix}/", f"{task_dir}/{t}{suffix}/")
+        text = text.replace(f"../data/zoo/{t}{suffix}/", f"{task_dir}/{t}{suffix}/")
         (tmp_path / f"{name}.yaml").write_text(text)
         out[t] = str(tmp_path / f"{name}.yaml")
     return out

@@ -84,7 +84,8 @@ def _random_inputs(shape, k, dtype, seed):
 def _ours(operator, base, models, weights, densities, *, seed=None, **params):
     deltas = torch.stack([m - base for m in models])
     x = TensorInputs(base=base, deltas=deltas, ranks=lambda kind: torch.stack([magnitude_ranks(d, kind) for d in deltas]),
-                     seed=seed or 0, generator=None if seed is None else torch.Generator().manual_seed(seed))
+                     seed=seed or 0, generator=None if seed is None else torch.Generator().manual_seed(seed),
+                     sources=lambda i: models[i])
     return OPERATORS[operator].merge(x, MergeParams(weights=tuple(weights), densities=tuple(densities), **params))
 
 
@@ -99,7 +100,20 @@ def _mergekit(method, base, models, weights, densities, **params):
                          parameters={"weight": list(weights), "density": list(densities), **params})
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def _assert_bit_equal(ours, ref):
+    assert ours.dtype == ref.dtype
+    differ = (ours != ref).reshape(-1)
+    if ours.dtype == torch.float32:
+        # torch's CPU sum over sources adds the last numel mod (SIMD width ≤ 16) entries in another order (scalar
+        # loop, 4 accumulators): in fp32 they may differ from mergekit in the last bit; every other entry is exact
+        n = differ.numel()
+        torch.testing.assert_close(ours.reshape(-1)[n - n % 16 :], ref.reshape(-1)[n - n % 16 :], rtol=1e-6, atol=1e-7)
+        differ = differ[: n - n % 16]
+    assert not differ.any(), (f"{int(differ.sum())} of {differ.numel()} entries differ, by up to "
+                              f"{(ours.double() - ref.double()).abs().max().item():.3g}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("densities", [(1.0, 1.0, 1.0), (0.5, 0.3, 0.8), (0.02, 0.05, 0.01)])
 @pytest.mark.parametrize("normalize", [True, False])
@@ -108,23 +122,24 @@ def test_ties_equals_mergekit(dtype, shape, densities, normalize):
     weights = (0.7, 1.3, -0.4)  # not summing to 1, one negative
     ours = _ours("ties", base, models, weights, densities, normalize=normalize, lam=0.9)
     ref = _mergekit("ties", base, models, weights, densities, normalize=normalize, **{"lambda": 0.9})
-    tol = 1e-6 if dtype == torch.float32 else 1e-2
-    torch.testing.assert_close(ours, ref.to(dtype), rtol=tol, atol=tol)
+    _assert_bit_equal(ours, ref)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_task_arithmetic_equals_mergekit(dtype, shape):
     base, models = _random_inputs(shape, 3, dtype, seed=1)
     weights = (0.2, 0.9, 0.5)
     ours = _ours("task_arithmetic", base, models, weights, (1.0, 1.0, 1.0), lam=1.1)
     ref = _mergekit("task_arithmetic", base, models, weights, (1.0, 1.0, 1.0), **{"lambda": 1.1})
-    tol = 1e-6 if dtype == torch.float32 else 1e-2
-    torch.testing.assert_close(ours, ref.to(dtype), rtol=tol, atol=tol)
+    if dtype == torch.float32:  # one BLAS pass (Σ(λwᵢ)τᵢ) rather than mergekit's steps: rounding differs
+        torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
+    else:
+        _assert_bit_equal(ours, ref)
 
 
 @pytest.mark.parametrize("method", ["dare_ties", "dare_linear"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("rescale", ["l1", "none"])
 def test_dare_equals_mergekit_with_a_shared_mask(method, dtype, shape, rescale, monkeypatch):
@@ -134,8 +149,7 @@ def test_dare_equals_mergekit_with_a_shared_mask(method, dtype, shape, rescale, 
     ours = _ours(method, base, models, weights, densities, seed=seed, rescale=rescale, normalize=True)
     _share_masks(monkeypatch, shape, densities, seed)
     ref = _mergekit(method, base, models, weights, densities, rescale=(rescale == "l1"), normalize=True)
-    tol = 1e-6 if dtype == torch.float32 else 1e-2
-    torch.testing.assert_close(ours, ref.to(dtype), rtol=tol, atol=tol)
+    _assert_bit_equal(ours, ref)
 
 
 def test_dare_inverse_rescale_is_paper_exact():
@@ -152,7 +166,7 @@ def _tol(dtype):
 
 
 @pytest.mark.parametrize("method", ["breadcrumbs", "breadcrumbs_ties"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("densities", [(0.5, 0.3, 0.8), (0.9, 0.95, 0.99)])
 def test_breadcrumbs_equals_mergekit(method, dtype, shape, densities):
@@ -160,11 +174,11 @@ def test_breadcrumbs_equals_mergekit(method, dtype, shape, densities):
     weights = (0.5, 1.2, 0.7)
     ours = _ours(method, base, models, weights, densities, gamma=0.05, normalize=True)
     ref = _mergekit(method, base, models, weights, densities, gamma=0.05, normalize=True)
-    torch.testing.assert_close(ours, ref.to(dtype), rtol=_tol(dtype), atol=_tol(dtype))
+    _assert_bit_equal(ours, ref)
 
 
 @pytest.mark.parametrize("method", ["della", "della_linear"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", [(16, 24), (3, 5, 11)])
 def test_della_equals_mergekit_with_a_shared_mask(method, dtype, shape):
     base, models = _random_inputs(shape, 3, dtype, seed=5)
@@ -173,7 +187,7 @@ def test_della_equals_mergekit_with_a_shared_mask(method, dtype, shape):
     ours = _ours(method, base, models, weights, densities, seed=seed, epsilon=0.1, rescale="l1")
     torch.manual_seed(seed)
     ref = _mergekit(method, base, models, weights, densities, epsilon=0.1, rescale=True)
-    torch.testing.assert_close(ours, ref.to(dtype), rtol=_tol(dtype), atol=_tol(dtype))
+    _assert_bit_equal(ours, ref)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -219,7 +233,32 @@ def test_compiled_kernel_equals_mergekit(method, monkeypatch):
     _share_masks(monkeypatch, (96, 80), densities, seed)
     params = {"rescale": False, "normalize": True, **({"gamma": 0.05} if "breadcrumbs" in method else {})}
     ref = _mergekit(method, base, models, weights, densities, **params)
-    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
+    _assert_bit_equal(ours, ref)
+
+
+# Real checkpoints are bf16 or fp16: the fused kernel must be mergekit's numbers there too, not fp32's. 4097×33
+# runs eagerly over several cache-sized chunks (the last one partial); 1024×300 through the torch.compile'd kernel.
+BIG = [(4097, 33), (1024, 300)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("shape", BIG)
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "breadcrumbs", "breadcrumbs_ties"])
+@pytest.mark.parametrize("densities", [(0.3, 0.5, 0.7, 0.2, 0.9), (0.02, 0.1, 0.05, 0.3, 0.01)])
+def test_fused_kernel_equals_mergekit_bit_for_bit(dtype, shape, method, densities, monkeypatch):
+    from evomerge.merge import kernels
+
+    assert kernels.CHUNK < BIG[0][0] * BIG[0][1] < kernels.COMPILE_MIN <= BIG[1][0] * BIG[1][1]
+    base, models = _random_inputs(shape, 5, dtype, seed=sum(shape))
+    weights = (0.7, 1.3, -0.4, 0.25, 0.9)  # not summing to 1, one negative: sign votes near zero
+    seed = tensor_seed(4, "big")
+    gamma = {"gamma": 0.05} if "breadcrumbs" in method else {}
+    ours = _ours(method, base, models, weights, densities, seed=seed, rescale="none", normalize=True, lam=0.9,
+                 **gamma)
+    _share_masks(monkeypatch, shape, densities, seed)
+    ref = _mergekit(method, base, models, weights, densities, rescale=False, normalize=True, **{"lambda": 0.9},
+                    **gamma)
+    _assert_bit_equal(ours, ref)
 
 
 def test_hash_masks_are_bernoulli_and_independent_across_seeds():
@@ -232,3 +271,45 @@ def test_hash_masks_are_bernoulli_and_independent_across_seeds():
     for x, y in ((a, b), (a, c)):
         assert abs((x & y).float().mean().item() - d * d) < 0.003  # joint keep rate of independent masks
     assert torch.equal(a, keep_mask((n,), d, source_seed(tensor_seed(1, "t"), 0)))  # a pure function of the seed
+
+
+# --- endpoints: a merge that is exactly one model returns that model's tensor, not base + (source − base) --------
+
+
+def _round_trip_is_off(base, model):
+    return not torch.equal(base + (model - base), model)  # so that the tests below can fail
+
+
+@pytest.mark.parametrize("operator", ["linear", "task_arithmetic", "ties", "dare_ties", "breadcrumbs_ties", "della"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_one_hot_weights_return_the_source_bit_for_bit(operator, dtype):
+    base, models = _random_inputs((64, 33), 3, dtype, seed=9)
+    assert _round_trip_is_off(base, models[1])
+    normalize = operator in ("linear", "ties")
+    weight = 0.37 if normalize else 1.0  # normalizing divides any lone weight out
+    densities = (0.5, 1.0, 0.5)  # the others' densities do not matter: their weight is zero
+    out = _ours(operator, base, models, (0.0, weight, 0.0), densities, seed=3, normalize=normalize)
+    assert torch.equal(out, models[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_slerp_endpoints_are_exact(dtype):
+    base, (other,) = _random_inputs((64, 33), 1, dtype, seed=10)
+    assert _round_trip_is_off(base, other)
+    assert torch.equal(_ours("slerp", base, [other], (0.0,), (1.0,)), base)
+    assert torch.equal(_ours("slerp", base, [other], (1.0,), (1.0,)), other)
+
+
+def test_a_bf16_pool_materializes_a_one_hot_recipe_as_the_source_itself(tiny_zoo):
+    from transformers import AutoModelForCausalLM
+
+    paths = [tiny_zoo / "add", tiny_zoo / "cipher"]
+    pool = SourcePool(tiny_zoo / "base", paths, dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(tiny_zoo / "base", dtype=torch.bfloat16)
+    recipe = Recipe(operator="task_arithmetic", groups={"all": GroupParams(weights=(0.0, 1.0))})
+    Merger(pool).materialize(recipe, model)
+    expert = {k: v.to(torch.bfloat16) for k, v in load_state_dict(paths[1]).items()}
+    live = model.state_dict()
+    assert any(_round_trip_is_off(pool.base[k], expert[k]) for k in pool.base)
+    for k in pool.base:
+        assert torch.equal(live[k], expert[k]), k

@@ -30,13 +30,15 @@ def test_layer_groups_from_names():
 def test_space_decodes_genome_into_ranges():
     cfg = SpaceConfig(operator="ties", granularity="layer", weight_range=(-1.0, 1.0), density_range=(0.2, 0.6))
     space = LayerWeightsSpace(cfg, n_sources=3, n_blocks=2)
-    assert space.dim == 4 * 3 * 2  # embed, 2 blocks, head × 3 sources × (weight, density)
+    # embed, 2 blocks, head × (3 sources × (weight, density) + a scale, as TIES normalizes)
+    assert space.dim == 4 * (3 * 2 + 1)
     x = np.linspace(0, 1, space.dim)
     r = space.decode(x, seed=5)
     assert r.seed == 5 and set(r.groups) == {"embed", "layers.0-0", "layers.1-1", "head"}
     g = r.groups["embed"]
     assert np.allclose(g.weights, -1 + 2 * x[:3])
     assert np.allclose(g.densities, 0.2 + 0.4 * x[3:6])
+    assert np.isclose(g.scale, 2 * x[6])  # scale_range [0, 2]
     assert all(-1 <= w <= 1 for p in r.groups.values() for w in p.weights)
 
 
@@ -44,3 +46,11 @@ def test_space_without_density_for_task_arithmetic():
     space = LayerWeightsSpace(SpaceConfig(operator="task_arithmetic", granularity="model"), 3, 4)
     assert space.dim == 3
     assert space.decode(np.full(3, 0.5)).groups["all"].densities is None
+
+
+def test_encoded_seeds_decode_back_with_the_scale_gene_at_one():
+    space = LayerWeightsSpace(SpaceConfig(operator="ties", granularity="layer"), n_sources=3, n_blocks=2)
+    x = space.encode([0.0, 1.0, 0.0], [0.5, 1.0, 0.5])
+    assert x.shape == (space.dim,)
+    for g in space.decode(x).groups.values():
+        assert np.allclose(g.weights, (0, 1, 0)) and np.allclose(g.densities, (0.5, 1, 0.5)) and g.scale == 1.0

@@ -3,15 +3,16 @@ can live in a shared database; `status`, `runs` and `resume` work on what is on 
 
 import hashlib
 import json
-import pickle
 import shutil
 import sqlite3
 
+import numpy as np
 import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
 from evomerge.cli import app
+from evomerge.optim.state import decode
 from evomerge.runner import Runner
 from evomerge.store import RunDir
 from tests.conftest import write_experiment
@@ -67,7 +68,9 @@ CORRUPTIONS = {
     "store from a newer evomerge": (lambda d: _sql(d, "UPDATE evomerge_runs SET schema_version = 99"),
                                     "written by a newer evomerge (store schema 99"),
     "optimizer snapshot corrupted": (lambda d: _sql(d, "UPDATE evomerge_snapshots SET state = ?", b"\x80\x05junk"),
-                                     "optimizer snapshot of generation 2 is unreadable"),
+                                     "optimizer snapshot of generation 2 cannot be loaded: it is a pickle"),
+    "optimizer snapshot not a state": (lambda d: _sql(d, "UPDATE evomerge_snapshots SET state = ?", b"{}"),
+                                       "optimizer snapshot of generation 2 cannot be loaded: not an evomerge"),
 }
 
 
@@ -80,7 +83,7 @@ def test_corrupted_run_directory_is_refused_and_untouched(tmp_path, finished_run
     corrupt(run_dir)
     before = _digest(run_dir)
     commands = [("run", exp, "--run-dir", run_dir), ("resume", run_dir)]
-    if case != "optimizer snapshot corrupted":  # status reads no snapshot
+    if not case.startswith("optimizer snapshot"):  # status reads no snapshot
         commands.append(("status", run_dir))
     for command in commands:
         code, _, err = _cli(*command)
@@ -198,7 +201,7 @@ def test_snapshot_holds_the_rng_and_the_candidates_not_yet_told(finished_run):
         assert [(g, p) for g, p, _ in snaps] == [(1, "asked"), (1, "told")]
         genomes = [e.genome for e in store.evaluations("search") if e.generation == 1]
         assert json.loads(snaps[0][2]) == genomes
-        state = pickle.loads(store.last_snapshot().state)
-        assert "_rng" in state  # cmaes' RNG, which pickling the optimizer itself would drop
+        state = decode(store.last_snapshot().state, "cma")
+        assert isinstance(state["_rng"], np.random.RandomState)  # cmaes' RNG, kept as data
     finally:
         store.close()

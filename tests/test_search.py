@@ -57,9 +57,10 @@ def test_stopped_run_continues_exactly(tmp_path, tiny_zoo, tiny_task_dir, monkey
     calls = {"n": 0}
 
     def dying(self, job):
-        if job.kind == "search" and calls["n"] == 6:
-            raise KeyboardInterrupt
-        calls["n"] += 1
+        if job.kind == "search":  # the known candidates scored first do not count
+            if calls["n"] == 6:
+                raise KeyboardInterrupt
+            calls["n"] += 1
         return real(self, job)
 
     monkeypatch.setattr(Worker, "evaluate", dying)
@@ -233,8 +234,13 @@ def test_multi_objective_search_reports_the_pareto_front(tmp_path, tiny_zoo, tin
     assert {r["label"] for r in front} == expected and len(front) >= 1
     assert [r["search_objective"] for r in front] == sorted((r["search_objective"] for r in front), reverse=True)
     assert all(set(r["heldout"]) == set(tasks) for r in front)
-    # the table's evolved row is the front member with the best mean
-    assert results["rows"][0]["label"] == f"evolved ({front[0]['label']})"
+    # the table's evolved row is the front member with the best mean, unless a known candidate (a source) was better
+    known = results["search"]["best_known"]
+    if known["objective"] > front[0]["search_objective"]:
+        assert results["rows"][0]["label"] == f"evolved (= {known['label']}, known before the search)"
+        assert results["warnings"] and known["label"] in results["warnings"][0]
+    else:
+        assert results["rows"][0]["label"] == f"evolved ({front[0]['label']})"
 
 
 @pytest.mark.parametrize("fitness_type", ["native", "lm_eval"])
@@ -290,3 +296,34 @@ def test_periodic_rescoring_every_n_evaluations(tmp_path, tiny_zoo, tiny_task_di
     assert len(held) == 3 * 2
     # the last checkpoint saw the final top 2: the end of the run copied their held-out scores
     assert {e.worker for e in final_held} == {"cache"}
+
+
+def test_a_bf16_run_merges_scores_and_exports_in_bf16(tmp_path, tiny_zoo, tiny_task_dir):
+    """`dtype: bfloat16`: the fp32 zoo is cast when loaded, every candidate merges and scores in bf16, the sources'
+    rows are the sources themselves, and the export is a bf16 checkpoint whose mergekit YAML says bfloat16."""
+    import torch
+    import yaml
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from evomerge.cli import app
+
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_task_dir, dtype="bfloat16",
+                           optimizer={"type": "cma", "generations": 1, "popsize": 3})
+    results = _run(exp, tmp_path / "run")
+    assert all(r[4] == "ok" for r in _search_rows(tmp_path / "run"))
+    labels = [r["label"] for r in results["rows"]]
+    assert labels[0].startswith("evolved") and "add" in labels
+    cfg = yaml.safe_load(exp.read_text())
+    worker = Worker(tiny_zoo / "base", [tiny_zoo / "add"], {}, _fitness(cfg), dtype="bfloat16")
+    assert worker.builder.model.dtype == torch.bfloat16 and worker.builder.pool.dtype == torch.bfloat16
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "best")])
+    assert result.exit_code == 0, result.stderr
+    assert {t.dtype for t in load_file(tmp_path / "best" / "model.safetensors").values()} == {torch.bfloat16}
+    assert yaml.safe_load((tmp_path / "best" / "mergekit_config.yml").read_text())["dtype"] == "bfloat16"
+
+
+def _fitness(cfg):
+    from evomerge.config import FitnessConfig
+
+    return FitnessConfig.model_validate(cfg["fitness"])

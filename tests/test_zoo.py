@@ -15,7 +15,7 @@ def test_committed_task_data_is_what_the_default_zoo_generates(tmp_path):
     write_task_data(PROFILES["default"], tmp_path)
     for task in PROFILES["default"].tasks:
         for split in ("train", "search", "heldout"):
-            committed = (REPO / "fitness" / "zoo" / task / f"{split}.jsonl").read_text()
+            committed = (REPO / "fitness" / "data" / "zoo" / task / f"{split}.jsonl").read_text()
             assert (tmp_path / task / f"{split}.jsonl").read_text() == committed, (task, split)
 
 

@@ -1,8 +1,11 @@
 """The user's side of black-box merging: an HTTP client of the merge service that never holds a weight.
 
-It sends α, β and examples and receives scalars. Rate limits (429), server errors (5xx), time-outs and dropped
-connections are retried with exponential backoff; a used-up budget (the client's own or the server's) and any
-other 4xx are not — they would fail again. Every answered query is counted.
+It sends α, β and examples and receives scalars. Rate limits (429), server errors (5xx), time-outs and refused or
+dropped connections are retried with exponential backoff (capped, or as Retry-After says) for at least
+`retries` attempts and at least `retry_window_s` seconds (60 by default), so a service restart is waited out; what
+still fails then is a `TransportFailure`: not the candidate's fault, so a resumed run asks it again. A used-up
+budget (the client's own or the server's) and any other 4xx are not retried — they would fail again. Every
+answered query is counted.
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ class BudgetExhausted(ServiceError):
     """No queries left: the client's own budget or the token's budget on the server."""
 
 
+class TransportFailure(ServiceError):
+    """The service could not be reached or kept failing (connection, time-out, 5xx, 429) for the whole retry
+    window: says nothing about the query itself."""
+
+
 def read_token(env: str | None, file: Path | None) -> str:
     """The API token, from an environment variable or a file (its first line). Never logged or stored."""
     if env and os.environ.get(env):
@@ -42,11 +50,13 @@ class MergeClient:
     RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 
     def __init__(self, url: str, token: str, *, max_queries: int | None = None, retries: int = 4,
-                 backoff_s: float = 0.25, timeout_s: float = 60.0):
+                 backoff_s: float = 0.25, timeout_s: float = 60.0, retry_window_s: float = 60.0,
+                 max_backoff_s: float = 5.0):
         self.url = url.rstrip("/")
         self._http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"},
                                   timeout=timeout_s)
         self.max_queries, self.retries, self.backoff_s = max_queries, retries, backoff_s
+        self.retry_window_s, self.max_backoff_s = retry_window_s, max_backoff_s
         self.queries = 0  # answered evaluate/complete queries (what the budget counts)
         self.retried = 0
 
@@ -62,27 +72,34 @@ class MergeClient:
     def _request(self, method: str, path: str, json: dict | None = None, counted: bool = False) -> dict:
         if counted and self.max_queries is not None and self.queries >= self.max_queries:
             raise BudgetExhausted(f"query budget of {self.max_queries} used up")
-        last = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                self.retried += 1
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+        start, attempt = time.monotonic(), 0
+        while True:
+            wait = None
             try:
                 r = self._http.request(method, path, json=json)
             except (httpx.TimeoutException, httpx.TransportError) as e:
                 last = f"{type(e).__name__}: {e}"
-                continue
-            if r.status_code < 400:
-                if counted:
-                    self.queries += 1
-                return r.json()
-            detail = _detail(r)
-            if detail.get("code") == "budget_exhausted":
-                raise BudgetExhausted(f"{path}: the server's query budget for this token is used up")
-            last = f"HTTP {r.status_code}: {detail.get('message', r.text[:200])}"
-            if r.status_code not in self.RETRY_STATUS:
-                raise ServiceError(f"{path}: {last}")
-        raise ServiceError(f"{path}: failed after {self.retries + 1} attempts ({last})")
+            else:
+                if r.status_code < 400:
+                    if counted:
+                        self.queries += 1
+                    return r.json()
+                detail = _detail(r)
+                if detail.get("code") == "budget_exhausted":
+                    raise BudgetExhausted(f"{path}: the server's query budget for this token is used up")
+                last = f"HTTP {r.status_code}: {detail.get('message', r.text[:200])}"
+                if r.status_code not in self.RETRY_STATUS:
+                    raise ServiceError(f"{path}: {last}")
+                after = r.headers.get("retry-after", "")
+                wait = float(after) if after.isdigit() else None
+            attempt += 1
+            wait = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)) if wait is None else wait
+            if attempt > self.retries and time.monotonic() - start + wait > self.retry_window_s:
+                break
+            self.retried += 1
+            time.sleep(wait)
+        raise TransportFailure(f"{path}: failed after {attempt} attempts in {time.monotonic() - start:.0f} s "
+                               f"({last})")
 
     def adapters(self) -> list[str]:
         return self._request("GET", "/v1/adapters")["data"]

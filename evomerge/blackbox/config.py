@@ -9,14 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import Field, PositiveInt, ValidationError, model_validator
 
-from evomerge.config import format_validation_error, read_mapping
+from evomerge.config import SEED_MAX, RunName, format_validation_error, read_mapping
+from evomerge.config import StrictModel as _Strict
 from evomerge.errors import ConfigError
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class ServiceConfig(_Strict):
@@ -30,8 +27,10 @@ class ServiceConfig(_Strict):
     repository: str = "zoo:lora"
     replicas: PositiveInt = 1
     # the client
-    retries: int = Field(4, ge=0)
+    retries: int = Field(4, ge=0, le=1000)
     timeout_s: float = Field(120.0, gt=0)
+    # transport failures (connection, time-out, 5xx) are retried for at least this long: a restart is waited out
+    retry_window_s: float = Field(60.0, ge=0, le=86400)
 
     @model_validator(mode="after")
     def _url_or_launch(self) -> ServiceConfig:
@@ -50,7 +49,7 @@ class DataConfig(_Strict):
 
 
 class StagesConfig(_Strict):
-    """The two CMA-ES stages with the paper's defaults (DESIGN §6)."""
+    """The two CMA-ES stages with the defaults of Chen et al. (black-box model merging)."""
 
     popsize: PositiveInt = 20
     sigma0: float = Field(0.05, gt=0)
@@ -71,8 +70,8 @@ class WhiteboxConfig(_Strict):
 
 class BlackboxExperiment(_Strict):
     kind: Literal["blackbox"]
-    name: str
-    seed: int = 42
+    name: RunName
+    seed: int = Field(42, ge=0, le=SEED_MAX)
     zoo: Literal["default", "tiny"] = "default"
     threads: PositiveInt = 1
     service: ServiceConfig = ServiceConfig()

@@ -28,10 +28,13 @@ def free_port() -> int:
 
 
 def serve_command(base: Path, repository: Path, port: int, *, replicas: int = 1, threads: int = 1,
-                  data: dict[str, Path] | None = None, budget: int = 1_000_000) -> list[str]:
+                  data: dict[str, Path] | None = None, budget: int = 1_000_000,
+                  budget_db: Path | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "evomerge.cli", "serve", "--base", str(base), "--repository", str(repository),
            "--host", "127.0.0.1", "--port", str(port), "--replicas", str(replicas), "--threads", str(threads),
            "--budget", str(budget)]
+    if budget_db is not None:
+        cmd += ["--budget-db", str(budget_db)]
     for name, d in (data or {}).items():
         cmd += ["--dataset", f"{name}={d}"]
     return cmd
@@ -59,7 +62,8 @@ def local_service(base: Path, repository: Path, log: Path, *, replicas: int = 1,
     port, token = free_port(), secrets.token_urlsafe(24)
     env = {**os.environ, TOKEN_ENV: token}
     with open(log, "ab") as out:
-        proc = subprocess.Popen(serve_command(base, repository, port, replicas=replicas, threads=threads),
+        proc = subprocess.Popen(serve_command(base, repository, port, replicas=replicas, threads=threads,
+                                              budget_db=log.parent / "service-budgets.db"),
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -1,4 +1,5 @@
-"""LoRA merging in weight space (DESIGN §5) and the scoring of a merged model, for the merge service.
+"""LoRA merging in weight space (ΔW = B·A per adapter, merged per target module) and the scoring of a merged
+model, for the merge service.
 
 Black-box merge of N adapters with per-adapter sparsity α and scale β, per target module:
     A_m = Σ βᵢ S_αᵢ(Aᵢ),   B_m = Σ βᵢ sᵢ Bᵢ,   ΔW = B_m A_m
@@ -111,8 +112,8 @@ def task_arithmetic_deltas(full: dict[str, torch.Tensor], lam: float) -> dict[st
 
 
 def ties_deltas(full: dict[str, torch.Tensor], density: float, lam: float) -> dict[str, torch.Tensor]:
-    """TIES (paper variant, DESIGN §5): trim to the top-d of |ΔWᵢ| per tensor, elect the sign of the sum, disjoint
-    mean over the agreeing adapters."""
+    """TIES (the paper's variant, Yadav et al.): trim to the top-d of |ΔWᵢ| per tensor, elect the sign of the sum,
+    disjoint mean over the agreeing adapters."""
     out = {}
     for name, d in full.items():
         flat = d.flatten(1)

@@ -23,7 +23,7 @@ from cmaes import CMA
 from rich.console import Console
 from rich.table import Table
 
-from evomerge.blackbox.client import BudgetExhausted, MergeClient, ServiceError, read_token
+from evomerge.blackbox.client import BudgetExhausted, MergeClient, ServiceError, TransportFailure, read_token
 from evomerge.blackbox.config import BlackboxExperiment, load_blackbox
 from evomerge.errors import ConfigError, EvomergeError
 from evomerge.fitness.tasks import load_split
@@ -33,6 +33,7 @@ from evomerge.store.database import Evaluation
 from evomerge.store.rundir import DB_FILE
 
 BUDGET_PREFIX = "budget exhausted: "
+TRANSPORT_PREFIX = "transport: "  # the service was unreachable: not the candidate's fault, asked again on resume
 FAILED_VALUE = 1e3  # the fitness of a failed query: ranks below any real loss
 # phase -> generation offset in the store (each phase's generations are numbered from its offset)
 PHASE_OFFSET = {"denoise": 0, "scale": 1000, "no_denoise": 2000, "no_flip": 3000}
@@ -134,7 +135,7 @@ class BlackboxRunner:
             url = s.url
             token_file = (self.base_dir / s.token_file).resolve() if s.token_file else None
             token = read_token(s.token_env, token_file)
-        client = MergeClient(url, token, retries=s.retries, timeout_s=s.timeout_s)
+        client = MergeClient(url, token, retries=s.retries, timeout_s=s.timeout_s, retry_window_s=s.retry_window_s)
         stack.callback(client.close)
         return client
 
@@ -177,9 +178,10 @@ class BlackboxRunner:
         key = (kind, gen, idx, label)
         genome = [float(v) for v in np.concatenate([alpha, beta])]
         old = self.stored.get(key)
-        # a stored answer is reused; a query refused for want of budget is asked again (the budget may be new)
+        # a stored answer is reused; a query refused for want of budget (the budget may be new) or lost to an
+        # unreachable service is asked again
         if old is not None and old.genome is not None and np.allclose(old.genome, genome) and \
-                not (old.error or "").startswith(BUDGET_PREFIX):
+                not (old.error or "").startswith((BUDGET_PREFIX, TRANSPORT_PREFIX)):
             return old
         t0 = time.time()
         try:
@@ -188,7 +190,9 @@ class BlackboxRunner:
                             per_task={"loss": r["loss"]}, genome=genome, eval_seconds=time.time() - t0,
                             per_example={"correct": [float(c) for c in r.get("per_example_correct", [])]})
         except ServiceError as e:
-            error = f"{BUDGET_PREFIX}{e}" if isinstance(e, BudgetExhausted) else str(e)
+            prefix = BUDGET_PREFIX if isinstance(e, BudgetExhausted) else \
+                TRANSPORT_PREFIX if isinstance(e, TransportFailure) else ""
+            error = f"{prefix}{e}"
             ev = Evaluation(kind, gen, idx, label, "query", "failed", genome=genome, error=error,
                             eval_seconds=time.time() - t0)
             store.add(ev)

@@ -1,15 +1,26 @@
-"""The merge service: a provider hosts a base model and a LoRA repository behind an HTTP API (DESIGN §6).
+"""The merge service: a provider hosts a base model and a LoRA repository behind an HTTP API (Chen et al.,
+"Black-box Model Merging for Language-Model-as-a-Service with Massive Model Repositories"; see the README's
+black-box section).
 
 Clients send per-adapter sparsity α and scale β plus validation examples (or the name of a dataset the server
 knows) and get back scalars — the mean validation loss, optionally per-example losses and accuracy — or greedy
 completions (OpenAI completion shape). They never receive a weight. Every endpoint but /healthz needs a bearer
 token; each token has a query budget. Versioned under /v1; FastAPI serves the OpenAPI document at /openapi.json.
+
+It serves only what it declares: the datasets and their splits are read once, at start-up, into a registry;
+a request names a dataset and a split by id, and no value of a request ever reaches a file path. Request fields
+are strictly typed (no "0.5" for 0.5, no true for 1). Budgets live in a SQLite file (`BudgetStore`) keyed by a
+hash of each token, charged atomically, so a restart neither refills them nor forgets what was spent; a per-token
+rate limit answers 429 with Retry-After.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
+import re
+import sqlite3
 import threading
 import time
 import uuid
@@ -26,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from evomerge.blackbox.lora_merge import LoraRepository, ModelPool, blackbox_deltas, encode, score_examples
 from evomerge.errors import ConfigError
+from evomerge.fitness.native import PromptEncoder, pad_id
 from evomerge.fitness.tasks import load_split
 
 API_VERSION = "v1"
@@ -39,28 +51,92 @@ class Limits:
     max_chars: int = 48  # per prompt or answer: the zoo's models see at most 64 positions
     max_new_tokens: int = 32
     beta_bound: float = 5.0  # |β| ≤ this: larger scales only make a model diverge
+    rate_per_s: float = 50.0  # queries per second and token, sustained
+    burst: int = 100  # queries a token may send at once before the rate applies
+
+
+def token_id(token: str) -> str:
+    """What the budget store keeps of a token: its SHA-256, never the token itself."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class BudgetStore:
+    """Each token's budget and spent queries in SQLite: durable across restarts, charged in one atomic UPDATE (so
+    concurrent requests, threads or processes, never overspend). A token's budget comes from the tokens file at
+    every start; what it has spent stays."""
+
+    def __init__(self, path: Path, budgets: dict[str, int]):
+        self.path = Path(path)
+        self._con = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._con.execute("PRAGMA journal_mode=WAL")
+            self._con.execute("PRAGMA synchronous=FULL")
+            self._con.execute("CREATE TABLE IF NOT EXISTS budgets (token_sha256 TEXT PRIMARY KEY, "
+                              "budget INTEGER NOT NULL, spent INTEGER NOT NULL DEFAULT 0)")
+            for tok, budget in budgets.items():
+                self._con.execute("INSERT INTO budgets (token_sha256, budget) VALUES (?, ?) ON CONFLICT "
+                                  "(token_sha256) DO UPDATE SET budget = excluded.budget", (token_id(tok), budget))
+
+    def charge(self, token: str) -> int | None:
+        """One query off `token`'s budget; the queries left after it, or None when none was left."""
+        with self._lock:
+            row = self._con.execute("UPDATE budgets SET spent = spent + 1 WHERE token_sha256 = ? AND spent < budget "
+                                    "RETURNING budget - spent", (token_id(token),)).fetchone()
+        return None if row is None else int(row[0])
+
+    def left(self, token: str) -> int:
+        with self._lock:
+            row = self._con.execute("SELECT budget - spent FROM budgets WHERE token_sha256 = ?",
+                                    (token_id(token),)).fetchone()
+        return max(0, int(row[0])) if row else 0
+
+    def spent(self, token: str) -> int:
+        with self._lock:
+            row = self._con.execute("SELECT spent FROM budgets WHERE token_sha256 = ?", (token_id(token),)).fetchone()
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        self._con.close()
 
 
 @dataclass
 class Budgets:
-    """Queries left per token; the tokens themselves are never logged or returned."""
+    """The tokens (matched in constant time, never logged or returned), their durable budgets and rate limits."""
 
-    left: dict[str, int]
+    tokens: list[str]
+    store: BudgetStore
+    limits: Limits
     lock: threading.Lock = field(default_factory=threading.Lock)
+    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # token -> (allowance, last time)
 
     def match(self, token: str) -> str | None:
-        for known in self.left:  # constant-time compare per candidate token
+        found = None
+        for known in self.tokens:  # constant-time compare per candidate token, all of them
             if hmac.compare_digest(known.encode(), token.encode()):
-                return known
-        return None
+                found = known
+        return found
 
     def charge(self, token: str) -> int:
+        self._rate(token)
+        left = self.store.charge(token)
+        if left is None:
+            raise HTTPException(429, detail={"code": "budget_exhausted",
+                                             "message": "this token's query budget is used up"})
+        return left
+
+    def _rate(self, token: str) -> None:
+        """A token bucket per token: `burst` queries at once, then `rate_per_s`."""
+        lim, now = self.limits, time.monotonic()
         with self.lock:
-            if self.left[token] <= 0:
-                raise HTTPException(429, detail={"code": "budget_exhausted",
-                                                 "message": "this token's query budget is used up"})
-            self.left[token] -= 1
-            return self.left[token]
+            allowance, last = self._buckets.get(token, (float(lim.burst), now))
+            allowance = min(float(lim.burst), allowance + (now - last) * lim.rate_per_s)
+            if allowance < 1:
+                self._buckets[token] = (allowance, now)
+                wait = (1 - allowance) / lim.rate_per_s
+                raise HTTPException(429, detail={"code": "rate_limited", "message": "too many queries; slow down"},
+                                    headers={"Retry-After": str(max(1, round(wait + 0.5)))})
+            self._buckets[token] = (allowance - 1, now)
 
 
 def read_tokens(tokens_file: Path | None, budget: int) -> dict[str, int]:
@@ -86,7 +162,8 @@ def read_tokens(tokens_file: Path | None, budget: int) -> dict[str, int]:
 
 # -- request and response schemas -----------------------------------------------------------------------------------
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: a string is not a number and a boolean is not one either (lax pydantic takes "0.5" and true)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -98,8 +175,8 @@ class Example(_Strict):
 
 
 class DatasetRef(_Strict):
-    name: str = Field(description="a dataset the server knows (GET /v1/datasets)")
-    split: str = "search"
+    name: str = Field(description="a dataset the server declares (GET /v1/datasets)")
+    split: str = Field("search", description="one of that dataset's splits (GET /v1/datasets)")
     limit: int | None = Field(None, ge=1)
 
 
@@ -156,13 +233,29 @@ def _bad(message: str, status: int = 422) -> HTTPException:
     return HTTPException(status, detail={"code": "invalid_request", "message": message})
 
 
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def load_datasets(dirs: dict[str, Path]) -> dict[str, dict[str, list[dict]]]:
+    """The dataset registry, read once at start-up: {dataset id: {split id: rows}} from DIR/<split>.jsonl."""
+    out = {}
+    for name, d in dirs.items():
+        if not _ID.fullmatch(name):
+            raise ConfigError(f"--dataset: {name!r} is not a dataset id (letters, digits, '_', '.', '-')")
+        files = sorted(p for p in Path(d).glob("*.jsonl") if p.is_file() and _ID.fullmatch(p.stem))
+        if not files:
+            raise ConfigError(f"--dataset {name}: {d} holds no <split>.jsonl file")
+        out[name] = {p.stem: load_split(Path(d), p.stem, f"--dataset {name}") for p in files}
+    return out
+
+
 # -- the application ------------------------------------------------------------------------------------------------
 class MergeService:
     def __init__(self, base_dir: Path, repo_dir: Path, datasets: dict[str, Path] | None = None,
                  replicas: int = 1, limits: Limits | None = None):
         self.repo = LoraRepository(repo_dir)
         self.pool = ModelPool(base_dir, list(self.repo.modules), replicas)
-        self.datasets = datasets or {}
+        self.datasets = load_datasets(datasets or {})  # fixed from here on: requests only pick from it
         self.limits = limits or Limits()
         self._encoded: dict[tuple, object] = {}
         self._lock = threading.Lock()
@@ -186,12 +279,9 @@ class MergeService:
             raise _bad("give either examples or dataset, not both or neither")
         if req.dataset is not None:
             ref = req.dataset
-            if ref.name not in self.datasets:
-                raise _bad(f"dataset.name: unknown dataset {ref.name!r}; expected one of {sorted(self.datasets)}")
-            try:
-                rows = load_split(self.datasets[ref.name], ref.split, f"dataset {ref.name}")
-            except ConfigError:
-                raise _bad(f"dataset.split: dataset {ref.name!r} has no split {ref.split!r}") from None
+            rows = self.datasets.get(ref.name, {}).get(ref.split)
+            if rows is None:  # one answer for any unknown id: nothing about what exists beyond the listing
+                raise _bad("dataset: not a declared dataset and split; GET /v1/datasets lists them")
             rows = rows[: ref.limit] if ref.limit else rows
         else:
             rows = [e.model_dump() for e in req.examples]
@@ -246,21 +336,23 @@ class MergeService:
         max_new = min(req.max_tokens, self.limits.max_new_tokens)
         out = []
         with self.pool.merged(blackbox_deltas(self.repo, req.merge.alpha, req.merge.beta)) as model:
+            encode = PromptEncoder(tok)  # the tokenizer's own special prefix (BOS or none)
             for p in prompts:  # one at a time: no padding, so exactly what greedy decoding gives for this prompt
-                ids = torch.tensor([[tok.bos_token_id, *tok.encode(p, add_special_tokens=False)]])
+                ids = torch.tensor([encode(p)])
                 gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new,
                                      do_sample=False, eos_token_id=tok.eos_token_id,
-                                     pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
+                                     pad_token_id=pad_id(tok))[0, ids.shape[1]:].tolist()
                 stop = tok.eos_token_id in gen
                 text = tok.decode(gen[: gen.index(tok.eos_token_id)] if stop else gen, skip_special_tokens=True)
                 out.append((text, "stop" if stop else "length"))
         return out
 
 
-def create_app(service: MergeService, tokens: dict[str, int]) -> FastAPI:
+def create_app(service: MergeService, tokens: dict[str, int], budget_db: Path) -> FastAPI:
+    """The HTTP application; `budget_db`: the SQLite file of budgets and spent queries (created if absent)."""
     app = FastAPI(title="evomerge merge service", version=API_VERSION,
                   description="Black-box LoRA merging: send per-adapter sparsity α and scale β, get scalars back.")
-    budgets = Budgets(dict(tokens))
+    budgets = Budgets(list(tokens), BudgetStore(budget_db, tokens), service.limits)
     bearer = HTTPBearer(auto_error=False)
 
     def token(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
@@ -300,11 +392,13 @@ def create_app(service: MergeService, tokens: dict[str, int]) -> FastAPI:
 
     @app.get(f"/{API_VERSION}/datasets")
     def datasets(_: str = Depends(token)) -> dict:
-        return {"object": "list", "data": sorted(service.datasets)}
+        """The declared datasets and their splits: all a request may name."""
+        return {"object": "list", "data": sorted(service.datasets),
+                "splits": {n: sorted(s) for n, s in service.datasets.items()}}
 
     @app.get(f"/{API_VERSION}/budget")
     def budget(tok: str = Depends(token)) -> dict:
-        return {"budget_left": budgets.left[tok]}
+        return {"budget_left": budgets.store.left(tok), "spent": budgets.store.spent(tok)}
 
     @app.post(f"/{API_VERSION}/merges/evaluate", response_model=EvaluateResponse,
               response_model_exclude_none=True)

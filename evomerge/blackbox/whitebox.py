@@ -9,8 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evomerge.blackbox.lora_merge import (LoraRepository, ModelPool, encode, score_examples,
-                                          task_arithmetic_deltas, ties_deltas)
+from evomerge.blackbox.lora_merge import (
+    LoraRepository,
+    ModelPool,
+    encode,
+    score_examples,
+    task_arithmetic_deltas,
+    ties_deltas,
+)
 
 
 def whitebox_results(base: Path, repository: Path, validation: list[dict], heldout: dict[str, list[dict]],

@@ -27,6 +27,7 @@ class WorkerStats:
     pid: int | None = None
     host: str | None = None
     device: str | None = None
+    threads: int | None = None  # its CPU threads (torch, OpenMP, BLAS), as the worker reports them
     alive: bool = True
     _since: float | None = None  # when its current busy or idle stretch began
     _busy: bool = False
@@ -74,13 +75,28 @@ def failed_evaluation(job: Job, error: str, attempts: int, worker: str) -> Evalu
 
 
 class Executor:
-    """`submit(job)` queues; `next()` blocks until some submitted job's evaluation is ready and returns it."""
+    """`submit(job)` queues; `next()` blocks until some submitted job's evaluation is ready and returns it.
+
+    The contract of every class in `evomerge.executors.EXECUTORS` (tests/test_contracts.py checks it per entry):
+    `from_config(executor_cfg, worker_args)` starts its workers (`Worker(**worker_args)` each); every submitted job
+    comes back from `next()` exactly once, as the evaluation a `Worker` in this process would have recorded for it
+    (scores equal; timings and worker names aside), in any order; a worker that dies or hangs becomes a retry, then
+    a failed evaluation, never an exception; `pending()`, `free_slots()`, `running()`, `telemetry()`, `shape`
+    (what the search space needs to know of the models), `streaming` and `close()` as below. `can_stop`: whether it
+    can stop a running evaluation (`executor.timeout_s` needs one that can).
+    """
 
     n_workers = 1
-    shape: tuple[int, int]  # (sources, transformer blocks): what a search space needs to know of the models
+    shape: tuple  # (sources, transformer blocks; a data flow: every model's layer count)
     streaming = False
+    can_stop = False
 
-    def __init__(self):
+    @classmethod
+    def from_config(cls, cfg, worker_args: dict) -> Executor:
+        """The executor for `cfg` (an `ExecutorConfig`), its workers started with `worker_args`."""
+        raise NotImplementedError
+
+    def __init__(self) -> None:
         self.queue: deque[tuple[Job, int]] = deque()  # (job, attempt)
         self.stats: dict[str, WorkerStats] = {}
 

@@ -3,11 +3,13 @@ costs one candidate, not the run: the child is replaced and the candidate re-iss
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import signal
 import socket
 import time
 import traceback
+from typing import Any
 
 from evomerge.errors import RunError
 from evomerge.executors.base import Executor, WorkerStats, failed_evaluation
@@ -34,11 +36,19 @@ def _death(exitcode: int | None) -> str:
 
 
 class ProcessExecutor(Executor):
+    can_stop = True
+
+    @classmethod
+    def from_config(cls, cfg, worker_args: dict) -> ProcessExecutor:
+        return cls(worker_args, timeout_s=cfg.timeout_s, max_retries=cfg.max_retries)
+
     def __init__(self, worker_args: dict, timeout_s: float | None = None, max_retries: int = 1):
         super().__init__()
         self.worker_args, self.timeout_s, self.max_retries = worker_args, timeout_s, max_retries
         self._ctx = mp.get_context("spawn")  # fork after torch has threads is unsafe
-        self._proc = self._conn = None
+        # the spawn context's process and pipe end (Any: multiprocessing's context types do not narrow)
+        self._proc: Any = None
+        self._conn: Any = None
         self.restarts = 0
         self._start()
 
@@ -61,7 +71,7 @@ class ProcessExecutor(Executor):
         self.shape, self.streaming = payload["shape"], payload["streaming"]
         self.name = f"process-{len(self.stats)}"
         self.stats[self.name] = WorkerStats(self.name, pid=self._proc.pid, host=socket.gethostname(),
-                                            device=payload["device"])
+                                            device=payload["device"], threads=payload["threads"])
         self.stats[self.name].ready()
 
     def _wait(self) -> int | None:
@@ -110,10 +120,8 @@ class ProcessExecutor(Executor):
 
     def close(self) -> None:
         if self._proc is not None:
-            try:
+            with contextlib.suppress(BrokenPipeError, OSError):  # the child is gone already
                 self._conn.send(None)
-            except (BrokenPipeError, OSError):
-                pass
             self._proc.join(timeout=10)
             self._kill()
         super().close()

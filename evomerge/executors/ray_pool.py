@@ -8,21 +8,28 @@ worker waits on a batch. An actor that dies (OOM, node loss, kill) is replaced a
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
 
 from evomerge.errors import ConfigError, RunError
 from evomerge.executors.base import Executor, WorkerStats, failed_evaluation
-from evomerge.executors.worker import Job, Worker
+from evomerge.executors.worker import Job, Worker, threads_for
 from evomerge.store import Evaluation
 
 
 class RayWorker:
-    """The actor. Lives in the package (not a script) so that every node can import it."""
+    """The actor. Lives in the package (not a script) so that every node can import it. Its threads follow the
+    CPUs Ray gave it, not the experiment's `threads` (the local executor's setting): workers that share a machine's
+    cores must not each run threads for all of them."""
 
     def __init__(self, worker_args: dict):
-        self.worker = Worker(**worker_args)
+        import ray
+
+        assigned = ray.get_runtime_context().get_assigned_resources()
+        threads = threads_for(assigned.get("CPU", 1.0), gpu=assigned.get("GPU", 0) > 0)
+        self.worker = Worker(**{**worker_args, "threads": threads})
 
     def info(self) -> dict:
         return {"pid": os.getpid(), "host": socket.gethostname(), **self.worker.info()}
@@ -48,6 +55,20 @@ def connect(address: str | None) -> dict:
     return ray.cluster_resources()
 
 
+def cpu_share(cpus: float, workers: int, node_cpus: float) -> float:
+    """Each CPU worker's default share of the cluster's CPUs: whole CPUs where there are enough (a worker runs one
+    thread per CPU, so a fraction above one would idle), no more than one node has, a fraction where workers
+    outnumber the CPUs."""
+    share = cpus / workers
+    return min(math.floor(share), max(1, math.floor(node_cpus))) if share >= 1 else share
+
+
+def _largest_node_cpus() -> float:
+    import ray
+
+    return max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
+
+
 def _started(refs: list) -> list[dict]:
     """The workers' info once they have loaded the sources; a worker that cannot start stops the run, named."""
     import ray
@@ -61,6 +82,14 @@ def _started(refs: list) -> list[dict]:
 
 
 class RayExecutor(Executor):
+    can_stop = True
+
+    @classmethod
+    def from_config(cls, cfg, worker_args: dict) -> RayExecutor:
+        return cls(worker_args, workers=cfg.workers, gpus_per_worker=cfg.gpus_per_worker,
+                   cpus_per_worker=cfg.cpus_per_worker, address=cfg.address, timeout_s=cfg.timeout_s,
+                   max_retries=cfg.max_retries)
+
     def __init__(self, worker_args: dict, workers: int | None = None, gpus_per_worker: float | None = None,
                  cpus_per_worker: float | None = None, address: str | None = None, timeout_s: float | None = None,
                  max_retries: int = 1):
@@ -77,7 +106,7 @@ class RayExecutor(Executor):
         if workers is None:
             workers = int(gpus // gpus_per_worker) if gpus_per_worker else max(1, int(cpus))
         if cpus_per_worker is None:
-            cpus_per_worker = 1 if gpus_per_worker else min(1.0, cpus / workers)
+            cpus_per_worker = 1 if gpus_per_worker else cpu_share(cpus, workers, _largest_node_cpus())
         if gpus_per_worker > 0 and workers * gpus_per_worker > gpus:
             raise ConfigError(f"executor.workers: {workers} workers × {gpus_per_worker:g} GPU need "
                               f"{workers * gpus_per_worker:g} GPUs; the Ray cluster has {gpus:g}")
@@ -110,7 +139,7 @@ class RayExecutor(Executor):
 
     def _ready(self, name: str, info: dict) -> None:
         s = self.stats[name]
-        s.pid, s.host, s.device = info["pid"], info["host"], info["device"]
+        s.pid, s.host, s.device, s.threads = info["pid"], info["host"], info["device"], info["threads"]
         s.ready()
         self._idle.append(name)
 

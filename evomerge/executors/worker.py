@@ -2,21 +2,40 @@
 
 from __future__ import annotations
 
+import math
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from threadpoolctl import threadpool_limits
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evomerge.errors import MergeError
+from evomerge.fitness import make_scorer
 from evomerge.fitness.estimators import RaceSpec, race_score
-from evomerge.fitness.scorer import make_scorer
 from evomerge.merge.materialize import Merger
 from evomerge.recipe import FlowRecipe, Recipe
 from evomerge.sources import SourcePool
 from evomerge.store import Evaluation
+
+GPU_WORKER_THREADS = 2  # a GPU worker's CPU threads only tokenize and launch kernels: more would only spin
+
+
+def threads_for(cpus: float, gpu: bool = False) -> int:
+    """The CPU threads a worker with `cpus` CPUs uses: its whole CPUs, at least one, never more (a fraction of a
+    CPU is one thread that shares its core, as Ray's own OMP_NUM_THREADS does)."""
+    n = max(1, math.floor(cpus))
+    return min(n, GPU_WORKER_THREADS) if gpu else n
+
+
+def limit_threads(n: int) -> None:
+    """Every thread pool of this process to `n` threads: torch's intra-op pool, and OpenMP and BLAS (MKL,
+    OpenBLAS) through threadpoolctl, whatever their environment variables said at import. Workers that share cores
+    and each run more threads than their share spin against each other at every parallel region."""
+    torch.set_num_threads(n)
+    threadpool_limits(n)
 
 
 @dataclass(frozen=True)
@@ -36,8 +55,8 @@ class Job:
 class MergeBuilder:
     """Parameter-space candidates: a recipe is merged into one live model, in place."""
 
-    def __init__(self, base: Path, sources: list[Path], device: str, stream: bool | None):
-        self.pool = SourcePool(base, sources, device=device, stream=stream)
+    def __init__(self, base: Path, sources: list[Path], device: str, stream: bool | None, dtype: torch.dtype | None):
+        self.pool = SourcePool(base, sources, device=device, stream=stream, dtype=dtype)
         # the live model holds merges in the sources' dtype
         self.model = AutoModelForCausalLM.from_pretrained(base, dtype=self.pool.dtype).to(device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(base)
@@ -58,10 +77,10 @@ class MergeBuilder:
 class FlowBuilder:
     """Data-flow candidates: the flow's models stay loaded; a recipe becomes a model over their shared layers."""
 
-    def __init__(self, models: list[Path], device: str):
+    def __init__(self, models: list[Path], device: str, dtype: torch.dtype | None):
         from evomerge.merge.flow import FlowModels
 
-        self.flow = FlowModels(models, device=device)
+        self.flow = FlowModels(models, device=device, dtype=dtype)
         self.tokenizer = self.flow.tokenizer
         self.shape = (len(models), tuple(self.flow.n_layers))
         self.streaming, self.device = False, device
@@ -78,22 +97,25 @@ class FlowBuilder:
 class Worker:
     def __init__(self, base: Path | None, sources: list[Path], tasks: dict[str, dict[str, list[dict]]], fitness_cfg,
                  threads: int = 1, device: str = "cpu", stream: bool | None = None, base_dir: Path = Path("."),
-                 name: str = "local", flow: bool = False):
-        torch.set_num_threads(threads)
+                 name: str = "local", flow: bool = False, dtype: str = "auto"):
+        limit_threads(threads)
         self.name = name
         if device == "auto":  # resolved where the worker runs: on a cluster the driver may have no GPU
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.builder = FlowBuilder(sources, device) if flow else MergeBuilder(base, sources, device, stream)
+        cast = None if dtype == "auto" else getattr(torch, dtype)  # the experiment's `dtype`
+        self.builder = (FlowBuilder(sources, device, cast) if flow
+                        else MergeBuilder(base, sources, device, stream, cast))
         self.tokenizer = self.builder.tokenizer
         # lm-eval takes the search split's example cap as its `limit`; the other scorers get capped example lists
         self.scorers = {split: make_scorer(self.tokenizer, split_tasks, fitness_cfg, Path(base_dir),
-                                           limit=fitness_cfg.max_examples if split == fitness_cfg.search_split else None)
+                                           limit=fitness_cfg.max_examples if split == fitness_cfg.search_split
+                                           else None)
                         for split, split_tasks in tasks.items()}
 
     def info(self) -> dict:
         """What the driver needs to know of the models: (sources, layers) for the search space, and more."""
         b = self.builder
-        return {"shape": b.shape, "streaming": b.streaming, "device": str(b.device)}
+        return {"shape": b.shape, "streaming": b.streaming, "device": str(b.device), "threads": torch.get_num_threads()}
 
     def evaluate(self, job: Job) -> Evaluation:
         """Never raises for a bad candidate: a failure becomes a FAILED evaluation with its reason."""
@@ -103,8 +125,8 @@ class Worker:
         t0 = time.perf_counter()
         try:
             scorer = self.scorers[job.split]
-            # teacher-forced scoring checks the logits for NaN/Inf, which is cheaper than scanning every weight
-            model = self.builder.build(job.recipe, check_finite=scorer.mode != "teacher_forced")
+            # a scorer that checks the logits for NaN/Inf spares the scan of every weight
+            model = self.builder.build(job.recipe, check_finite=not scorer.checks_logits)
             t1 = time.perf_counter()
             ev.merge_seconds = t1 - t0
             try:

@@ -246,7 +246,7 @@ def race_score(scorer, model, spec: RaceSpec):
     """Score `model` in `spec.order`, a batch at a time, until it is shown not to beat the reference or every
     example is scored. Returns (Score, examples): examples is None when every example was scored (the score is
     then the full evaluation's), else the indices scored per task, with the score estimated from them."""
-    from evomerge.fitness.scorer import Score, _score
+    from evomerge.fitness.base import Score, score_from_examples
 
     tasks = list(spec.reference)
     looks = -(-len(spec.order) // spec.batch)
@@ -271,7 +271,7 @@ def race_score(scorer, model, spec: RaceSpec):
     complete = all(len(seen[t]) == len(spec.reference[t]) for t in tasks)
     per_example = {t: [seen[t][i] for i in sorted(seen[t])] for t in tasks}
     if complete:
-        return _score(per_example, spec.weights), None
+        return score_from_examples(per_example, spec.weights), None
     # stopped: the paired estimate (the reference's score plus the mean difference seen) for each objective
     if spec.per_task:
         per_task = {t: spec.reference_per_task[t] + results[t].difference for t in tasks}

@@ -25,12 +25,12 @@ ANCHORS_META = "irt_anchors"
 
 
 class Fidelity:
-    def __init__(self, cfg, store):
+    def __init__(self, cfg, store) -> None:
         self.cfg, self.f, self.store = cfg, cfg.fitness, store
         self.kind = self.f.estimator
         self.weights = self.f.task_weights()
         self._reference: dict[int, object] = {}  # generation -> the race reference (an Evaluation) or None
-        self._irt: dict[int, IrtModel | None] = {}  # generation -> the model fitted on the generations before
+        self._irt: dict[int, IrtModel] = {}  # generation -> the model fitted on the generations before
         self._anchors: dict[str, list[int]] | None = None
         stored = store.get_meta(ANCHORS_META)
         if stored is not None:
@@ -102,7 +102,8 @@ class Fidelity:
             raise RuntimeError("IRT needs at least one candidate scored on every example first")
         tasks = list(self.f.tasks)
         sizes = {t: len(full[0].per_example[t]) for t in tasks}
-        items, at = {}, 0
+        items: dict[str, tuple[int, int]] = {}
+        at = 0
         for t in tasks:
             items[t] = (at, at + sizes[t])
             at += sizes[t]

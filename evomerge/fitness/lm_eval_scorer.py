@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
-from evomerge.config import read_mapping
-from evomerge.errors import ConfigError
-
+from evomerge.errors import ConfigError, read_mapping
+from evomerge.fitness.base import Examples, Score, Scorer, score_from_examples
+from evomerge.fitness.checks import make_check
 
 REGISTRY_KEY = "_evomerge_registry"  # in a task config: resolve this registered task in the process that builds it
 
@@ -24,6 +25,9 @@ class TaskSource:
 
     def __init__(self, source: str, base_dir: Path, include: Path | None, field: str):
         self.field, self.include = field, include
+        self.path: Path | None
+        self.name: str | None
+        self.raw: dict
         path = base_dir / source
         if source.endswith((".yaml", ".yml")) or path.is_file():
             self.path, self.name = path.resolve(), None
@@ -42,9 +46,11 @@ class TaskSource:
         """The split the task calls its test split (where a benchmark keeps the numbers it reports)."""
         return self.raw.get("test_split")
 
-    def config(self, split: str, lm_cfg) -> dict:
-        """The task evaluated on dataset split `split`, with the experiment's generation settings."""
-        if self.name is not None:
+    def config(self, split: str, lm_cfg=None) -> dict:
+        """The task evaluated on dataset split `split`, with the experiment's generation settings (an
+        `LmEvalConfig`; None: the task's own)."""
+        cfg: dict[str, Any]
+        if self.name is not None or self.path is None:
             cfg = {"task": self.name, REGISTRY_KEY: {"name": self.name, "include": self.include and str(self.include)}}
         else:
             cfg = dict(self.raw)
@@ -53,10 +59,12 @@ class TaskSource:
                 if split not in files:
                     raise ConfigError(f"{self.field}: {self.path} has no data file for split {split!r} (it has "
                                       f"{sorted(files)})")
-                cfg["dataset_kwargs"] = {**cfg["dataset_kwargs"],
-                                         "data_files": {k: str((self.path.parent / v).resolve()) for k, v in files.items()}}
+                absolute = {k: str((self.path.parent / v).resolve()) for k, v in files.items()}
+                cfg["dataset_kwargs"] = {**cfg["dataset_kwargs"], "data_files": absolute}
         cfg["test_split"] = split
         cfg["validation_split"] = None  # lm-eval would evaluate the validation split in place of the test split
+        if lm_cfg is None:
+            return cfg
         if lm_cfg.num_fewshot is not None:
             cfg["num_fewshot"] = lm_cfg.num_fewshot
         gen = {k: v for k, v in (("max_gen_toks", lm_cfg.max_gen_toks), ("until", lm_cfg.until)) if v is not None}
@@ -84,7 +92,7 @@ def registered_config(name: str, include: Path | str | None, field: str, resolve
     from lm_eval.tasks._index import Kind
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    tm = _manager(include and str(include))
+    tm = _manager(str(include) if include else None)
     entry = tm.task_index.get(name)
     if entry is None:
         near = difflib.get_close_matches(name, tm.all_tasks, n=3)
@@ -107,10 +115,9 @@ def buildable(cfg: dict) -> dict:
 
 
 def load_task_config(path: Path, split: str, field: str, lm_cfg=None) -> dict:
-    """The task YAML at `path` as a config dict for `split` (for tests and tools)."""
-    from evomerge.config import LmEvalConfig
-
-    return TaskSource(str(path), Path("/"), None, field).config(split, lm_cfg or LmEvalConfig())
+    """The task YAML at `path` as a config dict for `split` (for tests and tools); `lm_cfg` None: the task's own
+    settings."""
+    return TaskSource(str(path), Path("/"), None, field).config(split, lm_cfg)
 
 
 SAMPLES_KEY = "_evomerge_samples"  # in a task config: the document indices a search subset scores
@@ -184,10 +191,22 @@ def _metric(cfg: dict) -> str:
     return cfg["metric_list"][0]["metric"] if cfg.get("metric_list") else "acc"
 
 
-class LmEvalScorer:
-    """`score(model)` runs every task on the live model; per-example scores are the task's first metric."""
+class LmEvalScorer(Scorer):
+    """`score(model)` runs every task on the live model; per-example scores are the task's first metric (or the
+    one `fitness.tasks.NAME.metric` names). lm-eval does not look for NaN logits: `checks_logits` is False, so the
+    worker checks the merged weights first."""
 
-    mode = "lm_eval"  # lm-eval does not look for NaN logits: weights are checked after the merge
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        if cfg.scorer:
+            raise ValueError("fitness.scorer: only used with type: python")
+        if cfg.apply_chat_template:
+            raise ValueError("fitness.apply_chat_template: only used with type: native (lm_eval: "
+                             "lm_eval.apply_chat_template; python: your scorer formats its prompts)")
+
+    @classmethod
+    def from_config(cls, tokenizer, tasks, cfg, base_dir, limit=None) -> LmEvalScorer:  # noqa: ARG003
+        return cls(tokenizer, tasks, cfg, cfg.task_weights(), limit=limit)
 
     def __init__(self, tokenizer, task_configs: dict[str, dict], cfg, weights: dict[str, float],
                  limit: int | None = None):
@@ -198,8 +217,6 @@ class LmEvalScorer:
         for name in ("lm_eval", "lm-eval"):  # its per-task INFO lines would drown the progress bar
             logging.getLogger(name).setLevel(logging.ERROR)
         self.tokenizer, self.cfg, self.weights, self.limit = tokenizer, cfg, weights, limit
-        from evomerge.fitness.checks import make_check
-
         self.names = {c["task"]: ours for ours, c in task_configs.items()}  # lm-eval task name -> ours
         samples = {c["task"]: c[SAMPLES_KEY] for c in task_configs.values() if SAMPLES_KEY in c}
         self.samples = samples or None
@@ -229,7 +246,7 @@ class LmEvalScorer:
             self._model = model
         return self._lm
 
-    def _docs(self, examples) -> dict[str, list[int]]:
+    def _docs(self, examples: Examples) -> dict[str, list[int]]:
         """lm-eval's `samples` (document ids per lm-eval task) for per-task example indices: an index counts in
         this scorer's own documents (a search subset's, or the first `limit`, or all)."""
         out = {}
@@ -238,23 +255,20 @@ class LmEvalScorer:
             out[lm_name] = [self.samples[lm_name][i] for i in idx] if self.samples else list(idx)
         return out
 
-    def score(self, model, examples=None):
+    def score(self, model, examples: Examples | None = None) -> Score:
         from lm_eval import evaluator
-
-        from evomerge.fitness.scorer import _score
 
         lm_cfg = self.cfg.lm_eval
         task_dict = self.task_dict
+        run: dict = {"samples": self.samples} if self.samples else {"limit": self.limit}
         if examples is not None:  # lm-eval scores all of a task it gets no document ids for: leave such tasks out
             docs = self._docs(examples)
             run = {"samples": {k: v for k, v in docs.items() if v}}
             task_dict = {**task_dict, "tasks": {k: v for k, v in task_dict["tasks"].items() if docs.get(k)}}
-        else:
-            run = {"samples": self.samples} if self.samples else {"limit": self.limit}
         out = evaluator.evaluate(lm=self._wrap(model), task_dict=task_dict, log_samples=True, **run,
                                  bootstrap_iters=0, verbosity="ERROR",
                                  apply_chat_template=lm_cfg.apply_chat_template)
-        per_example = {t: [] for t in self.weights}
+        per_example: dict[str, list[float]] = {t: [] for t in self.weights}
         for lm_name, samples in out["samples"].items():
             ours = self.names[lm_name]
             metric, check = self.metrics[ours], self.checks.get(ours)
@@ -267,4 +281,4 @@ class LmEvalScorer:
                                   f"(it has {sorted(k for k in samples[0] if isinstance(samples[0][k], int | float))})")
             # a check reads the raw generation (filters may have cut it down to the final number)
             per_example[ours] = [float(s[metric]) * (check is None or check(s["resps"][0][0])) for s in samples]
-        return _score({t: per_example[t] for t in self.weights}, self.weights)
+        return score_from_examples({t: per_example[t] for t in self.weights}, self.weights)

@@ -45,6 +45,19 @@ def _choice_row(row) -> bool:
             and isinstance(gold, int) and not isinstance(gold, bool) and 0 <= gold < len(choices))
 
 
+def shared_prompts(search: list[dict], heldout: list[dict]) -> int:
+    """How many prompts of the held-out rows also appear among the search rows."""
+    return len({r["prompt"] for r in search} & {r["prompt"] for r in heldout})
+
+
+def check_disjoint(field: str, shared: int, what: str, search_split: str, heldout_split: str) -> None:
+    """The one search/held-out overlap rule: `shared` items (`what`: prompts, documents) in both splits is a
+    ConfigError naming the field, since held-out numbers would not be held out."""
+    if shared:
+        raise ConfigError(f"{field}: {shared} {what} appear in both the {search_split!r} and {heldout_split!r} "
+                          "splits; held-out numbers would not be held out")
+
+
 def is_multiple_choice(rows: list[dict]) -> bool:
     return "choices" in rows[0]
 

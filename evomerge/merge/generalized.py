@@ -32,6 +32,15 @@ class TensorInputs:
     ranks: Callable[[str], torch.Tensor] | None = None  # kind → cached stacked magnitude ranks [K, *shape]
     seed: int = 0  # per (recipe, tensor): random-drop masks and DELLA's generator derive from it
     generator: torch.Generator | None = None  # DELLA's random draws
+    # source i's own tensor, as stored: a merge that is exactly one source returns it, not base + (source − base),
+    # which low-precision rounding can move by an ulp of the base
+    sources: Callable[[int], torch.Tensor] | None = None
+
+    def magnitude_ranks(self, kind: str) -> torch.Tensor:
+        """The stacked magnitude ranks of `kind` (a sparsifying operator needs them)."""
+        if self.ranks is None:
+            raise ValueError("this operator sparsifies by magnitude rank: TensorInputs.ranks is required")
+        return self.ranks(kind)
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,19 @@ def _into(result: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
         return result
     out.copy_(result)
     return out
+
+
+def _endpoint(x: TensorInputs, source: int | None, out: torch.Tensor | None) -> torch.Tensor | None:
+    """Source `source`'s own tensor (into `out`) when the merge is exactly that source and it is available."""
+    if source is None or x.sources is None:
+        return None
+    return _into(x.sources(source).to(x.base.dtype), out)
+
+
+def _single(weights: tuple[float, ...]) -> int | None:
+    """The index of the only nonzero weight, or None."""
+    nonzero = [i for i, w in enumerate(weights) if w != 0]
+    return nonzero[0] if len(nonzero) == 1 else None
 
 
 def weighted_sum(base: torch.Tensor, deltas: torch.Tensor, coef: list[float], beta: float = 1.0,
@@ -81,13 +103,24 @@ class GeneralizedMerge:
     def merge(self, x: TensorInputs, p: MergeParams, out: torch.Tensor | None = None) -> torch.Tensor:
         normalize = self.default_normalize if p.normalize is None else p.normalize
         rescale = self.default_rescale if p.rescale is None else p.rescale
-        if self.sparsify is None and not self.consensus:
+        exact = _endpoint(x, self._only_source(p, normalize), out)
+        if exact is not None:
+            return exact
+        if self.sparsify is None and not self.consensus and x.base.dtype in (torch.float32, torch.float64):
             total = sum(p.weights)
             scale = p.lam / total if normalize and abs(total) >= 1e-8 else p.lam
             return weighted_sum(x.base, x.deltas, [w * scale for w in p.weights], out=out)
         if self.sparsify in (None, "magnitude", "outliers", "random") and rescale in ("none", "inverse"):
             return self._fused(x, p, normalize, rescale, out)
         return _into(self._reference(x, p, normalize, rescale), out)
+
+    def _only_source(self, p: MergeParams, normalize: bool) -> int | None:
+        """The source this merge equals exactly: one nonzero weight, that source untrimmed, a total scale of one
+        (normalizing divides its weight out: TIES keeps every entry of a lone source, as all agree with it)."""
+        i = _single(p.weights)
+        if i is None or abs(p.weights[i]) < 1e-8 or (p.densities is not None and p.densities[i] < 1):
+            return None
+        return i if p.lam * (1.0 if normalize else p.weights[i]) == 1 else None
 
     # -- the fused path: one read of the inputs, one write of the output, everything else in cache -------------
     def _fused(self, x: TensorInputs, p: MergeParams, normalize: bool, rescale: str, out) -> torch.Tensor:
@@ -98,18 +131,20 @@ class GeneralizedMerge:
         n = x.base.numel()
         deltas = list(x.deltas.reshape(k, -1))
         # mergekit multiplies by the weights in the tensors' dtype; rounding them the same way keeps results equal
-        wq = torch.tensor(p.weights, dtype=x.deltas.dtype).to(work)
-        inv = [1 / d if rescale == "inverse" and self.sparsify and 0 < d < 1 else 1.0 for d in dens]
-        factors = (wq * torch.tensor(inv, dtype=work)).to(dev)
+        wq = torch.tensor(p.weights, dtype=x.deltas.dtype)
+        wsum = wq.view(-1, *([1] * x.base.dim())).sum(dim=0).reshape(-1)[0].to(dev, work)  # as mergekit reduces it
+        wq = wq.to(work)
+        inverse = rescale == "inverse" and self.sparsify is not None
+        keep_prob = torch.tensor([d if 0 < d < 1 else 1.0 for d in dens], dtype=work, device=dev) if inverse else None
         lo = torch.zeros(k, dtype=torch.int64)
         hi = torch.full((k,), n, dtype=torch.int64)
         ranks = seeds = None
         if self.sparsify == "magnitude":
-            ranks = list(x.ranks("desc").reshape(k, -1))
+            ranks = list(x.magnitude_ranks("desc").reshape(k, -1))
             for i, d in enumerate(dens):
                 hi[i] = n if d >= 1 else (0 if d <= 0 else max(1, int(d * n)))  # mergekit's rule
         elif self.sparsify == "outliers":
-            ranks = list(x.ranks("asc").reshape(k, -1))
+            ranks = list(x.magnitude_ranks("asc").reshape(k, -1))
             for i, d in enumerate(dens):
                 if d < 1:
                     target, top = int(d * n), int(p.gamma * n)
@@ -120,7 +155,7 @@ class GeneralizedMerge:
             for i, d in enumerate(dens):
                 hi[i] = keep_threshold(d)
         result = out if out is not None and out.is_contiguous() else torch.empty_like(x.base)
-        kernels.run(x.base.reshape(-1), deltas, ranks, seeds, factors, wq.to(dev), lo.to(dev), hi.to(dev),
+        kernels.run(x.base.reshape(-1), deltas, ranks, seeds, keep_prob, wq.to(dev), wsum, lo.to(dev), hi.to(dev),
                     torch.tensor(p.lam, dtype=work, device=dev), self.consensus, normalize, result.view(-1))
         return result if out is None or result is out else _into(result, out)
 
@@ -128,13 +163,13 @@ class GeneralizedMerge:
     def _sparsified(self, x: TensorInputs, i: int, density: float, p: MergeParams, rescale: str) -> torch.Tensor:
         delta = x.deltas[i]
         if self.sparsify == "magnitude":
-            return magnitude_trim(delta, density, x.ranks("desc")[i], rescale)
+            return magnitude_trim(delta, density, x.magnitude_ranks("desc")[i], rescale)
         if self.sparsify == "outliers":
-            return outlier_trim(delta, density, p.gamma, x.ranks("asc")[i], rescale)
+            return outlier_trim(delta, density, p.gamma, x.magnitude_ranks("asc")[i], rescale)
         if self.sparsify == "random":
             return random_drop(delta, density, source_seed(x.seed, i), rescale)
         if self.sparsify == "della":
-            return della_drop(delta, density, p.epsilon, x.ranks("row_asc")[i], x.generator, rescale)
+            return della_drop(delta, density, p.epsilon, x.magnitude_ranks("row_asc")[i], x.generator, rescale)
         return delta
 
     def _reference(self, x: TensorInputs, p: MergeParams, normalize: bool, rescale: str) -> torch.Tensor:
@@ -176,6 +211,10 @@ class Linear:
     def merge(self, x: TensorInputs, p: MergeParams, out: torch.Tensor | None = None) -> torch.Tensor:
         # Σ wᵢθᵢ = (Σ wᵢ)·θ₀ + Σ wᵢτᵢ: one streaming pass over the stacked task vectors
         normalize = self.default_normalize if p.normalize is None else p.normalize
+        i = _single(p.weights)
+        exact = _endpoint(x, i if i is not None and (normalize or p.weights[i] == 1) else None, out)
+        if exact is not None:
+            return exact
         total = sum(p.weights)
         scale = 1 / total if normalize and abs(total) >= 1e-8 else 1.0
         return weighted_sum(x.base, x.deltas, [w * scale for w in p.weights], beta=total * scale, out=out)
@@ -193,7 +232,10 @@ class Slerp:
     uses_base = True
 
     def merge(self, x: TensorInputs, p: MergeParams, out: torch.Tensor | None = None) -> torch.Tensor:
-        return _into(self._slerp(x, p), out)
+        if p.weights[0] == 0:
+            return x.base.clone() if out is None else _into(x.base, out)
+        exact = _endpoint(x, 0 if p.weights[0] == 1 else None, out)
+        return exact if exact is not None else _into(self._slerp(x, p), out)
 
     def _slerp(self, x: TensorInputs, p: MergeParams) -> torch.Tensor:
         if len(x.deltas) != 1:

@@ -22,44 +22,54 @@ COMPILE_MIN = 1 << 18  # tensors at least this large use the compiled kernel
 
 
 def combine(base, deltas: list[torch.Tensor], ranks: list[torch.Tensor] | None, seeds: torch.Tensor | None,
-            offset: torch.Tensor, factors: torch.Tensor, weights: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-            lam: torch.Tensor, consensus: bool, normalize: bool) -> torch.Tensor:
-    """θ₀ + λ·Σ agreeing tᵢ / Σ agreeing wᵢ with tᵢ = factorᵢ·τᵢ·keepᵢ, computed in fp32 (or fp64).
+            offset: torch.Tensor, keep_prob: torch.Tensor | None, weights: torch.Tensor, wsum: torch.Tensor,
+            lo: torch.Tensor, hi: torch.Tensor, lam: torch.Tensor, consensus: bool, normalize: bool) -> torch.Tensor:
+    """θ₀ + λ·Σ agreeing tᵢ / Σ agreeing wᵢ with tᵢ = wᵢ·(τᵢ·keepᵢ / dᵢ), in mergekit's order of operations.
 
     keepᵢ: lo ≤ rankᵢ < hi when `ranks` is given (magnitude and outlier trims); for random drops (`seeds`),
     hash(seedᵢ, offset + index) < hiᵢ — the mask is computed here, inside the one loop, not read from memory.
     The entries agreeing with the majority sign are the positive ones when Σt ≥ 0, else the negative ones, so the
-    sums of clamped values add exactly the numbers mergekit's masked sum adds."""
-    work = torch.float64 if base.dtype == torch.float64 else torch.float32
+    sums of clamped values add exactly the numbers mergekit's masked sum adds.
+
+    Arithmetic is in fp32 (fp64 for fp64 tensors); for bf16 and fp16 tensors every value mergekit stores in the
+    tensors' dtype is rounded to it here at the same step (`low`), and sums accumulate in fp32 in source order as
+    torch's reductions do, so the result is mergekit's bit for bit in every dtype."""
+    dtype = base.dtype
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+
+    def low(x):  # what storing x in the tensors' dtype does (nothing for fp32/fp64)
+        return x if dtype == work else x.to(dtype).to(work)
+
     ts = []
     index = torch.arange(base.numel(), dtype=torch.int64, device=base.device) + offset if seeds is not None else None
     for i, d in enumerate(deltas):
-        t = d.to(work) * factors[i]
+        t = d.to(work)
         if ranks is not None:
             t = t * ((ranks[i] >= lo[i]) & (ranks[i] < hi[i]))
-        if seeds is not None:
+        if seeds is not None and index is not None:
             t = t * hash_keep(index, seeds[i], hi[i])
-        ts.append(t)
+        if keep_prob is not None:  # the papers' 1/p rescale, before weighting (as the step-by-step path)
+            t = low(t / keep_prob[i])
+        ts.append(low(t * weights[i]))
     total = ts[0]
     for t in ts[1:]:
         total = total + t
     if consensus:
-        majority = total >= 0
+        majority = low(total) >= 0
         pos, neg = ts[0].clamp(min=0), ts[0].clamp(max=0)
         wpos, wneg = weights[0] * (ts[0] > 0), weights[0] * (ts[0] < 0)
         for i in range(1, len(ts)):
             pos, neg = pos + ts[i].clamp(min=0), neg + ts[i].clamp(max=0)
             wpos, wneg = wpos + weights[i] * (ts[i] > 0), wneg + weights[i] * (ts[i] < 0)
-        mixed = torch.where(majority, pos, neg)
+        mixed = low(torch.where(majority, pos, neg))
         if normalize:
-            divisor = torch.where(majority, wpos, wneg)
-            mixed = mixed / torch.where(divisor == 0, 1.0, divisor)
+            divisor = low(torch.where(majority, wpos, wneg))
+            mixed = low(mixed / torch.where(divisor == 0, 1.0, divisor))
     else:
-        mixed = total
+        mixed = low(total)
         if normalize:
-            wsum = weights.sum()
-            mixed = mixed / torch.where(wsum.abs() < 1e-8, 1.0, wsum)
-    return (base.to(work) + mixed * lam).to(base.dtype)
+            mixed = low(mixed / torch.where(wsum.abs() < 1e-8, 1.0, wsum))
+    return (base.to(work) + low(mixed * lam)).to(dtype)
 
 
 _compiled = None
@@ -70,16 +80,17 @@ def _compile_enabled() -> bool:
     return os.environ.get("EVOMERGE_COMPILE", "1") != "0" and not _compile_failed
 
 
-def run(base: torch.Tensor, deltas, ranks, seeds, factors, weights, lo, hi, lam, consensus, normalize,
+def run(base: torch.Tensor, deltas, ranks, seeds, keep_prob, weights, wsum, lo, hi, lam, consensus, normalize,
         out: torch.Tensor) -> torch.Tensor:
     """Write combine(...) for the flat tensors into `out` (flat), compiled when large, else chunk by chunk."""
     global _compiled, _compile_failed
     n = base.numel()
-    args = (factors, weights, lo, hi, lam, consensus, normalize)
+    args = (keep_prob, weights, wsum, lo, hi, lam, consensus, normalize)
     if n >= COMPILE_MIN and _compile_enabled():
         try:
             if _compiled is None:
-                _compiled = torch.compile(combine, dynamic=True)
+                # without emulate_precision_casts Inductor drops the bf16/fp16 roundings `combine` makes on purpose
+                _compiled = torch.compile(combine, dynamic=True, options={"emulate_precision_casts": True})
             zero = torch.zeros((), dtype=torch.int64, device=base.device)
             out.copy_(_compiled(base, deltas, ranks, seeds, zero, *args))
             return out
@@ -87,8 +98,8 @@ def run(base: torch.Tensor, deltas, ranks, seeds, factors, weights, lo, hi, lam,
             _compile_failed = True
             log.warning("torch.compile of the merge kernel failed (%s); merging eagerly, which is slower", e)
     for s in range(0, n, CHUNK):
-        e = min(s + CHUNK, n)
+        end = min(s + CHUNK, n)
         offset = torch.tensor(s, dtype=torch.int64, device=base.device)
-        out[s:e] = combine(base[s:e], [d[s:e] for d in deltas], None if ranks is None else [r[s:e] for r in ranks],
-                           seeds, offset, *args)
+        out[s:end] = combine(base[s:end], [d[s:end] for d in deltas],
+                             None if ranks is None else [r[s:end] for r in ranks], seeds, offset, *args)
     return out

@@ -9,6 +9,7 @@ import torch
 from evomerge.errors import MergeError
 from evomerge.merge import OPERATORS
 from evomerge.merge.generalized import MergeParams, TensorInputs
+from evomerge.merge.sparsify import magnitude_ranks
 from evomerge.recipe import Recipe
 from evomerge.sources import SourcePool, layer_group
 
@@ -25,6 +26,18 @@ class Merger:
     def __init__(self, pool: SourcePool):
         self.pool = pool
         self._rows: tuple[Recipe | None, dict] = (None, {})  # the last 'rows' recipe and its parsed groups
+        self._ranks: dict[tuple[str, str], torch.Tensor] = {}
+
+    def magnitude_ranks(self, name: str, kind: str) -> torch.Tensor:
+        """Magnitude ranks of every source's τ[name], stacked [K, *shape], computed once (the sources never change
+        during a search) — or, when the pool streams, every time, so that memory stays bounded."""
+        key = (name, kind)
+        if key in self._ranks:
+            return self._ranks[key]
+        ranks = torch.stack([magnitude_ranks(d, kind) for d in self.pool.stacked[name]])
+        if not self.pool.streaming:
+            self._ranks[key] = ranks
+        return ranks
 
     def merged_tensor(self, recipe: Recipe, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
         """The merged value of one tensor, written into `out` when given (the live parameter, in place)."""
@@ -36,18 +49,20 @@ class Merger:
             return self._merged_rows(op, recipe, name, out)
         group = layer_group(name, recipe.granularity, self.pool.n_blocks)
         try:
-            params = recipe.groups[group]
+            group_params = recipe.groups[group]
         except KeyError:
             raise MergeError(f"recipe has no parameters for group {group!r} (tensor {name})") from None
         pool = self.pool
         inputs = TensorInputs(
             base=pool.base[name],
             deltas=pool.stacked[name],
-            ranks=lambda kind: pool.magnitude_ranks(name, kind),
+            ranks=lambda kind: self.magnitude_ranks(name, kind),
             seed=tensor_seed(recipe.seed, name),
             generator=self._generator(recipe.seed, name) if op.sparsify == "della" else None,
+            sources=lambda i: pool.source(name, i),
         )
-        params = MergeParams(weights=params.weights, densities=params.densities, lam=recipe.lam,
+        params = MergeParams(weights=group_params.weights, densities=group_params.densities,
+                             lam=recipe.lam * group_params.scale,
                              normalize=recipe.normalize, rescale=recipe.rescale, gamma=recipe.gamma,
                              epsilon=recipe.epsilon)
         return op.merge(inputs, params, out=out)
@@ -65,7 +80,7 @@ class Merger:
         for a, b, gp in self._rows[1].get(name, []):
             if a != covered:
                 break
-            params = MergeParams(weights=gp.weights, lam=recipe.lam, normalize=recipe.normalize)
+            params = MergeParams(weights=gp.weights, lam=recipe.lam * gp.scale, normalize=recipe.normalize)
             op.merge(TensorInputs(base=base[a:b], deltas=deltas[:, a:b]), params, out=target[a:b])
             covered = b
         if covered != base.shape[0]:
@@ -109,7 +124,8 @@ def row_groups(recipe: Recipe) -> dict[str, list[tuple[int, int, object]]]:
         try:
             index.setdefault(name, []).append((int(a), int(b), gp))
         except ValueError:
-            raise MergeError(f"group {key!r}: granularity 'rows' expects groups named '<tensor>@<first>:<end>'") from None
+            raise MergeError(f"group {key!r}: granularity 'rows' expects groups named "
+                             "'<tensor>@<first>:<end>'") from None
     for spans in index.values():
         spans.sort(key=lambda s: s[0])
     return index

@@ -92,7 +92,7 @@ def hash_keep(index: torch.Tensor, seed, threshold) -> torch.Tensor:
 
 def source_seed(tensor_seed: int, source: int) -> int:
     """The mask seed of one source for one tensor (tensor_seed is per recipe and tensor)."""
-    return _mix32(torch.tensor((tensor_seed ^ (0x9E3779B1 * (source + 1))) & _M32)).item()
+    return int(_mix32(torch.tensor((tensor_seed ^ (0x9E3779B1 * (source + 1))) & _M32)).item())
 
 
 def keep_mask(shape, density: float, seed: int, device=None) -> torch.Tensor:
@@ -115,7 +115,7 @@ def random_drop(delta: torch.Tensor, density: float, seed: int, rescale: str = "
 
 
 def della_drop(delta: torch.Tensor, density: float, epsilon: float, row_rank_asc: torch.Tensor,
-               generator: torch.Generator, rescale: str = "inverse") -> torch.Tensor:
+               generator: torch.Generator | None, rescale: str = "inverse") -> torch.Tensor:
     """DELLA MagPrune: keep probability rises linearly with the magnitude rank within each row, from
     density − ε (smallest) to density + ε (largest)."""
     if density >= 1:

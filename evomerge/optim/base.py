@@ -59,18 +59,23 @@ def optimizer_names(pred) -> list[str]:
     return sorted(n for n, cls in OPTIMIZERS.items() if pred(cls))
 
 
-def fits(cls, n_objectives: int, discrete: bool) -> bool:
+def fits(cls: type[Optimizer], n_objectives: int, discrete: bool) -> bool:
     """Whether optimizer class `cls` handles this many objectives (and discrete genes, if asked)."""
-    limit = getattr(cls, "max_objectives", 1)
-    return (limit is None or n_objectives <= limit) and (not discrete or getattr(cls, "supports_steps", False))
+    limit = cls.max_objectives
+    return (limit is None or n_objectives <= limit) and (not discrete or cls.supports_steps)
 
 
 class Optimizer:
-    """Ask/tell over flat genomes in [0, 1]^dim, maximizing. See `evomerge.optim` for the contract."""
+    """Ask/tell over flat genomes in [0, 1]^dim, maximizing. See `evomerge.optim` for the contract.
+
+    What an optimizer can do is declared here, as class attributes, and read by the search (never probed)."""
 
     max_objectives: int | None = 1  # None: any number of objectives
     supports_steps: bool = False  # whether discrete genes (steps > 0) are allowed
     steady_state: bool = False  # whether ask_one/tell_one (one candidate at a time, told in any order) work
+    needs_space: bool = False  # constructed with `space=` the search space (m2n2: the mosaic layout, Gram matrices)
+    wants_examples: bool = False  # learns from per-example scores: the search passes `examples` to tell/tell_one
+    keeps_archive: bool = False  # archive() lists its members and parents() a child's parents (for the report)
 
     def __init__(self, cfg, dim: int, seed: int, n_objectives: int = 1, steps: np.ndarray | None = None,
                  x0: np.ndarray | None = None):
@@ -122,9 +127,9 @@ class Optimizer:
         return self._check_told([None], [value])[0]
 
     def _not_steady(self, what: str) -> NotImplementedError:
-        alts = optimizer_names(lambda c: getattr(c, "steady_state", False)
-                      and not getattr(c, "needs_space", False)  # m2n2: its own space, not a drop-in
-                      and fits(c, self.n_objectives, bool(np.any(self.steps > 0))))
+        alts = optimizer_names(lambda c: c.steady_state
+                               and not c.needs_space  # m2n2: its own space, not a drop-in
+                               and fits(c, self.n_objectives, bool(np.any(self.steps > 0))))
         return NotImplementedError(f"{what}: {self._name()} works in whole generations (ask/tell) only; for "
                                    f"steady-state ask_one/tell_one use one of {alts}")
 
@@ -141,8 +146,17 @@ class Optimizer:
     def ask(self) -> list[np.ndarray]:
         raise NotImplementedError
 
-    def tell(self, genomes: list[np.ndarray], values: list) -> None:
+    def tell(self, genomes: list[np.ndarray], values: list, examples: list | None = None) -> None:
+        """The values of the genomes of the last `ask`, in order. `examples[i]`: candidate i's per-example scores
+        (None where it failed), given only to optimizers that declare `wants_examples`."""
         raise NotImplementedError
+
+    def seed(self, genomes: list[np.ndarray], values: list, examples: list | None = None) -> None:
+        """Candidates scored before the search (the start point, the sources and the baselines the space can
+        express), told once before the first ask, each optimizer taking them its own way: CMA-ES starts its mean at
+        the best (the first of equal ones), Optuna's samplers count them as completed trials, M2N2 offers them to
+        its archive (`examples`: their per-example scores). Random search learns nothing: it ignores them."""
+        self._check_told(genomes, values)
 
     def _no_generation_out(self, what: str) -> None:
         """Steady-state optimizers that also ask whole generations: the two modes do not interleave."""
@@ -154,13 +168,23 @@ class Optimizer:
         """One genome (steady-state optimizers only), outstanding until `tell_one`."""
         raise self._not_steady("ask_one")
 
-    def tell_one(self, genome: np.ndarray, value) -> None:
-        """The value of one outstanding genome of `ask_one`, in any order (steady-state optimizers only)."""
+    def tell_one(self, genome: np.ndarray, value, examples: list | None = None) -> None:
+        """The value of one outstanding genome of `ask_one`, in any order (steady-state optimizers only);
+        `examples` as for `tell`."""
         raise self._not_steady("tell_one")
 
     def outstanding(self) -> list[np.ndarray]:
         """The genomes `ask_one` gave out and `tell_one` has not taken back yet, in the order they were asked."""
         return []
+
+    def archive(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(member genome, its per-example scores) of every archive member (`keeps_archive` optimizers)."""
+        return []
+
+    def parents(self, genome: np.ndarray) -> tuple[np.ndarray, ...] | None:
+        """The parents' genomes of a genome this optimizer bred, once (then forgotten); None when it was not bred
+        (`keeps_archive` optimizers; reporting only, not part of the state)."""
+        return None
 
     def state(self) -> bytes:
         raise NotImplementedError

@@ -14,11 +14,10 @@ one distribution (cmaes' `tell` takes exactly `popsize` of them), so there is no
 
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 from cmaes import CMA, CMAwM, SepCMA
 
+from evomerge.optim import state as codec
 from evomerge.optim.base import Optimizer, snap_to_grid, top_levels
 
 
@@ -31,13 +30,18 @@ class CMAOptimizer(Optimizer):
     def __init__(self, cfg, dim: int, seed: int, n_objectives: int = 1, steps: np.ndarray | None = None,
                  x0: np.ndarray | None = None):
         super().__init__(cfg, dim, seed, n_objectives, steps, x0)
-        self._es = self.impl(
-            mean=self.x0,
-            sigma=cfg.sigma0,
-            bounds=np.array([[0.0, 1.0]] * dim),
-            seed=seed,
-            population_size=cfg.popsize,
-        )
+        self._cfg, self._seed = cfg, seed
+        self._es = self._make(self.x0)
+
+    def _make(self, mean: np.ndarray):
+        return self.impl(mean=mean, sigma=self._cfg.sigma0, bounds=np.array([[0.0, 1.0]] * self.dim),
+                         seed=self._seed, population_size=self._cfg.popsize)
+
+    def seed(self, genomes: list[np.ndarray], values: list[float], examples: list | None = None) -> None:
+        """The search starts (its mean, before any ask) at the best of the known candidates."""
+        values = self._check_told(genomes, values)
+        if values:
+            self._es = self._make(np.asarray(genomes[int(np.argmax(values))], dtype=float))
 
     @property
     def popsize(self) -> int:
@@ -47,17 +51,17 @@ class CMAOptimizer(Optimizer):
         """One whole generation of genomes."""
         return [self._es.ask() for _ in range(self.popsize)]
 
-    def tell(self, genomes: list[np.ndarray], values: list[float]) -> None:
+    def tell(self, genomes: list[np.ndarray], values: list, examples: list | None = None) -> None:
         values = self._check_told(genomes, values)
         self._es.tell([(np.asarray(x, dtype=float), -v) for x, v in zip(genomes, values, strict=True)])
 
     def state(self) -> bytes:
-        # Pickling the optimizer itself drops its RNG (cmaes' __getstate__); its __dict__ keeps it: bit-exact resume.
-        # Nothing is kept between ask and tell (tell takes the genomes themselves), so a state taken in between works.
-        return pickle.dumps(self._es.__dict__)
+        # cmaes' attributes are numbers and arrays, its RNG a RandomState: all data, kept bit-exact. Nothing is
+        # kept between ask and tell (tell takes the genomes themselves), so a state taken in between works.
+        return codec.encode(self._name(), vars(self._es))
 
     def load_state(self, blob: bytes) -> None:
-        self._es.__dict__.update(pickle.loads(blob))
+        codec.set_attrs(self._es, codec.decode(blob, self._name()), self._name())
 
 
 class SepCMAOptimizer(CMAOptimizer):
@@ -74,18 +78,22 @@ class CMAwMOptimizer(Optimizer):
     def __init__(self, cfg, dim: int, seed: int, n_objectives: int = 1, steps: np.ndarray | None = None,
                  x0: np.ndarray | None = None):
         super().__init__(cfg, dim, seed, n_objectives, steps, x0)
-        disc = self.steps > 0
-        # a discrete gene's range ends at its top level, so that CMAwM's levels are exactly ours (k·step ≤ 1)
-        high = np.where(disc, top_levels(self.steps) * self.steps, 1.0)
-        self._es = CMAwM(
-            mean=np.minimum(self.x0, high),
-            sigma=cfg.sigma0,
-            bounds=np.stack([np.zeros(dim), high], axis=1),
-            steps=self.steps,
-            seed=seed,
-            population_size=cfg.popsize,
-        )
+        self._cfg, self._seed = cfg, seed
+        self._es = self._make(self.x0)
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # (given out, for tell), by position
+
+    def _make(self, mean: np.ndarray) -> CMAwM:
+        # a discrete gene's range ends at its top level, so that CMAwM's levels are exactly ours (k·step ≤ 1)
+        high = np.where(self.steps > 0, top_levels(self.steps) * self.steps, 1.0)
+        return CMAwM(mean=np.minimum(mean, high), sigma=self._cfg.sigma0,
+                     bounds=np.stack([np.zeros(self.dim), high], axis=1), steps=self.steps, seed=self._seed,
+                     population_size=self._cfg.popsize)
+
+    def seed(self, genomes: list[np.ndarray], values: list[float], examples: list | None = None) -> None:
+        """The search starts (its mean, before any ask) at the best of the known candidates."""
+        values = self._check_told(genomes, values)
+        if values:
+            self._es = self._make(np.asarray(genomes[int(np.argmax(values))], dtype=float))
 
     @property
     def popsize(self) -> int:
@@ -98,7 +106,7 @@ class CMAwMOptimizer(Optimizer):
             self._pending.append((snap_to_grid(x_eval, self.steps), x_tell))
         return [x.copy() for x, _ in self._pending]
 
-    def tell(self, genomes: list[np.ndarray], values: list[float]) -> None:
+    def tell(self, genomes: list[np.ndarray], values: list, examples: list | None = None) -> None:
         values = self._check_told(genomes, values)
         if len(genomes) != len(self._pending):
             raise ValueError(f"tell: {len(genomes)} genomes, but the last ask() gave out {len(self._pending)}")
@@ -109,12 +117,17 @@ class CMAwMOptimizer(Optimizer):
         self._pending = []
 
     def state(self) -> bytes:
-        # CMAwM wraps a CMA, whose pickling drops its RNG: keep both __dict__s (the RNG is in the inner one).
-        outer = {k: v for k, v in self._es.__dict__.items() if k != "_cma"}
-        return pickle.dumps({"cmawm": outer, "cma": self._es._cma.__dict__, "pending": self._pending})
+        # CMAwM wraps a CMA: both attribute sets (the RNG is in the inner one), plus what ask() gave out.
+        outer = {k: v for k, v in vars(self._es).items() if k != "_cma"}
+        return codec.encode(self._name(), {"cmawm": outer, "cma": vars(self._es._cma),
+                                           "pending": [list(p) for p in self._pending]})
 
     def load_state(self, blob: bytes) -> None:
-        st = pickle.loads(blob)
-        self._es.__dict__.update(st["cmawm"])
-        self._es._cma.__dict__.update(st["cma"])
-        self._pending = st["pending"]
+        st = codec.decode(blob, self._name())
+        cma = self._es._cma
+        try:
+            codec.set_attrs(cma, st["cma"], "cma")
+            codec.set_attrs(self._es, {**st["cmawm"], "_cma": cma}, "cmawm")
+            self._pending = [(np.asarray(x, dtype=float), np.asarray(t, dtype=float)) for x, t in st["pending"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise codec.StateError(f"cma_wm state: {e}") from None

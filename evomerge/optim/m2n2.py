@@ -12,12 +12,12 @@ the random stream and the outstanding candidates: a run resumes exactly.
 
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 
 from evomerge.m2n2.niches import Niches, NicheSettings
+from evomerge.optim import state as codec
 from evomerge.optim.base import Optimizer
+from evomerge.spaces.mosaic import MosaicSpace
 
 DEFAULT_ARCHIVE = 20  # the paper's population
 
@@ -26,11 +26,12 @@ class M2N2Optimizer(Optimizer):
     steady_state = True
     needs_space = True  # the search passes its space: the mosaic layout and the sources' Gram matrices
     wants_examples = True  # tell/tell_one take the per-example scores
+    keeps_archive = True
 
     def __init__(self, cfg, dim: int, seed: int, n_objectives: int = 1, steps: np.ndarray | None = None,
-                 space=None):
+                 x0: np.ndarray | None = None, space=None):  # noqa: ARG002 — the sources themselves are its start
         super().__init__(cfg, dim, seed, n_objectives, steps)
-        if space is None or not hasattr(space, "one_hot"):
+        if not isinstance(space, MosaicSpace):
             raise ValueError("m2n2 evolves mosaics of the sources: use space type 'mosaic'")
         if space.dim != dim:
             raise ValueError(f"the mosaic space has {space.dim} genes, the optimizer was given dim={dim}")
@@ -64,6 +65,12 @@ class M2N2Optimizer(Optimizer):
         if examples is not None:
             self.niches.offer(np.asarray(genome, dtype=float).reshape(self._shape), examples)
 
+    def seed(self, genomes: list[np.ndarray], values: list, examples: list | None = None) -> None:
+        """Known candidates with their per-example scores enter the archive as any told candidate does."""
+        self._check_told(genomes, values)
+        for g, e in zip(genomes, examples or [None] * len(genomes), strict=True):
+            self._offer(g, e)
+
     # -- whole generations -----------------------------------------------------------------------------------------
     def ask(self) -> list[np.ndarray]:
         if self._outstanding:
@@ -89,7 +96,7 @@ class M2N2Optimizer(Optimizer):
         self._outstanding.append(x)
         return x.copy()
 
-    def tell_one(self, genome: np.ndarray, value, examples=None) -> None:
+    def tell_one(self, genome: np.ndarray, value, examples: list | None = None) -> None:
         """`examples`: the candidate's per-example scores; None (a failed evaluation) keeps it out of the archive."""
         self._check_one(value)
         i = self._match(genome, self._outstanding)
@@ -102,18 +109,24 @@ class M2N2Optimizer(Optimizer):
         return [x.copy() for x in self._outstanding]
 
     # -- the archive -----------------------------------------------------------------------------------------------
+    def parents(self, genome: np.ndarray) -> tuple[np.ndarray, ...] | None:
+        return self.bred.pop(np.asarray(genome, dtype=float).tobytes(), None)
+
     def archive(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """(mosaic [U, K], per-example scores) of every archive member."""
         n = self.niches
         return [(m.copy(), n.scores[i].copy()) for i, m in enumerate(n.members) if m is not None]
 
     def state(self) -> bytes:
-        return pickle.dumps({"niches": self.niches.state(), "asked": self._asked, "outstanding": self._outstanding,
-                             "generation_out": self._generation_out})
+        return codec.encode("m2n2", {"niches": self.niches.state(), "asked": self._asked,
+                                     "outstanding": self._outstanding, "generation_out": self._generation_out})
 
     def load_state(self, blob: bytes) -> None:
-        st = pickle.loads(blob)
-        self.niches.load_state(st["niches"])
-        self._asked = st["asked"]
-        self._outstanding = [np.asarray(x, dtype=float) for x in st["outstanding"]]
-        self._generation_out = st["generation_out"]
+        st = codec.decode(blob, "m2n2")
+        try:
+            self.niches.load_state(st["niches"])
+            self._asked = int(st["asked"])
+            self._outstanding = [np.asarray(x, dtype=float).reshape(self.dim) for x in st["outstanding"]]
+            self._generation_out = bool(st["generation_out"])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise codec.StateError(f"m2n2 state: {e}") from None

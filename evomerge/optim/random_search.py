@@ -10,10 +10,9 @@ what it is told and a resumed run knows what was in flight.
 
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 
+from evomerge.optim import state as codec
 from evomerge.optim.base import Optimizer, default_popsize, top_levels
 
 
@@ -52,7 +51,7 @@ class RandomSearch(Optimizer):
         self._generation_out = True
         return list(self._draw(self._popsize))
 
-    def tell(self, genomes: list[np.ndarray], values: list) -> None:
+    def tell(self, genomes: list[np.ndarray], values: list, examples: list | None = None) -> None:
         """Random search learns nothing (the values are checked, then dropped)."""
         self._check_told(genomes, values)
         self._generation_out = False
@@ -63,7 +62,7 @@ class RandomSearch(Optimizer):
         self._outstanding.append(x)
         return x.copy()
 
-    def tell_one(self, genome: np.ndarray, value) -> None:
+    def tell_one(self, genome: np.ndarray, value, examples: list | None = None) -> None:
         """Checks the value and forgets `genome` (the first outstanding one equal to it)."""
         self._check_one(value)
         i = self._match(genome, self._outstanding)
@@ -76,13 +75,14 @@ class RandomSearch(Optimizer):
         return [x.copy() for x in self._outstanding]
 
     def state(self) -> bytes:
-        return pickle.dumps({"rng": self._rng.bit_generator.state, "outstanding": self._outstanding,
-                             "generation_out": self._generation_out})
+        return codec.encode("random", {"rng": self._rng.bit_generator.state, "outstanding": self._outstanding,
+                                       "generation_out": self._generation_out})
 
     def load_state(self, blob: bytes) -> None:
-        st = pickle.loads(blob)
-        if "rng" not in st:  # a state from before steady-state: the bit generator's state alone
-            st = {"rng": st, "outstanding": [], "generation_out": False}
-        self._rng.bit_generator.state = st["rng"]
-        self._outstanding = [np.asarray(x, dtype=float) for x in st["outstanding"]]
-        self._generation_out = st["generation_out"]
+        st = codec.decode(blob, "random")
+        try:
+            self._rng.bit_generator.state = st["rng"]
+            self._outstanding = [np.asarray(x, dtype=float).reshape(self.dim) for x in st["outstanding"]]
+            self._generation_out = bool(st["generation_out"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise codec.StateError(f"random state: {e}") from None

@@ -10,29 +10,33 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from evomerge.errors import MergeError
 from evomerge.merge import OPERATORS
 from evomerge.merge.materialize import Merger
-from evomerge.errors import MergeError
 from evomerge.recipe import FlowRecipe, Recipe, parse_recipe
-from evomerge.sources import SourcePool
+from evomerge.sources import SourcePool, checkpoint_dtype
 
 # Operators whose mergekit method has the same name and meaning, and the rescale values mergekit can express.
 _MERGEKIT_RESCALE = {"l1": True, "none": False}
 
 
-def mergekit_config(recipe: Recipe, base: Path, sources: list[Path]) -> dict | None:
+def mergekit_config(recipe: Recipe, base: Path, sources: list[Path], dtype: torch.dtype | None = None) -> dict | None:
     """The mergekit 0.1.5 YAML config equal to `recipe`, or None when mergekit cannot express it.
 
     Expressible: one group for the whole model (per-layer groups would need mergekit gradients that interpolate),
-    and for random drops a rescale mergekit has (l1 or none; its masks still come from its own RNG)."""
+    and for random drops a rescale mergekit has (l1 or none; its masks still come from its own RNG). mergekit
+    computes in the config's `dtype`, so it is the dtype the merge was made in (default: the base's)."""
     if recipe.granularity != "model" or len(recipe.groups) != 1 or recipe.operator not in OPERATORS:
         return None
     op = OPERATORS[recipe.operator]
+    dtype_name = str(dtype or checkpoint_dtype(base)).removeprefix("torch.")
     (params,) = recipe.groups.values()
     if recipe.operator == "slerp":
+        if params.scale != 1:
+            return None
         return {"merge_method": "slerp", "base_model": str(base),
                 "models": [{"model": str(base)}, {"model": str(sources[0])}],
-                "parameters": {"t": params.weights[0]}, "dtype": "float32"}
+                "parameters": {"t": params.weights[0]}, "dtype": dtype_name}
     models = []
     for i, src in enumerate(sources):
         p = {"weight": params.weights[i]}
@@ -43,20 +47,20 @@ def mergekit_config(recipe: Recipe, base: Path, sources: list[Path]) -> dict | N
             if op.sparsify == "della":
                 p["epsilon"] = recipe.epsilon
         models.append({"model": str(src), "parameters": p})
-    cfg: dict = {"merge_method": recipe.operator, "models": models, "dtype": "float32"}
+    cfg: dict = {"merge_method": recipe.operator, "models": models, "dtype": dtype_name}
     shared: dict = {}
     if recipe.normalize is not None:
         shared["normalize"] = recipe.normalize
     if op.uses_base:
         cfg["base_model"] = str(base)
-        if recipe.lam != 1:
-            shared["lambda"] = recipe.lam
+        if recipe.lam * params.scale != 1:
+            shared["lambda"] = recipe.lam * params.scale
         if op.sparsify is not None:
             rescale = recipe.rescale or op.default_rescale
             if rescale not in _MERGEKIT_RESCALE:
                 return None  # the papers' 1/p rescaling is not a mergekit option
             shared["rescale"] = _MERGEKIT_RESCALE[rescale]
-    elif recipe.lam != 1:
+    elif recipe.lam * params.scale != 1:
         return None
     if shared:
         cfg["parameters"] = shared
@@ -78,10 +82,12 @@ def _model_card(recipe: Recipe, base: Path, sources: list[Path], provenance: dic
     return "\n".join(lines)
 
 
-def export_recipe(recipe: Recipe, base: Path, sources: list[Path], out: Path, provenance: dict | None = None) -> Path:
-    """Materialize `recipe` and save it, with tokenizer, generation config, model card and recipe, under `out`."""
+def export_recipe(recipe: Recipe, base: Path, sources: list[Path], out: Path, provenance: dict | None = None,
+                  dtype: torch.dtype | None = None) -> Path:
+    """Materialize `recipe` and save it, with tokenizer, generation config, model card and recipe, under `out`;
+    in `dtype` (default: the sources' own), as a run with that `dtype` merged it."""
     out = Path(out)
-    pool = SourcePool(base, sources, stream=None)
+    pool = SourcePool(base, sources, stream=None, dtype=dtype)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=pool.dtype)
     with torch.no_grad():
         Merger(pool).materialize(recipe, model)
@@ -89,7 +95,7 @@ def export_recipe(recipe: Recipe, base: Path, sources: list[Path], out: Path, pr
     AutoTokenizer.from_pretrained(base).save_pretrained(out)
     (out / "evomerge_recipe.json").write_text(recipe.model_dump_json(indent=2))
     (out / "README.md").write_text(_model_card(recipe, Path(base), [Path(s) for s in sources], provenance or {}))
-    mk = mergekit_config(recipe, Path(base), [Path(s) for s in sources])
+    mk = mergekit_config(recipe, Path(base), [Path(s) for s in sources], pool.dtype)
     if mk is not None:
         (out / "mergekit_config.yml").write_text(yaml.safe_dump(mk, sort_keys=False))
     return out
@@ -108,6 +114,15 @@ def export_from_run(run_dir: Path, out: Path, rank: int = 1, candidate: str | No
         meta = store.get_meta("sources")
     finally:
         store.close()
+    known = _known_winner(run_dir)
+    if meta is not None and known is not None and (candidate == known["label"] or (candidate is None and rank == 1)):
+        src = json.loads(meta)
+        path = export_recipe(Recipe.from_json(json.dumps(known["recipe"])), Path(src["base"]),
+                             [Path(m) for m in src["models"]], out,
+                             {"experiment": board.name, "run directory": str(Path(run_dir).resolve()),
+                              "candidate": f"{known['label']} (known before the search: the best on the search "
+                                           "split, above every search candidate)"}, _run_dtype(src))
+        return path, known["label"]
     ranked = [c for c in board.candidates if c.rank is not None]
     if meta is None or not ranked:
         raise ConfigError(f"{run_dir}: the run has no successful search evaluation to export yet")
@@ -135,8 +150,29 @@ def export_from_run(run_dir: Path, out: Path, rank: int = 1, candidate: str | No
     recipe = parse_recipe(json.dumps(c.recipe))
     if isinstance(recipe, FlowRecipe):
         return export_flow_recipe(recipe, [Path(m) for m in src["models"]], out, provenance), c.id
-    path = export_recipe(recipe, Path(src["base"]), [Path(m) for m in src["models"]], out, provenance)
+    path = export_recipe(recipe, Path(src["base"]), [Path(m) for m in src["models"]], out, provenance,
+                         _run_dtype(src))
     return path, c.id
+
+
+def _run_dtype(src: dict) -> torch.dtype | None:
+    """The experiment's `dtype` as the run recorded it with its sources (None: the sources' own)."""
+    return None if src.get("dtype", "auto") == "auto" else getattr(torch, src["dtype"])
+
+
+def _known_winner(run_dir: Path) -> dict | None:
+    """{"label", "recipe"} of the final table's evolved row when a known candidate (a source or baseline scored
+    before the search) won it, from results.json; None otherwise or before the run finished."""
+    from evomerge.heldout import RESULTS_FILE
+
+    path = Path(run_dir) / RESULTS_FILE
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    row = data["rows"][0]
+    if not row["label"].startswith("evolved (= "):
+        return None
+    return {"label": data.get("best_candidate"), "recipe": row["recipe"]}
 
 
 def export_flow_recipe(recipe: FlowRecipe, models: list[Path], out: Path, provenance: dict | None = None) -> Path:

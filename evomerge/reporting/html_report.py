@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evomerge.reporting.leaderboard import Board, columns, flat, html_page, html_table, read_board
+from evomerge.store import EvalKind
 
 REPORT_FILE = "report.html"
 TABLE_ROWS = 50  # candidates shown in the page's table (the leaderboard command exports all of them)
@@ -240,7 +241,7 @@ def archive_diversity(board: Board, history: list[dict]) -> list[dict]:
     member solves (coverage) — the niches M2N2's resource competition keeps alive."""
     import numpy as np
 
-    rows = {e.label: e for e in board.evaluations if e.kind == "search" and e.status == "ok"}
+    rows = {e.label: e for e in board.evaluations if e.kind == EvalKind.SEARCH and e.status == "ok"}
     out = []
     for state in history:
         members = [rows[m] for m in state["members"] if m in rows]

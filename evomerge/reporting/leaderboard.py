@@ -45,7 +45,7 @@ from pydantic import ValidationError
 from evomerge.config import ExperimentConfig, format_validation_error
 from evomerge.errors import ConfigError
 from evomerge.optim.pareto import pareto_front
-from evomerge.store import Evaluation, RunDir, RunStore
+from evomerge.store import EvalKind, Evaluation, RunDir, RunStore
 
 SCHEMA = "evomerge-leaderboard"
 SCHEMA_VERSION = 1
@@ -172,7 +172,7 @@ def read_board(path: Path) -> Board:
         evals = store.evaluations()
         finished = store.get_meta("finished") is not None
         parents_of = PARENTS.get(cfg.optimizer.type)
-        search = [e for e in evals if e.kind == "search"]
+        search = [e for e in evals if e.kind == EvalKind.SEARCH]
         parents = parents_of(store, search) if parents_of else {}
         meta = {k: v for k in META_KEYS if (v := store.get_meta(k)) is not None}
     finally:
@@ -181,7 +181,7 @@ def read_board(path: Path) -> Board:
     candidates = _candidates(cfg, search, evals, parents)
     references = [{"label": e.label, "kind": _reference_kind(e.label, sources), "split": e.split,
                    "objective": e.objective, "per_task": e.per_task}
-                  for e in evals if e.kind == "heldout" and e.status == "ok"]
+                  for e in evals if e.kind == EvalKind.HELDOUT and e.status == "ok"]
     return Board(str(rundir.path), rundir.run_id, cfg.name, state, cfg, sources, candidates, references, evals, meta)
 
 
@@ -189,7 +189,7 @@ def _candidates(cfg: ExperimentConfig, search: list[Evaluation], evals: list[Eva
                 parents: dict[str, list[str]]) -> list[Candidate]:
     f = cfg.fitness
     tasks = list(f.tasks)
-    scored = {(e.recipe, e.split): e for e in evals if e.status == "ok" and e.kind != "search"}
+    scored = {(e.recipe, e.split): e for e in evals if e.status == "ok" and e.kind != EvalKind.SEARCH}
     ok = [e for e in search if e.status == "ok"]
     order = sorted(range(len(ok)), key=lambda i: -ok[i].objective)  # stable: ties keep evaluation order
     rank = {id(ok[i]): r + 1 for r, i in enumerate(order)}

@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.table import Table
 
 from evomerge.config import ExperimentConfig
-from evomerge.store import RunDir, read_events
+from evomerge.store import EvalKind, RunDir, read_events
 from evomerge.store.rundir import EVENTS_FILE
 
 
@@ -47,11 +47,11 @@ def run_status(path: Path) -> dict:
     try:
         name, generations = _name_and_generations(store)
         blackbox = store.get_meta("kind") == "blackbox"
-        search = store.evaluations("search")
-        best = store.best("search")
+        search = store.evaluations(EvalKind.SEARCH)
+        best = store.best(EvalKind.SEARCH)
         snap = store.last_snapshot()
         finished = store.get_meta("finished")
-        heldout = len(store.evaluations("heldout"))
+        heldout = len(store.evaluations(EvalKind.HELDOUT))
         total = store.get_meta("search_total")
         workers = json.loads(store.get_meta("workers") or "[]")
     finally:
@@ -87,6 +87,11 @@ def _hms(seconds: float | None) -> str:
         f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def _threads(worker: dict) -> str:
+    n = worker.get("threads")  # absent from runs recorded before workers reported it
+    return "" if n is None else f" ({n} thread{'s' if n != 1 else ''})"
+
+
 def render_status(s: dict) -> Table:
     ev, gen, best = s["evaluations"], s["generations"], s["best"]
     table = Table(title=f"{s['name']} ({s['run_dir']})", show_header=False)
@@ -112,7 +117,7 @@ def render_status(s: dict) -> Table:
         rate = "" if not w["evaluations_per_hour"] else f", {w['evaluations_per_hour']:.0f}/hour"
         table.add_row(f"  {w['name']}", f"{w['jobs']} jobs ({w['failed']} failed), merge {w['merge_s']:.1f} s, "
                                         f"evaluation {w['eval_s']:.1f} s, idle {w['idle_s']:.1f} s, {util}{rate}; "
-                                        f"{w['device']} on {w['host']} pid {w['pid']}"
+                                        f"{w['device']}{_threads(w)} on {w['host']} pid {w['pid']}"
                                         + ("" if w["alive"] else " (stopped)"))
     return table
 

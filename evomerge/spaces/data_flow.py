@@ -17,11 +17,13 @@ from __future__ import annotations
 import numpy as np
 
 from evomerge.recipe import FlowRecipe
+from evomerge.spaces.base import SearchSpace
 
 
-class DataFlowSpace:
-    def __init__(self, cfg, n_models: int, n_layers: tuple[int, ...]):
-        self.cfg, self.flow = cfg, cfg.flow
+class DataFlowSpace(SearchSpace):
+    def __init__(self, cfg, n_models: int, n_layers: tuple[int, ...], sources=None):
+        super().__init__(cfg, n_models, n_layers)
+        self.flow = cfg.flow
         if len(n_layers) != n_models or n_models < 2:
             raise ValueError(f"a data-flow space needs the layer counts of >= 2 models, got {n_layers}")
         self.n_layers = tuple(n_layers)
@@ -79,9 +81,7 @@ class DataFlowSpace:
         return on
 
     def decode(self, x: np.ndarray, seed: int = 0) -> FlowRecipe:  # noqa: ARG002 — a flow has no randomness
-        x = np.clip(np.asarray(x, dtype=float), 0.0, 1.0)
-        if x.shape != (self.dim,):
-            raise ValueError(f"genome has shape {x.shape}, expected ({self.dim},)")
+        x = self._genome(x)
         genes = x[self.t:]
         slots = self.path_slots(x)
         scales = [self._scale(genes, prev, s) for prev, s in zip([None, *slots[:-1]], slots, strict=True)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
@@ -35,7 +36,7 @@ EVALUATIONS = sa.Table(
     "evomerge_evaluations", _md,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("run_id", sa.String(36), nullable=False),
-    sa.Column("kind", sa.String(16), nullable=False),  # 'search' | 'tune' | 'heldout'
+    sa.Column("kind", sa.String(16), nullable=False),  # an EvalKind value
     sa.Column("generation", sa.Integer, nullable=False),
     sa.Column("idx", sa.Integer, nullable=False),
     sa.Column("label", sa.Text, nullable=False),  # candidate id or baseline name
@@ -70,9 +71,25 @@ SNAPSHOTS = sa.Table(
 )
 
 
+class EvalKind(StrEnum):
+    """What an evaluation was for. Stored as its value: the strings runs have always stored, so old runs still read
+    (and a value read back compares equal to its member)."""
+
+    SEARCH = "search"  # a candidate of the search, on the search split (label g<generation>-<index>)
+    SEED = "seed"  # a known candidate scored before the search (start point, sources, baselines; warm start)
+    LEADER = "leader"  # one of the best search candidates on the held-out split, scored by an otherwise idle worker
+    CHECKPOINT = "checkpoint"  # every fitness.rescore_every: the best so far on the whole search split (subset runs)
+    CHECKPOINT_HELDOUT = "checkpoint_heldout"  # … and on the held-out split
+    TUNE = "tune"  # the tuned baseline's grid (one task-arithmetic weight), on the search split
+    RESCORE = "rescore"  # end of a subset search: its best candidates on the whole search split
+    RESCORE_HELDOUT = "rescore_heldout"  # … and on the held-out split
+    FRONT = "front"  # a multi-objective run's Pareto front, on the held-out split
+    HELDOUT = "heldout"  # the final table's rows (sources, baselines, the winner), on the held-out split
+
+
 @dataclass
 class Evaluation:
-    kind: str
+    kind: str  # an EvalKind value
     generation: int
     idx: int
     label: str
@@ -150,7 +167,8 @@ class RunStore:
         except SQLAlchemyError as e:
             self.engine.dispose()
             msg = str(getattr(e, "orig", e)).splitlines()[0]
-            raise ConfigError(f"{where}: cannot read the run database ({msg}); expected an evomerge run store") from None
+            raise ConfigError(f"{where}: cannot read the run database ({msg}); expected an evomerge run "
+                              "store") from None
         except ConfigError:
             self.engine.dispose()
             raise
@@ -229,9 +247,9 @@ class RunStore:
     def evaluations(self, kind: str | None = None) -> list[Evaluation]:
         return self._rows(EVALUATIONS.c.kind == kind) if kind else self._rows()
 
-    def best(self, kind: str = "search") -> Evaluation | None:
+    def best(self, kind: str = EvalKind.SEARCH) -> Evaluation | None:
         ok = [e for e in self.evaluations(kind) if e.status == "ok"]
-        return max(ok, key=lambda e: e.objective) if ok else None
+        return max(ok, key=lambda e: e.objective or 0.0) if ok else None
 
     # -- optimizer snapshots ---------------------------------------------------------------------------------------
     def save_snapshot(self, generation: int, phase: str, state: bytes, genomes=None) -> None:

@@ -85,6 +85,9 @@ class RunDir:
         db = data.get("db")
         if db is not None and not isinstance(db, str):
             raise ConfigError(f"{f}: db: expected a database URL or null")
+        for name in (EVENTS_FILE, LOCK_FILE):  # found now, not after the store was written to
+            if (path / name).exists() and not (path / name).is_file():
+                raise ConfigError(f"{path / name}: not a regular file (expected the run's {name})")
         if db is None and not (path / DB_FILE).is_file():
             raise ConfigError(f"{path / DB_FILE}: missing; the run's evaluations are gone (expected the SQLite "
                               "store beside run.json)")
@@ -96,8 +99,10 @@ class RunDir:
 
     # -- one live process per run ----------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def lock(self):
-        """Held for the life of `evomerge run`: a second process on the same run is refused, not interleaved."""
+    def lock(self, defer_pid: bool = False):
+        """Held for the life of `evomerge run`: a second process on the same run is refused, not interleaved.
+        With `defer_pid`, the holder's pid is written only when it calls the function this yields (once its
+        checks have passed), so that a run refused inside the lock leaves the lock file as it was."""
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -106,9 +111,13 @@ class RunDir:
             except BlockingIOError:
                 raise ConfigError(f"{self.path}: already running (pid {self.running_pid()}); "
                                   "one process per run") from None
-            os.ftruncate(fd, 0)
-            os.write(fd, str(os.getpid()).encode())
-            yield
+            def claim() -> None:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(os.getpid()).encode(), 0)
+
+            if not defer_pid:
+                claim()
+            yield claim
         finally:
             os.close(fd)  # closing releases the lock; a killed process releases it too
 

@@ -1,4 +1,5 @@
-"""The zoo's LoRA repository: many PEFT-format adapters of the zoo's base, for black-box merging (DESIGN §6).
+"""The zoo's LoRA repository: many PEFT-format adapters of the zoo's base, for black-box merging
+(evomerge.blackbox).
 
 Adapters are trained on variants of the zoo's three skills (a second seed, the easy or the hard half of the
 training split) and on distractor skills unrelated to them (copy, sort, shift, ...). Each is saved with peft's
@@ -24,8 +25,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from evomerge.fitness.native import encode_teacher_forced
-from evomerge.zoo.build import (PROFILES, _encode_train, _train, accuracy_per_task, build_zoo, evomerge_home,
-                                task_splits)
+from evomerge.zoo.build import PROFILES, _encode_train, _train, accuracy_per_task, build_zoo, evomerge_home, task_splits
 from evomerge.zoo.tasks import LETTERS, _word
 
 LORA_FORMAT = 1
@@ -132,7 +132,7 @@ def build_lora_repo(spec: LoraSpec, out: Path | None = None, log=print, force: b
     out = out or lora_dir(spec)
     if (out / "repo.json").exists() and not force:
         return out
-    torch.set_num_threads(1)  # tiny models: more threads only add barrier waits on shared cores (DESIGN §8)
+    torch.set_num_threads(1)  # tiny models: more threads only add barrier waits on shared cores
     zspec = PROFILES[spec.zoo]
     base_dir = build_zoo(zspec, log=log) / "base"
     t0 = time.time()
