@@ -95,31 +95,29 @@ def test_a_race_that_sees_everything_is_exact():
     assert res.difference == pytest.approx((cand.sum() - ref.sum()) / 300)
 
 
-def _synthetic_irt(rng, models, items, dim=2):
-    theta = rng.normal(size=(models, dim))
+def _merge_like(rng, models, items, dim=3):
+    """Correctness of models that, like merges of the same sources, are mixtures of a few sources' abilities."""
+    sources = rng.normal(size=(3, dim)) * 1.5
+    theta = rng.dirichlet([1, 1, 1], size=models) @ sources + 0.1 * rng.normal(size=(models, dim))
     a = rng.normal(1.0, 0.5, size=(items, dim))
     b = rng.normal(0.0, 1.5, size=items)
-    p = 1 / (1 + np.exp(-(theta @ a.T + b)))
-    return (rng.random((models, items)) < p).astype(float), p
+    return (rng.random((models, items)) < 1 / (1 + np.exp(-(theta @ a.T + b)))).astype(float)
 
 
 def test_irt_estimates_unseen_models_better_than_their_anchors_alone():
-    """Fit on 40 models, estimate 20 others from 30 anchors of 600 items: p-IRT's error is below the error of the
-    anchors' plain mean, and small."""
-    rng = np.random.default_rng(0)
-    y, p = _synthetic_irt(rng, 60, 600)
-    fit_y, test_y, test_p = y[:40], y[40:], p[40:]
-    model, _ = fit_irt(fit_y, dim=2)
-    features = np.concatenate([model.a.numpy(), model.b.numpy()[:, None]], axis=1)
-    anchors, weights = choose_anchors(features, 30, seed=0)
-    assert abs(weights.sum() - 1) < 1e-9 and len(set(anchors.tolist())) == len(anchors)
-    items = np.arange(600)
+    """Fit on 40 models, estimate 20 others from 30 anchors of 600 items (3 seeds): p-IRT's error is below the
+    anchors' plain mean's (the estimate a fixed subset gives)."""
     irt_err, plain_err = [], []
-    for row, truth in zip(test_y, test_y.mean(1), strict=True):
-        irt_err.append(abs(p_irt(model, items, anchors, row[anchors]) - truth))
-        plain_err.append(abs(row[anchors].mean() - truth))
-    assert np.mean(irt_err) < np.mean(plain_err)
-    assert np.mean(irt_err) < 0.03
+    for seed in range(3):
+        y = _merge_like(np.random.default_rng(seed), 60, 600)
+        model, _ = fit_irt(y[:40], dim=2)
+        features = np.concatenate([model.a.numpy(), model.b.numpy()[:, None]], axis=1)
+        anchors, weights = choose_anchors(features, 30, seed=0)
+        assert abs(weights.sum() - 1) < 1e-9 and len(set(anchors.tolist())) == len(anchors) == 30
+        for row in y[40:]:
+            irt_err.append(abs(p_irt(model, np.arange(600), anchors, row[anchors]) - row.mean()))
+            plain_err.append(abs(row[anchors].mean() - row.mean()))
+    assert np.mean(irt_err) < 0.85 * np.mean(plain_err)
 
 
 # -- in a real search on the tiny zoo ----------------------------------------------------------------------------
