@@ -253,6 +253,25 @@ class TaskSpec(_Strict):
         return v
 
 
+class RaceConfig(_Strict):
+    """Racing: each search candidate is scored in batches, in one fixed stratified order, and stopped as soon as
+    it is shown (with probability 1 − delta) not to beat the incumbent."""
+
+    delta: float = Field(0.05, gt=0, lt=1)
+    batch: PositiveInt = 64  # examples per look, all tasks together
+    bound: Literal["bayes", "bernstein"] = "bayes"
+
+
+class IrtConfig(_Strict):
+    """IRT-estimated fitness: after `warmup` generations scored on every example, each candidate is scored on
+    `anchors` examples per task and its accuracy on the rest is predicted by an IRT model refitted every
+    generation on everything scored so far."""
+
+    anchors: PositiveInt = 30  # per task
+    warmup: PositiveInt = 1  # generations scored on every example before the anchors are chosen
+    dim: PositiveInt = Field(2, le=8)  # abilities per model
+
+
 class FitnessConfig(_Strict):
     # a scorer of evomerge.fitness.SCORERS — native: exact match of the answer; python: a per-example scorer of
     # yours, `scorer: module:function`; lm_eval: lm-evaluation-harness tasks from task YAML files, run on the
@@ -276,6 +295,12 @@ class FitnessConfig(_Strict):
     # also every N search evaluations (whole generations): the `rescore_top` best so far on the whole search split
     # (with search_subset) and on the held-out split, kept in results.json as `checkpoints`
     rescore_every: PositiveInt | None = None
+    # how a search candidate's score is obtained: full (every example of the search split), race (stopped early
+    # once it cannot beat the incumbent), irt (a few anchor examples per task, the rest predicted); with race and
+    # irt the `rescore_top` best are scored on every example at the end, and the winner is chosen on those scores
+    estimator: Literal["full", "race", "irt"] = "full"
+    race: RaceConfig = RaceConfig()
+    irt: IrtConfig = IrtConfig()
     mode: Literal["teacher_forced", "generate"] = "teacher_forced"
     # native: a prompt is the user turn of the tokenizer's chat template, with the generation prompt (lm_eval has
     # its own switch, lm_eval.apply_chat_template)
@@ -297,6 +322,9 @@ class FitnessConfig(_Strict):
         from evomerge.fitness import SCORERS
 
         SCORERS[self.type].check_config(self)  # what this scorer does not do, named by field
+        if self.search_subset and self.estimator != "full":
+            raise ValueError(f"fitness.estimator: {self.estimator} scores fewer examples by itself; use it without "
+                             "search_subset")
         if self.search_subset and self.max_examples:
             raise ValueError("fitness.search_subset: use either search_subset (a random subset, re-checked at the "
                              "end) or max_examples (the first N), not both")
@@ -321,6 +349,16 @@ class FitnessConfig(_Strict):
     def full_search_split(self) -> str:
         """The name under which the whole search split is scored when the search runs on a subset."""
         return f"{self.search_split}:full"
+
+    @property
+    def rescore_split(self) -> str:
+        """Where the best candidates of a search on fewer examples (a subset, racing, IRT) are scored in full."""
+        return self.full_search_split if self.search_subset else self.search_split
+
+    @property
+    def cheap(self) -> bool:
+        """Whether search scores may come from fewer than every example of the search split."""
+        return bool(self.search_subset) or self.estimator != "full"
 
     def task_weights(self) -> dict[str, float]:
         w = self.weights or {}

@@ -101,14 +101,15 @@ class FinalReport:
                 for e, h in itertools.zip_longest(front, held)]
 
     def _rescore(self, store: RunStore) -> list[dict] | None:
-        """After a search on a subset: its best candidates on the whole search split and on the held-out split,
-        so that a subset's lucky draw does not pick the winner. Best on the whole search split first."""
+        """After a search on fewer examples (a subset, racing, IRT): its best candidates on the whole search split
+        and on the held-out split, so that a lucky draw or an estimate does not pick the winner. Best on the whole
+        search split first."""
         f = self.cfg.fitness
-        if not f.search_subset:
+        if not f.cheap:
             return None
         top = sorted((e for e in _scored(store) if e.status == "ok"), key=lambda e: -e.objective)
         items = [(e.label, parse_recipe(e.recipe)) for e in top[: f.rescore_top]]
-        full = self._score_all(store, EvalKind.RESCORE, items, split=f.full_search_split)
+        full = self._score_all(store, EvalKind.RESCORE, items, split=f.rescore_split)
         held = self._score_all(store, EvalKind.RESCORE_HELDOUT, items)
         rows = [{"label": e.label, "subset": e.objective, "full_search": a.objective, "heldout": h.objective,
                  "subset_per_task": e.per_task, "full_search_per_task": a.per_task, "heldout_per_task": h.per_task}
@@ -249,8 +250,9 @@ def render_front(results: dict) -> Table:
 
 
 def render_rescored(results: dict) -> Table:
-    table = Table(title="The search's best candidates on its subset, the whole search split and the held-out split")
-    for col in ("candidate", "subset", "whole search split", "held-out"):
+    table = Table(title="The search's best candidates as the search scored them (fewer examples), on the whole "
+                        "search split and on the held-out split")
+    for col in ("candidate", "search score", "whole search split", "held-out"):
         table.add_column(col, justify="left" if col == "candidate" else "right", no_wrap=True)
     for r in results["rescored"]:
         table.add_row(r["label"], f"{r['subset']:.3f}", f"{r['full_search']:.3f}", f"{r['heldout']:.3f}")

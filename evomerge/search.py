@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from evomerge.config import ExperimentConfig
 from evomerge.errors import ConfigError, RunError
 from evomerge.executors import Executor, Job
+from evomerge.fitness.fidelity import Fidelity
 from evomerge.optim import OPTIMIZERS
 from evomerge.optim.base import snap_to_grid
 from evomerge.optim.state import StateError
@@ -65,13 +66,17 @@ class Evaluator:
         # the best search candidates so far, kept here: the store is not re-read on every result
         self.leaders: list[Evaluation] = []
         self._seconds: dict[str, tuple[int, float]] = {}  # split -> (evaluations, seconds): how long one takes
+        self.fidelity = Fidelity(cfg, store)  # how many examples a search candidate is scored on
         for ev in store.evaluations(EvalKind.SEARCH):
             self._rank(ev)
         self._telemetry_at = 0.0
         self.announce_workers()
 
-    def cache_key(self, recipe: Recipe | FlowRecipe, split: str) -> str:
+    def cache_key(self, recipe: Recipe | FlowRecipe, split: str, examples: dict | None = None) -> str:
+        """Equal keys, equal scores: the recipe, the split, the fitness settings and which examples were scored."""
         blob = f"{recipe.to_json()}|{split}|{self.cfg.fitness.model_dump_json()}"
+        if examples is not None:
+            blob += "|" + json.dumps(examples, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def _rank(self, ev: Evaluation) -> None:
@@ -79,6 +84,7 @@ class Evaluator:
             self.leaders = sorted([*self.leaders, ev], key=lambda e: -e.objective)[:LEADERS]
 
     def record(self, ev: Evaluation) -> Evaluation:
+        ev = self.fidelity.finish(ev)  # an estimate from a few examples becomes the candidate's score
         self.store.add(ev)  # durable before anyone hears of it
         self._rank(ev)
         if ev.status == "ok" and ev.worker != "cache":
@@ -92,7 +98,7 @@ class Evaluator:
 
     def issue(self, job: Job) -> Evaluation | None:
         """The evaluation at once when the cache has it; otherwise the job goes to a worker (None)."""
-        job = dataclasses.replace(job, cache_key=self.cache_key(job.recipe, job.split))
+        job = dataclasses.replace(job, cache_key=self.cache_key(job.recipe, job.split, job.examples))
         hit = self.store.cached(job.cache_key)
         if hit is None:
             self.executor.submit(job)
@@ -199,10 +205,13 @@ class Search:
         self.names = names or [f"model {i}" for i in range(getattr(space, "k", 0))]
         oc = cfg.optimizer
         self.opt = make_optimizer(cfg, space)
+        if self.opt.wants_examples and cfg.fitness.estimator != "full":
+            raise ConfigError(f"fitness.estimator: {oc.type} learns from every example's score; use estimator: full")
         self.total = oc.generations * self.opt.popsize
         steady = oc.steady_state
         if steady is None:
-            steady = self.opt.steady_state and evaluator.executor.n_workers > 1
+            # an IRT estimate is refitted between generations: whole generations keep it the same on resume
+            steady = self.opt.steady_state and evaluator.executor.n_workers > 1 and cfg.fitness.estimator != "irt"
         self.steady = steady
         if steady and cfg.fitness.rescore_every:
             console.print("[yellow]fitness.rescore_every: a steady-state search re-scores its best candidates at "
@@ -231,8 +240,9 @@ class Search:
             if bred is not None:
                 self._parents[label(gen, idx)] = [self._labels.get(np.asarray(p, dtype=float).tobytes(), "?")
                                                   for p in bred]
-        return Job(EvalKind.SEARCH, gen, idx, label(gen, idx), self.cfg.fitness.search_split, recipe,
-                   [float(v) for v in x])
+        job = Job(EvalKind.SEARCH, gen, idx, label(gen, idx), self.cfg.fitness.search_split, recipe,
+                  [float(v) for v in x])
+        return self.evaluator.fidelity.job(job)
 
     def _record_archive(self, told: int) -> None:
         """Every `popsize` candidates told: which candidates the optimizer's archive holds (meta
@@ -398,8 +408,8 @@ class Search:
         self._checkpoints.add(done)
         top = sorted((e for e in self.store.evaluations(EvalKind.SEARCH) if e.status == "ok"),
                      key=lambda e: -e.objective)
-        splits = dict(zip(CHECKPOINT_KINDS, (f.full_search_split, f.heldout_split), strict=True))
-        if not f.search_subset:
+        splits = dict(zip(CHECKPOINT_KINDS, (f.rescore_split, f.heldout_split), strict=True))
+        if not f.cheap:
             splits.pop(CHECKPOINT_KINDS[0])
         jobs = [Job(kind, done, i, e.label, split, parse_recipe(e.recipe))
                 for kind, split in splits.items() for i, e in enumerate(top[: f.rescore_top])

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evomerge.errors import MergeError
 from evomerge.fitness import make_scorer
+from evomerge.fitness.estimators import RaceSpec, race_score
 from evomerge.merge.materialize import Merger
 from evomerge.recipe import FlowRecipe, Recipe
 from evomerge.sources import SourcePool
@@ -47,6 +48,8 @@ class Job:
     recipe: Recipe | FlowRecipe
     genome: list[float] | None = None
     cache_key: str | None = None
+    examples: dict[str, list[int]] | None = None  # score only these examples (per task, by index); None: all
+    race: RaceSpec | None = None  # score in a fixed order and stop once the candidate cannot beat a reference
 
 
 class MergeBuilder:
@@ -127,7 +130,13 @@ class Worker:
             t1 = time.perf_counter()
             ev.merge_seconds = t1 - t0
             try:
-                score = scorer.score(model)
+                if job.race is not None:
+                    score, ev.examples = race_score(scorer, model, job.race)
+                    if ev.examples is not None:
+                        ev.cache_key = None  # a race stopped early: a score of its own, never a cached full one
+                else:
+                    score = scorer.score(model, job.examples)
+                    ev.examples = job.examples
             except FloatingPointError:
                 self.builder.check_finite(model)  # names the first non-finite tensor, if a weight is one
                 raise

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.errors import ConfigError, read_mapping
-from evomerge.fitness.base import Score, Scorer, score_from_examples
+from evomerge.fitness.base import Examples, Score, Scorer, score_from_examples
 from evomerge.fitness.checks import make_check
 
 REGISTRY_KEY = "_evomerge_registry"  # in a task config: resolve this registered task in the process that builds it
@@ -246,19 +246,36 @@ class LmEvalScorer(Scorer):
             self._model = model
         return self._lm
 
-    def score(self, model) -> Score:
+    def _docs(self, examples: Examples) -> dict[str, list[int]]:
+        """lm-eval's `samples` (document ids per lm-eval task) for per-task example indices: an index counts in
+        this scorer's own documents (a search subset's, or the first `limit`, or all)."""
+        out = {}
+        for lm_name, ours in self.names.items():
+            idx = examples.get(ours, [])
+            out[lm_name] = [self.samples[lm_name][i] for i in idx] if self.samples else list(idx)
+        return out
+
+    def score(self, model, examples: Examples | None = None) -> Score:
         from lm_eval import evaluator
 
         lm_cfg = self.cfg.lm_eval
-        out = evaluator.evaluate(lm=self._wrap(model), task_dict=self.task_dict, log_samples=True,
-                                 **({"samples": self.samples} if self.samples else {"limit": self.limit}),
+        task_dict = self.task_dict
+        run: dict = {"samples": self.samples} if self.samples else {"limit": self.limit}
+        if examples is not None:  # lm-eval scores all of a task it gets no document ids for: leave such tasks out
+            docs = self._docs(examples)
+            run = {"samples": {k: v for k, v in docs.items() if v}}
+            task_dict = {**task_dict, "tasks": {k: v for k, v in task_dict["tasks"].items() if docs.get(k)}}
+        out = evaluator.evaluate(lm=self._wrap(model), task_dict=task_dict, log_samples=True, **run,
                                  bootstrap_iters=0, verbosity="ERROR",
                                  apply_chat_template=lm_cfg.apply_chat_template)
-        per_example = {}
+        per_example: dict[str, list[float]] = {t: [] for t in self.weights}
         for lm_name, samples in out["samples"].items():
             ours = self.names[lm_name]
             metric, check = self.metrics[ours], self.checks.get(ours)
             samples = sorted(samples, key=lambda s: s["doc_id"])
+            if examples is not None:  # in the order asked for
+                at = {s["doc_id"]: s for s in samples}
+                samples = [at[d] for d in docs[lm_name]]
             if metric not in samples[0]:
                 raise ConfigError(f"fitness.tasks.{ours}.metric: the task has no per-example metric {metric!r} "
                                   f"(it has {sorted(k for k in samples[0] if isinstance(samples[0][k], int | float))})")

@@ -28,6 +28,13 @@ class EncodedBatch:
     attention_mask: torch.Tensor  # [B, L]
     target_mask: torch.Tensor  # [B, L-1] True where position p must predict input_ids[p + 1]
 
+    def rows(self, idx: list[int] | None) -> EncodedBatch:
+        """These rows only (all of them for None)."""
+        if idx is None:
+            return self
+        t = torch.as_tensor(idx, dtype=torch.long, device=self.input_ids.device)
+        return EncodedBatch(self.input_ids[t], self.attention_mask[t], self.target_mask[t])
+
 
 def special_prefix(tokenizer, sample: str = "0") -> list[int]:
     """The token ids the tokenizer puts before a text when it adds its special tokens (e.g. [BOS], or [])."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from evomerge.errors import ConfigError
-from evomerge.fitness.base import Score, Scorer, score_from_examples
+from evomerge.fitness.base import Examples, Score, Scorer, pick, score_from_examples
 from evomerge.fitness.checks import make_check
 from evomerge.fitness.native import (
     choice_accuracy,
@@ -58,21 +58,36 @@ class NativeScorer(Scorer):
         return cls(tokenizer, tasks, mode=cfg.mode, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
                    weights=cfg.task_weights(), checks=checks, chat=cfg.apply_chat_template)
 
-    def score(self, model) -> Score:
+    def score(self, model, examples: Examples | None = None) -> Score:
         model.eval()
         per_example: dict[str, list[float]] = {}
-        for task, examples in self.tasks.items():
+        for task, rows in self.tasks.items():
+            idx = None if examples is None else examples.get(task, [])
+            if idx is not None and not idx:
+                per_example[task] = []
+                continue
             if task in self._choices:
-                ok = choice_accuracy(model, self._choices[task], examples, self.batch_size)
+                ok = choice_accuracy(model, self._choices[task].rows(_choice_rows(rows, idx)), pick(rows, idx),
+                                     self.batch_size)
             elif self._encoded is not None:
-                ok = exact_match_teacher_forced(model, self._encoded[task], self.batch_size)
+                ok = exact_match_teacher_forced(model, self._encoded[task].rows(idx), self.batch_size)
                 if task in self._passes:
-                    ok = ok & self._passes[task]
+                    ok = ok & (self._passes[task] if idx is None else self._passes[task][idx])
             else:
-                ok = exact_match_generate(model, self.tokenizer, examples, self.max_new_tokens, self.batch_size,
-                                          check=self.checks.get(task), chat=self.chat)
+                ok = exact_match_generate(model, self.tokenizer, pick(rows, idx), self.max_new_tokens,
+                                          self.batch_size, check=self.checks.get(task), chat=self.chat)
             per_example[task] = [int(v) for v in ok]
         return score_from_examples(per_example, self.weights)
+
+
+def _choice_rows(rows: list[dict], idx: list[int] | None) -> list[int] | None:
+    """The flattened (prompt, choice) rows of the chosen multiple-choice examples."""
+    if idx is None:
+        return None
+    starts = [0]
+    for r in rows:
+        starts.append(starts[-1] + len(r["choices"]))
+    return [j for i in idx for j in range(starts[i], starts[i + 1])]
 
 
 class PythonScorer(Scorer):
@@ -99,13 +114,14 @@ class PythonScorer(Scorer):
     def from_config(cls, tokenizer, tasks, cfg, base_dir, limit=None) -> PythonScorer:  # noqa: ARG003
         return cls(tokenizer, tasks, load_scorer_function(cfg.scorer, base_dir), cfg.task_weights())
 
-    def score(self, model) -> Score:
+    def score(self, model, examples: Examples | None = None) -> Score:
         model.eval()
         per_example = {}
-        for task, examples in self.tasks.items():
-            scores = [float(v) for v in self.fn(model, self.tokenizer, task, examples)]
-            if len(scores) != len(examples):
-                raise ValueError(f"scorer returned {len(scores)} scores for {len(examples)} {task!r} examples")
+        for task, rows in self.tasks.items():
+            chosen = pick(rows, None if examples is None else examples.get(task, []))
+            scores = [float(v) for v in self.fn(model, self.tokenizer, task, chosen)] if chosen else []
+            if len(scores) != len(chosen):
+                raise ValueError(f"scorer returned {len(scores)} scores for {len(chosen)} {task!r} examples")
             per_example[task] = scores
         return score_from_examples(per_example, self.weights)
 

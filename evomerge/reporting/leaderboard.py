@@ -20,8 +20,10 @@ JSON layout (`schema_version` 1; a change that removes or renames a field bumps 
                  run), "generation", "index", "parents" (ids; [] when the optimizer does not know), "status",
                  "objective", "objectives" (the optimizer's values: [objective] or one per task), "pareto" (on the
                  search's Pareto front; null for single-objective runs), "search" ({task: score}), "heldout" (mean
-                 or null), "heldout_per_task", "full_search" (a subset search's re-score on the whole split, or
-                 null), "operator", "recipe_summary", "recipe" (the full recipe), "merge_seconds", "eval_seconds",
+                 or null), "heldout_per_task", "full_search" (the score on every example of the search split when
+                 the search scored fewer — a subset, a race stopped early, IRT anchors — or null), "examples" (how
+                 many search examples this evaluation scored; null: all of them, its objective then exact),
+                 "operator", "recipe_summary", "recipe" (the full recipe), "merge_seconds", "eval_seconds",
                  "worker", "cached" (copied from an equal recipe scored before), "error"}
     COMPARISON = {"run_dir", "name", "optimizer", "evaluations", "failed", "best_id", "best_objective",
                   "best_heldout", "evaluations_to_95" (the first evaluation whose best-so-far reached 95% of the
@@ -90,6 +92,7 @@ class Candidate:
     heldout: float | None
     heldout_per_task: dict[str, float] | None
     full_search: float | None
+    examples: int | None
     operator: str
     recipe_summary: str
     recipe: dict
@@ -200,7 +203,9 @@ def _candidates(f: RunSettings, search: list[Evaluation], evals: list[Evaluation
     out = []
     for n, e in enumerate(search, 1):
         held = scored.get((e.recipe, f.heldout_split))
-        full = scored.get((e.recipe, f.full_search_split)) if f.search_subset else None
+        full = scored.get((e.recipe, f.rescore_split)) if f.cheap else None
+        if full is None and f.estimator != "full" and e.examples is None:
+            full = e  # scored on every example during the search
         recipe = json.loads(e.recipe) if e.recipe else {"operator": "?", "groups": {}}
         good = e.status == "ok"
         out.append(Candidate(
@@ -210,7 +215,8 @@ def _candidates(f: RunSettings, search: list[Evaluation], evals: list[Evaluation
             pareto=(id(e) in front) if multi and good else None,
             search=dict(e.per_task) if good else {},
             heldout=held.objective if held else None, heldout_per_task=dict(held.per_task) if held else None,
-            full_search=full.objective if full else None,
+            full_search=full.objective if full and full.status == "ok" else None,
+            examples=sum(len(v) for v in e.examples.values()) if e.examples is not None else None,
             operator=recipe.get("operator") or (
                 "data_flow" if recipe.get("kind") == "flow" else recipe.get("kind", "?")),
             recipe_summary=recipe_summary(recipe) if recipe.get("groups") or recipe.get("path") or
@@ -258,8 +264,10 @@ def columns(boards: list[Board]) -> list[str]:
     tasks = list(dict.fromkeys(t for b in boards for t in b.tasks))
     cols = ["rank", "id", "generation", "parents", "status", "objective",
             *(f"search_{t}" for t in tasks), "heldout", *(f"heldout_{t}" for t in tasks)]
-    if any(b.settings.search_subset for b in boards):
+    if any(b.settings.cheap for b in boards):
         cols.append("full_search")
+    if any(b.settings.estimator != "full" for b in boards):
+        cols.append("examples")
     if any(b.settings.n_objectives > 1 for b in boards):
         cols.append("pareto")
     cols += ["operator", "recipe", "merge_s", "eval_s", "worker", "error"]
@@ -269,6 +277,7 @@ def columns(boards: list[Board]) -> list[str]:
 def flat(board: Board, c: Candidate) -> dict:
     row = {"run": board.name, "rank": c.rank, "id": c.id, "generation": c.generation, "parents": " ".join(c.parents),
            "status": c.status, "objective": c.objective, "heldout": c.heldout, "full_search": c.full_search,
+           "examples": c.examples,
            "pareto": c.pareto, "operator": c.operator, "recipe": c.recipe_summary, "merge_s": c.merge_seconds,
            "eval_s": c.eval_seconds, "worker": c.worker, "error": c.error}
     for t in board.tasks:

@@ -91,6 +91,17 @@ class RunSettings:
     n_objectives: int = 1
     search_subset: int | None = None
     full_search_split: str | None = None
+    estimator: str = "full"  # fitness.estimator: full, race or irt
+
+    @property
+    def cheap(self) -> bool:
+        """Whether search scores may come from fewer than every example of the search split."""
+        return bool(self.search_subset) or self.estimator != "full"
+
+    @property
+    def rescore_split(self) -> str:
+        """Where the best candidates of a search on fewer examples are scored in full."""
+        return (self.full_search_split or self.search_split) if self.search_subset else self.search_split
 
     @classmethod
     def of_search(cls, cfg) -> RunSettings:
@@ -100,7 +111,7 @@ class RunSettings:
                  f"{sp.type}: {sp.flow.repeats} repeats, {sp.flow.scaling} scaling, {sp.flow.indicator} indicators")
         return cls(cfg.name, cfg.optimizer.type, cfg.optimizer.generations, sp.type, space,
                    f"{f.type}, objective {f.objective}", tuple(f.tasks), f.search_split, f.heldout_split,
-                   cfg.n_objectives, f.search_subset, f.full_search_split)
+                   cfg.n_objectives, f.search_subset, f.full_search_split, f.estimator)
 
 
 def read_settings(store: RunStore) -> RunSettings | None:

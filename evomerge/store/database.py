@@ -47,6 +47,8 @@ EVALUATIONS = sa.Table(
     sa.Column("objective", sa.Float),
     sa.Column("per_task", sa.Text),  # JSON {task: score}
     sa.Column("per_example", sa.Text),  # JSON {task: [score, ...]}
+    # JSON {task: [index, ...]}: the examples a cheaper fitness scored (per_example follows it); NULL: all of them
+    sa.Column("examples", sa.Text),
     sa.Column("error", sa.Text),
     sa.Column("merge_seconds", sa.Float),
     sa.Column("eval_seconds", sa.Float),
@@ -96,6 +98,7 @@ class Evaluation:
     objective: float | None = None
     per_task: dict[str, float] = field(default_factory=dict)
     per_example: dict[str, list[float]] = field(default_factory=dict)
+    examples: dict[str, list[int]] | None = None  # which examples were scored (None: every one of the split)
     genome: list[float] | None = None
     recipe: str | None = None
     error: str | None = None
@@ -115,7 +118,7 @@ class Snapshot:
     genomes: list[list[float]] | None
 
 
-_JSON_FIELDS = ("genome", "per_task", "per_example")
+_JSON_FIELDS = ("genome", "per_task", "per_example", "examples")
 _FIELDS = tuple(Evaluation.__dataclass_fields__)
 
 
@@ -160,6 +163,7 @@ class RunStore:
                         c.execute(RUNS.insert().values(run_id=run_id, name=name, schema_version=SCHEMA_VERSION,
                                                        created=time.time()))
             self._check(where)
+            self._add_columns()
         except SQLAlchemyError as e:
             self.engine.dispose()
             msg = str(getattr(e, "orig", e)).splitlines()[0]
@@ -182,6 +186,15 @@ class RunStore:
         if row[0] > SCHEMA_VERSION:
             raise ConfigError(f"{where}: written by a newer evomerge (store schema {row[0]}, this one reads "
                               f"{SCHEMA_VERSION}); upgrade evomerge")
+
+    def _add_columns(self) -> None:
+        """Columns added since a store was created (nullable, NULL meaning what older runs did) are added to it."""
+        have = {c["name"] for c in sa.inspect(self.engine).get_columns(EVALUATIONS.name)}
+        for col in EVALUATIONS.columns:
+            if col.name not in have:
+                with self.engine.begin() as c:
+                    c.exec_driver_sql(f"ALTER TABLE {EVALUATIONS.name} ADD COLUMN {col.name} "
+                                      f"{col.type.compile(self.engine.dialect)}")
 
     def close(self) -> None:
         self.engine.dispose()

@@ -1,0 +1,120 @@
+"""How much of the search split a search candidate is scored on, and what its score is then taken to be.
+
+- full: every example.
+- race: every example in one fixed stratified order, stopped once the candidate is shown not to beat the reference —
+  the best candidate of earlier generations that was scored on every example. A stopped candidate is ranked by its
+  paired estimate (the reference's score plus the mean difference over the examples both have seen): CMA-ES needs
+  a full ranking, and the paired estimate is unbiased with far less variance than the candidate's own partial mean.
+- irt: the first `warmup` generations on every example; then `anchors` examples per task, chosen once as medoids of
+  clusters of the fitted item parameters, and the rest predicted by an IRT model refitted at every generation on
+  every stored score of the earlier generations (full and anchor rows alike).
+
+Everything depends only on the evaluations of earlier generations, so a resumed run makes the same choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+
+from evomerge.fitness.estimators import IrtModel, RaceSpec, choose_anchors, fit_irt, race_order
+
+ANCHORS_META = "irt_anchors"
+
+
+class Fidelity:
+    def __init__(self, cfg, store) -> None:
+        self.cfg, self.f, self.store = cfg, cfg.fitness, store
+        self.kind = self.f.estimator
+        self.weights = self.f.task_weights()
+        self._reference: dict[int, object] = {}  # generation -> the race reference (an Evaluation) or None
+        self._irt: dict[int, IrtModel] = {}  # generation -> the model fitted on the generations before
+        self._anchors: dict[str, list[int]] | None = None
+        stored = store.get_meta(ANCHORS_META)
+        if stored is not None:
+            self._anchors = json.loads(stored)
+
+    # -- which examples --------------------------------------------------------------------------------------------
+    def job(self, job):
+        """A search job as this estimator issues it: unchanged (full), with a race, or with the anchors."""
+        if self.kind == "race":
+            ref = self._race_reference(job.generation)
+            return job if ref is None else dataclasses.replace(job, race=self._race_spec(ref))
+        if self.kind == "irt" and job.generation >= self.f.irt.warmup:
+            return dataclasses.replace(job, examples=self.anchors(job.generation))
+        return job
+
+    def _full(self, before: int) -> list:
+        return [e for e in self.store.evaluations("search")
+                if e.status == "ok" and e.examples is None and e.generation < before]
+
+    def _race_reference(self, generation: int):
+        if generation not in self._reference:
+            full = self._full(generation)
+            self._reference[generation] = max(full, key=lambda e: e.objective, default=None)
+        return self._reference[generation]
+
+    def _race_spec(self, ref) -> RaceSpec:
+        sizes = {t: len(v) for t, v in ref.per_example.items()}
+        r = self.f.race
+        return RaceSpec(order=tuple(race_order(sizes, self.cfg.seed)), reference=ref.per_example,
+                        reference_per_task=ref.per_task, reference_objective=ref.objective, weights=self.weights,
+                        delta=r.delta, batch=r.batch, bound=r.bound, per_task=self.cfg.n_objectives > 1)
+
+    def anchors(self, generation: int) -> dict[str, list[int]]:
+        """Chosen once, from the warm-up generations' full scores; stored in the run's meta."""
+        if self._anchors is None:
+            model, items = self._fit(generation)
+            features = np.concatenate([model.a.numpy(), model.b.numpy()[:, None]], axis=1)
+            self._anchors = {}
+            for t, (lo, hi) in items.items():
+                picked, _ = choose_anchors(features[lo:hi], self.f.irt.anchors, seed=self.cfg.seed)
+                self._anchors[t] = sorted(int(i) for i in picked)
+            self.store.set_meta(ANCHORS_META, json.dumps(self._anchors))
+        return self._anchors
+
+    # -- what a result is worth ------------------------------------------------------------------------------------
+    def finish(self, ev):
+        """An anchor-only result gets its IRT estimate of the whole split (objective and per task)."""
+        if self.kind != "irt" or ev.kind != "search" or ev.status != "ok" or ev.examples is None:
+            return ev
+        model, items = self._fit(ev.generation)
+        per_task, seen, correct = {}, [], []
+        for t, (lo, _) in items.items():
+            seen += [lo + i for i in ev.examples[t]]
+            correct += ev.per_example[t]
+        theta = model.ability(np.asarray(seen), np.asarray(correct, dtype=float))
+        p = model.probabilities(theta[None])[0].numpy()
+        for t, (lo, hi) in items.items():
+            observed = dict(zip(ev.examples[t], ev.per_example[t], strict=True))
+            per_task[t] = float(sum(observed.get(i, p[lo + i]) for i in range(hi - lo)) / (hi - lo))
+        wsum = sum(self.weights[t] for t in per_task)
+        objective = sum(self.weights[t] * v for t, v in per_task.items()) / wsum
+        return dataclasses.replace(ev, objective=objective, per_task=per_task)
+
+    def _fit(self, generation: int) -> tuple[IrtModel, dict[str, tuple[int, int]]]:
+        """The IRT model fitted on every search score of the generations before `generation` (cached)."""
+        rows = [e for e in self.store.evaluations("search") if e.status == "ok" and e.generation < generation]
+        full = [e for e in rows if e.examples is None]
+        if not full:
+            raise RuntimeError("IRT needs at least one candidate scored on every example first")
+        tasks = list(self.f.tasks)
+        sizes = {t: len(full[0].per_example[t]) for t in tasks}
+        items: dict[str, tuple[int, int]] = {}
+        at = 0
+        for t in tasks:
+            items[t] = (at, at + sizes[t])
+            at += sizes[t]
+        if generation not in self._irt:
+            y = np.zeros((len(rows), at))
+            mask = np.zeros((len(rows), at))
+            for r, e in enumerate(rows):
+                for t, (lo, hi) in items.items():
+                    idx = range(hi - lo) if e.examples is None else e.examples[t]
+                    cols = [lo + i for i in idx]
+                    y[r, cols] = e.per_example[t]
+                    mask[r, cols] = 1
+            self._irt[generation], _ = fit_irt(y, mask, dim=self.f.irt.dim, seed=self.cfg.seed)
+        return self._irt[generation], items

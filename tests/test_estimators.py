@@ -1,0 +1,184 @@
+"""Racing bounds and IRT estimates on synthetic candidates of known accuracy."""
+
+import numpy as np
+import pytest
+
+from evomerge.fitness.estimators import (Race, bayes_radius, bernstein_serfling_radius, choose_anchors, fit_irt, p_irt,
+                                         race_order)
+
+
+def _pair(rng, n, p_ref, shift):
+    """Per-example scores of a reference and a candidate that agree on most examples (two merges of the same
+    sources do), the candidate ahead by exactly `shift` examples."""
+    ref = (rng.random(n) < p_ref).astype(float)
+    cand = ref.copy()
+    flip = rng.permutation(n)
+    # differ on 15% of examples, balanced so that the totals differ by `shift`
+    k = int(0.15 * n)
+    wrong_to_right = [i for i in flip if ref[i] == 0][: (k + shift) // 2]
+    right_to_wrong = [i for i in flip if ref[i] == 1][: (k - shift) // 2]
+    cand[wrong_to_right] = 1
+    cand[right_to_wrong] = 0
+    assert cand.sum() - ref.sum() == len(wrong_to_right) - len(right_to_wrong)
+    return ref, cand
+
+
+def _race(ref, cand, order_seed, delta, batch=30, bound="bayes"):
+    n = len(ref)
+    order = race_order({"t": n}, order_seed)
+    looks = -(-n // batch)
+    race = Race(order, {"t": ref.tolist()}, {"t": 1.0}, delta, looks, bound=bound)
+    for start in range(0, n, batch):
+        for task, i in order[start : start + batch]:
+            race.add(task, i, cand[i])
+        res = race.result()
+        if res.stopped:
+            return res
+    return race.result()
+
+
+@pytest.mark.parametrize("radius", [bernstein_serfling_radius, bayes_radius])
+def test_radius_closes_on_the_whole_population_and_shrinks_with_n(radius):
+    rng = np.random.default_rng(0)
+    v = rng.choice([-1.0, 0.0, 0.0, 0.0, 1.0], size=900)
+    assert radius(v, 900, 0.05, 2.0) == 0.0
+    radii = [radius(v[:n], 900, 0.05, 2.0) for n in (30, 90, 300, 600, 870)]
+    assert radii == sorted(radii, reverse=True)
+
+
+def test_bayes_bound_is_tighter_than_hoeffding():
+    v = np.random.default_rng(0).choice([-1.0, 0.0, 0.0, 0.0, 1.0], size=300)
+    hoeffding = np.sqrt(4 * np.log(1 / 0.05) / (2 * 300))  # sqrt(R² ln(1/δ) / 2n), no finite-population gain
+    assert bayes_radius(v, 900, 0.05, 2.0) < hoeffding / 2
+
+
+def test_race_order_is_stratified_and_complete():
+    order = race_order({"a": 300, "b": 150, "c": 30}, seed=1)
+    assert sorted(order) == sorted([(t, i) for t, n in (("a", 300), ("b", 150), ("c", 30)) for i in range(n)])
+    for k in (48, 96, 240):
+        counts = {t: sum(1 for task, _ in order[:k] if task == t) for t in "abc"}
+        assert abs(counts["a"] - k * 300 / 480) <= 1 and abs(counts["c"] - k * 30 / 480) <= 1
+    assert race_order({"a": 300, "b": 150, "c": 30}, seed=1) == order
+
+
+@pytest.mark.parametrize("bound", ["bayes", "bernstein"])
+@pytest.mark.parametrize("delta", [0.05, 0.2])
+def test_racing_drops_a_better_candidate_no_more_often_than_delta(delta, bound):
+    """The candidate is better on the full split (by one example), so full evaluation keeps it over the reference;
+    racing may drop it only with probability ≤ delta. Fixed seeds, 300 trials."""
+    rng = np.random.default_rng(42)
+    wrong, trials = 0, 300
+    for trial in range(trials):
+        ref, cand = _pair(rng, 600, 0.7, shift=2)
+        wrong += _race(ref, cand, order_seed=trial, delta=delta, bound=bound).stopped
+    # the bound is conservative; allow binomial noise above delta (3 sd) so the test tells a broken bound only
+    assert wrong / trials <= delta + 3 * np.sqrt(delta * (1 - delta) / trials)
+
+
+def test_racing_stops_a_clearly_worse_candidate_early():
+    rng = np.random.default_rng(7)
+    seen = []
+    for trial in range(20):
+        ref, cand = _pair(rng, 900, 0.7, shift=-80)  # 0.089 below
+        res = _race(ref, cand, order_seed=trial, delta=0.05)
+        assert res.stopped
+        assert res.upper < 0
+        seen.append(res.seen)
+    assert np.mean(seen) < 900 / 3
+
+
+def test_a_race_that_sees_everything_is_exact():
+    rng = np.random.default_rng(3)
+    ref, cand = _pair(rng, 300, 0.6, shift=10)
+    res = _race(ref, cand, order_seed=0, delta=0.05)
+    assert not res.stopped and res.seen == 300
+    assert res.difference == pytest.approx((cand.sum() - ref.sum()) / 300)
+
+
+def _merge_like(rng, models, items, dim=3):
+    """Correctness of models that, like merges of the same sources, are mixtures of a few sources' abilities."""
+    sources = rng.normal(size=(3, dim)) * 1.5
+    theta = rng.dirichlet([1, 1, 1], size=models) @ sources + 0.1 * rng.normal(size=(models, dim))
+    a = rng.normal(1.0, 0.5, size=(items, dim))
+    b = rng.normal(0.0, 1.5, size=items)
+    return (rng.random((models, items)) < 1 / (1 + np.exp(-(theta @ a.T + b)))).astype(float)
+
+
+def test_irt_estimates_unseen_models_better_than_their_anchors_alone():
+    """Fit on 40 models, estimate 20 others from 30 anchors of 600 items (3 seeds): p-IRT's error is below the
+    anchors' plain mean's (the estimate a fixed subset gives)."""
+    irt_err, plain_err = [], []
+    for seed in range(3):
+        y = _merge_like(np.random.default_rng(seed), 60, 600)
+        model, _ = fit_irt(y[:40], dim=2)
+        features = np.concatenate([model.a.numpy(), model.b.numpy()[:, None]], axis=1)
+        anchors, weights = choose_anchors(features, 30, seed=0)
+        assert abs(weights.sum() - 1) < 1e-9 and len(set(anchors.tolist())) == len(anchors) == 30
+        for row in y[40:]:
+            irt_err.append(abs(p_irt(model, np.arange(600), anchors, row[anchors]) - row.mean()))
+            plain_err.append(abs(row[anchors].mean() - row.mean()))
+    assert np.mean(irt_err) < 0.85 * np.mean(plain_err)
+
+
+# -- in a real search on the tiny zoo ----------------------------------------------------------------------------
+
+
+def _cheap_run(tmp_path, tiny_task_dir, fitness, generations=4, fitness_type="native"):
+    from rich.console import Console
+
+    from evomerge.runner import Runner
+    from evomerge.store import RunDir
+    from tests.conftest import write_experiment
+
+    if fitness_type == "lm_eval":
+        from tests.test_lm_eval import _lm_eval_tasks
+
+        tasks = _lm_eval_tasks(tiny_task_dir, tmp_path)
+    else:
+        tasks = {t: str(tiny_task_dir / t) for t in ("add", "cipher", "reverse")}
+    exp = write_experiment(tmp_path / "exp.yaml", tiny_task_dir, baselines={"enabled": False},
+                           space={"type": "layer_weights", "operator": "task_arithmetic", "granularity": "layer"},
+                           optimizer={"type": "cma", "generations": generations, "popsize": 6},
+                           fitness={"type": fitness_type, "tasks": tasks, "rescore_top": 2, **fitness})
+    results = Runner(exp, tmp_path / "run", console=Console(quiet=True)).run()
+    store = RunDir.open(tmp_path / "run").store()
+    try:
+        return results, store.evaluations("search"), store.evaluations("rescore"), store
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fitness_type", ["native", "lm_eval"])
+def test_race_stops_candidates_that_cannot_beat_the_incumbent(tmp_path, tiny_zoo, tiny_task_dir, fitness_type):
+    results, search, rescored, _ = _cheap_run(tmp_path, tiny_task_dir, {"estimator": "race", "race": {"batch": 30}},
+                                              fitness_type=fitness_type)
+    first = [e for e in search if e.generation == 0]
+    assert all(e.examples is None for e in first)  # nothing to race against yet
+    stopped = [e for e in search if e.examples is not None]
+    assert stopped, "no candidate was stopped early"
+    for e in stopped:  # the examples scored are recorded, per task, and the scores follow them
+        assert all(len(e.per_example[t]) == len(e.examples[t]) for t in e.examples)
+        assert sum(map(len, e.examples.values())) < 180
+        # ranked by the paired estimate: below the best full score of the earlier generations
+        ref = max((f for f in search if f.examples is None and f.generation < e.generation), key=lambda f: f.objective)
+        assert e.objective < ref.objective
+    # the winner is chosen on full scores
+    assert results["rescored"] and all(len(v) == 60 for r in rescored for v in r.per_example.values())
+    assert results["best_candidate"] == results["rescored"][0]["label"]
+
+
+@pytest.mark.slow
+def test_irt_scores_anchors_and_estimates_the_rest(tmp_path, tiny_zoo, tiny_task_dir):
+    import json
+
+    results, search, rescored, store = _cheap_run(tmp_path, tiny_task_dir,
+                                                  {"estimator": "irt", "irt": {"anchors": 8, "warmup": 1}})
+    assert all(e.examples is None for e in search if e.generation == 0)
+    later = [e for e in search if e.generation > 0 and e.worker != "cache"]
+    assert later and all(sorted(map(len, e.examples.values())) == [8, 8, 8] for e in later)
+    for e in later:  # an estimate of the whole split: observed anchors plus predicted rest, in [0, 1]
+        assert 0 <= e.objective <= 1
+        assert e.objective == pytest.approx(sum(e.per_task.values()) / 3)
+    assert results["best_candidate"] == results["rescored"][0]["label"]
+
