@@ -231,7 +231,7 @@ def validate(
                     if source.endswith((".yaml", ".yml")):
                         TaskSource(source, base_dir, None, f"fitness.tasks.{task}")
         if kind not in ("m2n2_digits", "blackbox") and not config_only:
-            from evomerge.dryrun import dry_run
+            from evomerge.run.dryrun import dry_run
 
             dry_run(experiment, console)
     except EvomergeError as e:
@@ -245,7 +245,7 @@ def inspect(
     granularity: Annotated[str, typer.Option(help="model | layer | N (blocks per group) | tensor")] = "layer",
 ) -> None:
     """How a model's tensors are grouped for a search, tied tensors named (a tied LM head moves with 'embed')."""
-    from evomerge.inspect import grouping, render_grouping
+    from evomerge.merge.grouping import grouping, render_grouping
 
     try:
         g: str | int = int(granularity) if granularity.isdigit() else granularity

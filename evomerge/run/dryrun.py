@@ -21,7 +21,7 @@ def dry_run(experiment: Path, console: Console) -> None:
     from evomerge.executors.worker import Worker
     from evomerge.fitness import make_scorer
     from evomerge.fitness.scorer import load_scorer_function
-    from evomerge.inspect import grouping, render_grouping
+    from evomerge.merge.grouping import grouping, render_grouping
     from evomerge.runner import resolve_models, resolve_tasks
     from evomerge.search import make_optimizer
     from evomerge.spaces import SPACES
