@@ -231,7 +231,7 @@ def validate(
                     if source.endswith((".yaml", ".yml")):
                         TaskSource(source, base_dir, None, f"fitness.tasks.{task}")
         if kind not in ("m2n2_digits", "blackbox") and not config_only:
-            from evomerge.run.dryrun import dry_run
+            from evomerge.runner import dry_run
 
             dry_run(experiment, console)
     except EvomergeError as e:
