@@ -35,6 +35,13 @@ def _executor_overrides(workers: int | None, ray_address: str | None) -> dict:
     return {k: v for k, v in (("workers", workers), ("address", ray_address)) if v is not None}
 
 
+def _blackbox_runner():
+    """The black-box runner class; MissingExtra (one line) without the 'blackbox' extra."""
+    from evomerge.blackbox.runner import BlackboxRunner
+
+    return BlackboxRunner
+
+
 def _run(make_runner) -> None:
     """Run a Runner with the CLI's error handling: user errors exit 2, a run that cannot go on 1, Ctrl-C 130."""
     try:
@@ -71,9 +78,7 @@ def run(
     if kind == "m2n2_digits":  # the M2N2 paper's digits reproduction: its own runner
         return _run_digits(experiment, run_dir)
     if kind == "blackbox":  # the two-stage search over a merge service's API
-        from evomerge.blackbox.runner import BlackboxRunner
-
-        return _run(lambda: BlackboxRunner(experiment, run_dir, console=console, force=force))
+        return _run(lambda: _blackbox_runner()(experiment, run_dir, console=console, force=force))
     _run(lambda: Runner(experiment, run_dir, console=console, force=force, db=db,
                         executor=_executor_overrides(workers, ray_address)))
 
@@ -114,6 +119,13 @@ def serve(
 ) -> None:
     """Serve black-box LoRA merging over HTTP: clients send per-adapter α and β, get losses or completions."""
     import torch
+
+    from evomerge.extras import require_extra
+
+    try:
+        require_extra("blackbox", "evomerge serve")
+    except EvomergeError as e:
+        _fail(e)
     import uvicorn
 
     from evomerge.blackbox.service import MergeService, create_app, read_tokens
@@ -141,11 +153,11 @@ def resume(
     ray_address: RayAddressOpt = None,
 ) -> None:
     """Continue a stopped run with the experiment config it was started with."""
-    from evomerge.blackbox.runner import BlackboxRunner, is_blackbox_run
+    from evomerge.blackbox.config import is_blackbox_run
     from evomerge.runner import Runner
 
     if is_blackbox_run(run_dir):
-        return _run(lambda: BlackboxRunner.resume(run_dir, console=console))
+        return _run(lambda: _blackbox_runner().resume(run_dir, console=console))
 
     _run(lambda: Runner.resume(run_dir, console=console, executor=_executor_overrides(workers, ray_address)))
 
@@ -325,7 +337,10 @@ def _build_lora(profile: str, force: bool) -> None:
 
     from evomerge.zoo.lora import LORA_PROFILES, build_lora_repo
 
-    out = build_lora_repo(LORA_PROFILES[profile], force=force, log=console.print)
+    try:
+        out = build_lora_repo(LORA_PROFILES[profile], force=force, log=console.print)
+    except EvomergeError as e:
+        _fail(e)
     report = json.loads((out / "repo.json").read_text())
     console.print(f"LoRA repository at {out}: {len(report['adapters'])} adapters (built in "
                   f"{report['build_seconds']} s)")
