@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from evomerge.errors import SourceError
 from evomerge.merge.sparsify import magnitude_ranks
+from evomerge.merge.topk import MagnitudeIndex
 
 _BLOCK = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 _EMBED = re.compile(r"embed|wte|wpe")
@@ -162,7 +163,8 @@ class SourcePool:
         self.n_blocks = 1 + max((block_index(name) or 0) for name in self.base)
         # the dtype a live model should hold merges in: that of the base's first floating tensor
         self.dtype = next(iter(self.base.values())).dtype
-        self._ranks: dict[tuple[str, str], torch.Tensor] = {}
+        self._ranks: dict[str, torch.Tensor] = {}
+        self._order: dict[tuple[str, str], list[MagnitudeIndex]] = {}
 
     def _init_in_memory(self) -> None:
         base_sd = load_state_dict(self.base_path)
@@ -193,15 +195,22 @@ class SourcePool:
     def n_sources(self) -> int:
         return len(self.deltas)
 
-    def magnitude_ranks(self, name: str, kind: str) -> torch.Tensor:
-        """Magnitude ranks of every source's τ[name], stacked [K, *shape], computed once (the sources never change
-        during a search) — or, when streaming, every time, so that memory stays bounded."""
+    def magnitude_index(self, name: str, kind: str) -> list[MagnitudeIndex]:
+        """Each source's sorted-magnitude sample of τ[name] ('desc': TIES, 'asc': Breadcrumbs), computed once (the
+        sources never change during a search): about 0.05 byte per parameter and source."""
         key = (name, kind)
-        if key in self._ranks:
-            return self._ranks[key]
-        ranks = torch.stack([magnitude_ranks(d, kind) for d in self.stacked[name]])
+        if key not in self._order:
+            self._order[key] = [MagnitudeIndex.build(d, kind == "desc") for d in self.stacked[name]]
+        return self._order[key]
+
+    def magnitude_ranks(self, name: str) -> torch.Tensor:
+        """DELLA's per-row magnitude ranks of every source's τ[name], stacked [K, *shape] (int32), computed once —
+        or, when streaming, every time, so that memory stays bounded."""
+        if name in self._ranks:
+            return self._ranks[name]
+        ranks = torch.stack([magnitude_ranks(d) for d in self.stacked[name]])
         if not self.streaming:
-            self._ranks[key] = ranks
+            self._ranks[name] = ranks
         return ranks
 
 

@@ -14,6 +14,7 @@ import os
 import torch
 
 from evomerge.merge.sparsify import hash_keep
+from evomerge.merge.topk import precedes
 
 log = logging.getLogger(__name__)
 
@@ -21,22 +22,28 @@ CHUNK = 1 << 16  # elements per eager step: the temporaries of one step stay in 
 COMPILE_MIN = 1 << 18  # tensors at least this large use the compiled kernel
 
 
-def combine(base, deltas: list[torch.Tensor], ranks: list[torch.Tensor] | None, seeds: torch.Tensor | None,
+def combine(base, deltas: list[torch.Tensor], keys: tuple | None, seeds: torch.Tensor | None,
             offset: torch.Tensor, factors: torch.Tensor, weights: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-            lam: torch.Tensor, consensus: bool, normalize: bool) -> torch.Tensor:
+            lam: torch.Tensor, consensus: bool, normalize: bool, descending: bool = True) -> torch.Tensor:
     """θ₀ + λ·Σ agreeing tᵢ / Σ agreeing wᵢ with tᵢ = factorᵢ·τᵢ·keepᵢ, computed in fp32 (or fp64).
 
-    keepᵢ: lo ≤ rankᵢ < hi when `ranks` is given (magnitude and outlier trims); for random drops (`seeds`),
-    hash(seedᵢ, offset + index) < hiᵢ — the mask is computed here, inside the one loop, not read from memory.
+    keepᵢ, for magnitude and outlier trims (`keys` = (t_lo, j_lo, t_hi, j_hi), one entry per source): the entry's
+    magnitude rank lies in [lo, hi), i.e. its key (|τ|, index) is not before (t_lo, j_lo) and is before (t_hi, j_hi)
+    (evomerge.merge.topk); for random drops (`seeds`), hash(seedᵢ, offset + index) < hiᵢ. Either mask is computed
+    here, inside the one loop, not read from memory.
     The entries agreeing with the majority sign are the positive ones when Σt ≥ 0, else the negative ones, so the
     sums of clamped values add exactly the numbers mergekit's masked sum adds."""
     work = torch.float64 if base.dtype == torch.float64 else torch.float32
     ts = []
-    index = torch.arange(base.numel(), dtype=torch.int64, device=base.device) + offset if seeds is not None else None
+    index = None
+    if seeds is not None or keys is not None:
+        index = torch.arange(base.numel(), dtype=torch.int64, device=base.device) + offset
     for i, d in enumerate(deltas):
         t = d.to(work) * factors[i]
-        if ranks is not None:
-            t = t * ((ranks[i] >= lo[i]) & (ranks[i] < hi[i]))
+        if keys is not None:
+            a = d.abs()
+            t = t * (~precedes(a, index, keys[0][i], keys[1][i], descending)
+                     & precedes(a, index, keys[2][i], keys[3][i], descending))
         if seeds is not None:
             t = t * hash_keep(index, seeds[i], hi[i])
         ts.append(t)
@@ -70,8 +77,8 @@ def _compile_enabled() -> bool:
     return os.environ.get("EVOMERGE_COMPILE", "1") != "0" and not _compile_failed
 
 
-def run(base: torch.Tensor, deltas, ranks, seeds, factors, weights, lo, hi, lam, consensus, normalize,
-        out: torch.Tensor) -> torch.Tensor:
+def run(base: torch.Tensor, deltas, keys, seeds, factors, weights, lo, hi, lam, consensus, normalize,
+        out: torch.Tensor, descending: bool = True) -> torch.Tensor:
     """Write combine(...) for the flat tensors into `out` (flat), compiled when large, else chunk by chunk."""
     global _compiled, _compile_failed
     n = base.numel()
@@ -81,7 +88,7 @@ def run(base: torch.Tensor, deltas, ranks, seeds, factors, weights, lo, hi, lam,
             if _compiled is None:
                 _compiled = torch.compile(combine, dynamic=True)
             zero = torch.zeros((), dtype=torch.int64, device=base.device)
-            out.copy_(_compiled(base, deltas, ranks, seeds, zero, *args))
+            out.copy_(_compiled(base, deltas, keys, seeds, zero, *args, descending))
             return out
         except Exception as e:  # noqa: BLE001 — no C++ compiler, unsupported device…: fall back, say so once
             _compile_failed = True
@@ -89,6 +96,27 @@ def run(base: torch.Tensor, deltas, ranks, seeds, factors, weights, lo, hi, lam,
     for s in range(0, n, CHUNK):
         e = min(s + CHUNK, n)
         offset = torch.tensor(s, dtype=torch.int64, device=base.device)
-        out[s:e] = combine(base[s:e], [d[s:e] for d in deltas], None if ranks is None else [r[s:e] for r in ranks],
-                           seeds, offset, *args)
+        out[s:e] = combine(base[s:e], [d[s:e] for d in deltas], keys, seeds, offset, *args, descending)
     return out
+
+
+def _abs_in_range(d: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    a = d.abs()
+    return (a >= lo) & (a <= hi)
+
+
+_compiled_range = None
+
+
+def abs_in_range(d: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """lo ≤ |d| ≤ hi as a bool tensor: one fused pass when large (the candidates of an exact top-k threshold)."""
+    global _compiled_range, _compile_failed
+    if d.numel() >= COMPILE_MIN and _compile_enabled():
+        try:
+            if _compiled_range is None:
+                _compiled_range = torch.compile(_abs_in_range, dynamic=True)
+            return _compiled_range(d, lo, hi)
+        except Exception as e:  # noqa: BLE001 — as in run()
+            _compile_failed = True
+            log.warning("torch.compile of the range kernel failed (%s); selecting eagerly, which is slower", e)
+    return _abs_in_range(d, lo, hi)

@@ -43,7 +43,8 @@ class Merger:
         inputs = TensorInputs(
             base=pool.base[name],
             deltas=pool.stacked[name],
-            ranks=lambda kind: pool.magnitude_ranks(name, kind),
+            order=lambda kind: pool.magnitude_index(name, kind),
+            ranks=lambda kind: pool.magnitude_ranks(name),
             seed=tensor_seed(recipe.seed, name),
             generator=self._generator(recipe.seed, name) if op.sparsify == "della" else None,
         )
