@@ -202,6 +202,27 @@ def runs(folder: Annotated[Path, typer.Argument(help="folder holding run directo
 
 
 @app.command()
+def plan(
+    experiment: Annotated[Path, typer.Argument(help="experiment YAML file")],
+    device_memory: Annotated[str | None, typer.Option(help="memory one worker may use, e.g. 141GB (default: this "
+                                                           "machine's GPU or RAM, shared among its workers)")] = None,
+    workers: Annotated[int | None, typer.Option(help="workers sharing the device (default: from the experiment)")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: the experiment's)")] = None,
+) -> None:
+    """What each worker will hold in memory, from the sources' headers (nothing is loaded), and which layout fits."""
+    from evomerge.plan import parse_size, plan_experiment
+
+    try:
+        capacity = None if device_memory is None else parse_size(device_memory, "--device-memory")
+        p = plan_experiment(experiment, capacity=capacity, workers=workers, device=device)
+    except EvomergeError as e:
+        _fail(e)
+    console.print(p.render(), highlight=False, soft_wrap=True)
+    if p.chosen is None:
+        raise typer.Exit(2)
+
+
+@app.command()
 def validate(experiment: Annotated[Path, typer.Argument(help="experiment YAML file")]) -> None:
     """Check an experiment file without running it."""
     from evomerge.config import experiment_kind, load_experiment, read_mapping
@@ -225,9 +246,29 @@ def validate(experiment: Annotated[Path, typer.Argument(help="experiment YAML fi
                     source = cfg.fitness.task_spec(task).source
                     if source.endswith((".yaml", ".yml")):
                         TaskSource(source, base_dir, None, f"fitness.tasks.{task}")
+        memory = _memory_check(experiment, cfg)
     except EvomergeError as e:
         _fail(e)
-    console.print(f"{experiment}: ok ({cfg.name})")
+    console.print(f"{experiment}: ok ({cfg.name}){memory}")
+
+
+def _memory_check(experiment: Path, cfg) -> str:
+    """validate's part of the memory plan: refuses a run that cannot fit; says so when it cannot tell yet."""
+    from evomerge.config import ExperimentConfig
+    from evomerge.errors import ConfigError
+    from evomerge.plan import plan_experiment
+
+    if not isinstance(cfg, ExperimentConfig) or cfg.space.type == "data_flow":
+        return ""
+    try:
+        p = plan_experiment(experiment)
+    except ConfigError as e:
+        if "not built yet" in str(e):
+            return "; memory plan after the zoo is built"
+        raise
+    if p.chosen is None:
+        raise ConfigError(p.refusal())
+    return f"; memory: {p.total(p.chosen) / 1e9:.2f} GB per worker ({p.chosen}, see evomerge plan)"
 
 
 @app.command()
