@@ -352,7 +352,8 @@ def report(
 
 @zoo_app.command("build")
 def zoo_build(
-    profile: Annotated[str, typer.Option(help="zoo profile: default | tiny")] = "default",
+    profile: Annotated[str, typer.Option(help="zoo profile: default | tiny | scale (untrained, ~1B parameters, "
+                                              "bf16, 7.6 GB on disk) | scale-tiny")] = "default",
     force: Annotated[bool, typer.Option(help="rebuild even if cached")] = False,
     lora: Annotated[bool, typer.Option(help="also build the zoo's LoRA repository (adapters of the base, for "
                                             "black-box merging; cached apart from the zoo)")] = False,
@@ -361,9 +362,15 @@ def zoo_build(
     import json
 
     from evomerge.zoo.build import PROFILES, build_zoo
+    from evomerge.zoo.scale import SCALE_PROFILES, build_scale
 
+    if profile in SCALE_PROFILES:  # untrained, Llama-shaped, ~1B parameters: memory and speed at real sizes
+        out = build_scale(SCALE_PROFILES[profile], force=force, log=console.print)
+        console.print(f"scale models at {out}: " + ", ".join(p.name for p in sorted(out.iterdir()) if p.is_dir()))
+        return
     if profile not in PROFILES:
-        _fail(EvomergeError(f"--profile: unknown profile {profile!r}; expected one of {sorted(PROFILES)}"))
+        _fail(EvomergeError(f"--profile: unknown profile {profile!r}; expected one of "
+                            f"{sorted(PROFILES) + sorted(SCALE_PROFILES)}"))
     if lora:
         _build_lora(profile, force)
     out = build_zoo(PROFILES[profile], force=force, log=console.print)
@@ -390,7 +397,8 @@ def _build_lora(profile: str, force: bool) -> None:
 @zoo_app.command("data")
 def zoo_data(
     out: Annotated[Path, typer.Option(help="where to write <task>/<split>.jsonl")] = Path("fitness/zoo"),
-    profile: Annotated[str, typer.Option(help="zoo profile: default | tiny")] = "default",
+    profile: Annotated[str, typer.Option(help="zoo profile: default | tiny | scale (untrained, ~1B parameters, "
+                                              "bf16, 7.6 GB on disk) | scale-tiny")] = "default",
 ) -> None:
     """Write the zoo's task splits as JSONL (the files under fitness/zoo are made by this)."""
     from evomerge.zoo.build import PROFILES, write_task_data
