@@ -24,6 +24,9 @@ _BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
           "F8_E4M3": 1, "F8_E5M2": 1}
 _FLOAT = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 GB = 1e9
+# torch.compile's resident cost once the merge kernels are compiled (tensors of at least kernels.COMPILE_MIN
+# entries): measured 0.17 GB with torch 2.13 on x86-64 CPU (Inductor, its C++ toolchain state); machine-dependent
+COMPILER_BYTES = 170_000_000
 
 
 def read_header(path: Path) -> dict[str, dict]:
@@ -179,21 +182,31 @@ def plan_memory(base: Path, sources: list[Path], *, operators: set[str], batch: 
     ranks, ranks_why = rank_cache_bytes(operators, b.params, k)
     act = activation_bytes(base, batch, seq, b.dtype_bytes, generate_tokens)
     big = b.largest
+    from evomerge.merge import kernels
+
+    compiled = big >= kernels.COMPILE_MIN and kernels._compile_enabled()
     common = [
         Term("runtime", runtime, "Python, torch, transformers and the fitness data (measured in this process)"),
+        Term("compiler", COMPILER_BYTES if compiled else 0, "torch.compile of the merge kernels (measured once)"),
         Term("live model", b.bytes, f"{b.params / 1e6:.1f}M parameters, {b.dtype_bytes} B each"),
         Term("rank cache", ranks, ranks_why),
         Term("activations", act, f"fitness batch {batch} × {seq + generate_tokens} tokens"),
     ]
+    # One source's state dict is resident while the pool loads, before the live model exists (same size): not
+    # counted twice. While merging: the largest tensor's temporaries — its magnitude sort when a sample is built
+    # (fp32 copy, values, int64 order) and the kernel's output.
+    transient = Term("transient", big * (4 + 4 + 8 + 2 * b.dtype_bytes) if ranks else 2 * big * b.dtype_bytes,
+                     f"the largest tensor ({big / 1e6:.1f}M entries): its sort and merge temporaries")
     in_memory = [
         Term("base", b.bytes, "the base's floating-point tensors"),
         Term("task vectors", k * b.bytes, f"{k} sources × {b.bytes / GB:.3f} GB"),
-        # loading: one source's state dict beside the stacks; merging: the kernel's fp32 output of one tensor
-        Term("transient", max(b.bytes, big * 4 * 2), "one source's state dict while loading"),
+        transient,
     ]
     mapped = [
-        Term("per-tensor reads", (2 * k + 2) * big * b.dtype_bytes + 2 * big * 4,
-             f"the largest tensor ({big / 1e6:.1f}M) of the base and {k} sources, read for each merge"),
+        Term("per-tensor reads", (2 * k + 2) * big * b.dtype_bytes,
+             f"the largest tensor of the base and {k} sources, read for each merge (mapped pages beyond it are "
+             "the OS's reclaimable cache)"),
+        transient,
     ]
     layouts = {"in memory": common + in_memory, "memory-mapped": common + mapped}
     forced = None if stream is None else ("memory-mapped" if stream else "in memory")
