@@ -120,10 +120,12 @@ class MemoryPlan:
 
 
 def runtime_bytes() -> int:
-    """This process's resident memory once a worker's modules are imported (the fixed cost of any worker)."""
+    """This process's resident memory once a run's modules are imported (the fixed cost of any worker; with the
+    local executor the run's own process is its worker)."""
     import psutil
 
     import evomerge.executors.worker  # noqa: F401 — torch, transformers, the merge and fitness code
+    import evomerge.runner  # noqa: F401 — the search, the optimizers, the store
 
     return psutil.Process().memory_info().rss
 
@@ -154,12 +156,12 @@ def activation_bytes(model_dir: Path, batch: int, seq: int, dtype_bytes: int, ge
 
 def rank_cache_bytes(operators: set[str], params: int, sources: int) -> tuple[int, str]:
     from evomerge.merge import OPERATORS
-    from evomerge.merge.topk import STRIDE
 
     b, why = 0, []
-    if any(OPERATORS[o].sparsify in ("magnitude", "outliers") for o in operators if o in OPERATORS):
-        b += 2 * sources * params * 16 // STRIDE  # descending (TIES) and ascending (Breadcrumbs) samples
-        why.append(f"TIES/Breadcrumbs magnitude samples, ≤ {2 * 16 / STRIDE:.3f} B/param/source")
+    kinds = {OPERATORS[o].sparsify for o in operators if o in OPERATORS} & {"magnitude", "outliers"}
+    if kinds:  # one byte per parameter and source for each order used (TIES: descending, Breadcrumbs: ascending)
+        b += len(kinds) * sources * params
+        why.append(f"magnitude rank buckets, {len(kinds)} B/param/source")
     if any(OPERATORS[o].sparsify == "della" for o in operators if o in OPERATORS):
         b += sources * params * 4
         why.append("DELLA int32 per-row ranks, 4 B/param/source")

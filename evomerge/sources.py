@@ -196,8 +196,8 @@ class SourcePool:
         return len(self.deltas)
 
     def magnitude_index(self, name: str, kind: str) -> list[MagnitudeIndex]:
-        """Each source's sorted-magnitude sample of τ[name] ('desc': TIES, 'asc': Breadcrumbs), computed once (the
-        sources never change during a search): about 0.05 byte per parameter and source."""
+        """Each source's magnitude rank buckets of τ[name] ('desc': TIES, 'asc': Breadcrumbs), computed once (the
+        sources never change during a search), also when streaming: 1 byte per parameter and source."""
         key = (name, kind)
         if key not in self._order:
             self._order[key] = [MagnitudeIndex.build(d, kind == "desc") for d in self.stacked[name]]

@@ -25,12 +25,10 @@ def test_in_memory_terms_are_what_the_pool_holds(tiny_zoo):
     pool = SourcePool(tiny_zoo / "base", sources)
     assert terms["base"] == sum(v.nbytes for v in pool.base.values())
     assert terms["task vectors"] == sum(v.nbytes for v in pool.stacked.values())
-    for name in pool.base:  # the rank cache the TIES-family operators build, bounded by the plan
+    for name in pool.base:  # the rank cache TIES builds: one byte per parameter and source
         pool.magnitude_index(name, "desc")
-        pool.magnitude_index(name, "asc")
     held = sum(i.nbytes() for idx in pool._order.values() for i in idx)
-    assert 0 < held <= terms["rank cache"]
-    assert terms["rank cache"] < 0.07 * 2 * len(sources) * CheckpointSize.of(tiny_zoo / "base").params
+    assert held == terms["rank cache"] == len(sources) * CheckpointSize.of(tiny_zoo / "base").params
 
 
 def test_layout_choice_and_refusal(tiny_zoo):

@@ -99,24 +99,3 @@ def run(base: torch.Tensor, deltas, keys, seeds, factors, weights, lo, hi, lam, 
         out[s:e] = combine(base[s:e], [d[s:e] for d in deltas], keys, seeds, offset, *args, descending)
     return out
 
-
-def _abs_in_range(d: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    a = d.abs()
-    return (a >= lo) & (a <= hi)
-
-
-_compiled_range = None
-
-
-def abs_in_range(d: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """lo ≤ |d| ≤ hi as a bool tensor: one fused pass when large (the candidates of an exact top-k threshold)."""
-    global _compiled_range, _compile_failed
-    if d.numel() >= COMPILE_MIN and _compile_enabled():
-        try:
-            if _compiled_range is None:
-                _compiled_range = torch.compile(_abs_in_range, dynamic=True)
-            return _compiled_range(d, lo, hi)
-        except Exception as e:  # noqa: BLE001 — as in run()
-            _compile_failed = True
-            log.warning("torch.compile of the range kernel failed (%s); selecting eagerly, which is slower", e)
-    return _abs_in_range(d, lo, hi)
