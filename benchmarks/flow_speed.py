@@ -18,7 +18,7 @@ import torch
 from common import median_seconds  # benchmarks/common.py (scripts run from benchmarks/)
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from evomerge.flow import FlowModels, export_flow
+from evomerge.merge.flow import FlowModels, export_flow
 from evomerge.recipe import FlowRecipe
 
 

@@ -173,7 +173,7 @@ def status(
     """Progress, best so far, failures, evaluations per hour and ETA of a run (live or not)."""
     import json
 
-    from evomerge.status import render_status, run_status, watch_status
+    from evomerge.reporting.status import render_status, run_status, watch_status
 
     try:
         if watch:
@@ -190,7 +190,7 @@ def status(
 @app.command()
 def runs(folder: Annotated[Path, typer.Argument(help="folder holding run directories")] = Path("runs")) -> None:
     """Every run in a folder, one line each."""
-    from evomerge.status import list_runs, render_runs
+    from evomerge.reporting.status import list_runs, render_runs
 
     if not folder.is_dir():
         _fail(EvomergeError(f"{folder}: no such folder (expected a folder of run directories)"))
@@ -281,7 +281,7 @@ def export(
     source: Annotated[list[Path] | None, typer.Option(help="with a recipe file: a source model (repeat, in order)")] = None,
 ) -> None:
     """Export a run's candidate, or any recipe, as a Hugging Face model directory (+ card, recipe, mergekit YAML)."""
-    from evomerge.export import export_from_run, export_recipe_file
+    from evomerge.reporting.export import export_from_run, export_recipe_file
 
     try:
         if what.is_file():
@@ -307,7 +307,7 @@ def leaderboard(
     """Every candidate of one or more runs, ranked, with per-task search and held-out scores."""
     import sys
 
-    from evomerge.leaderboard import read_board, render
+    from evomerge.reporting.leaderboard import read_board, render
 
     try:
         text = render([read_board(d) for d in run_dirs], fmt, sort, desc, top, comparison)
@@ -333,8 +333,8 @@ def report(
     height: Annotated[int, typer.Option(help="with --screenshot: the window's height in pixels", min=200)] = 1600,
 ) -> None:
     """One self-contained HTML page (plots embedded, works offline): progress, leaders, recipe, every candidate."""
-    from evomerge.browser import screenshot as take
-    from evomerge.html_report import watch_report, write_report
+    from evomerge.reporting.browser import screenshot as take
+    from evomerge.reporting.html_report import watch_report, write_report
 
     try:
         path = watch_report(run_dir, out, every, log=console.print) if watch else write_report(run_dir, out)

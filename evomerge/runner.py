@@ -19,7 +19,7 @@ from evomerge.executors import make_executor
 from evomerge.fitness.scorer import load_scorer_function
 from evomerge.fitness.tasks import load_split
 from evomerge.spaces import SPACES
-from evomerge.report import FinalReport
+from evomerge.heldout import FinalReport
 from evomerge.search import Evaluator, Search
 from evomerge.store import RunDir, RunStore, Snapshot
 from evomerge.store.rundir import DB_FILE, normalize_url
@@ -74,8 +74,8 @@ def model_name(path: Path) -> str:
 def run_best_model(field: str, run_dir: Path, console: Console) -> Path:
     """The best model of a finished run (the winner of its results.json) as a model directory, exported into
     RUN_DIR/exported/<label> the first time it is asked for: a PS result can become a data flow's model A."""
-    from evomerge.export import export_from_run
-    from evomerge.report import RESULTS_FILE
+    from evomerge.reporting.export import export_from_run
+    from evomerge.heldout import RESULTS_FILE
 
     results = run_dir / RESULTS_FILE
     if not RunDir.exists(run_dir):

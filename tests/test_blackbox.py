@@ -314,7 +314,7 @@ def test_run_as_a_process_that_cannot_read_the_adapters(service, tiny_lora, evom
     assert r.returncode == 0, r.stderr[-3000:]
     assert budget() == before  # every answer came from the store
     assert json.loads((run_dir / "results.json").read_text())["rows"] == results["rows"]
-    from evomerge.status import run_status
+    from evomerge.reporting.status import run_status
 
     s = run_status(run_dir)
     assert s["state"] == "finished" and s["generations"] == {"done": 6, "total": 6}

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from evomerge.config import ExperimentConfig, FlowSpaceConfig, SpaceConfig
 from evomerge.errors import ConfigError
-from evomerge.flow import FlowModels, export_flow, passthrough_config
+from evomerge.merge.flow import FlowModels, export_flow, passthrough_config
 from evomerge.recipe import FlowRecipe, parse_recipe
 from evomerge.runner import Runner
 from evomerge.spaces.data_flow import DataFlowSpace
@@ -146,7 +146,7 @@ def _dfs_experiment(tmp_path, task_dir, models, indicator="binary", optimizer="c
 @pytest.mark.slow
 def test_ps_then_dfs_end_to_end_with_export(tmp_path, tiny_zoo, tiny_task_dir):
     """PS on the tiny zoo, then DFS with the PS winner as A (run: reference) and the reverse expert as B."""
-    from evomerge.export import export_from_run
+    from evomerge.reporting.export import export_from_run
 
     quiet = Console(quiet=True)
     ps = write_experiment(tmp_path / "ps.yaml", tiny_task_dir, baselines={"enabled": False})
@@ -163,8 +163,8 @@ def test_ps_then_dfs_end_to_end_with_export(tmp_path, tiny_zoo, tiny_task_dir):
     ps_rows = json.loads((tmp_path / "ps" / "results.json").read_text())["rows"]
     assert results["rows"][1]["average"] == pytest.approx(ps_rows[0]["average"])
     # the report draws the winner's path, by model name; the leaderboard summarizes flows
-    from evomerge.html_report import render_report
-    from evomerge.leaderboard import read_board
+    from evomerge.reporting.html_report import render_report
+    from evomerge.reporting.leaderboard import read_board
 
     board = read_board(tmp_path / "dfs")
     page = render_report(board)

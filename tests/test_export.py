@@ -9,7 +9,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from evomerge.export import export_recipe, mergekit_config
+from evomerge.reporting.export import export_recipe, mergekit_config
 from evomerge.merge.materialize import Merger
 from evomerge.recipe import GroupParams, Recipe
 from evomerge.sources import SourcePool, group_names

@@ -196,7 +196,7 @@ def test_bad_input_is_a_clear_error(tiny_runs, tmp_path):
 
 
 def test_export_materializes_a_leaderboard_entry_with_its_scores(tiny_runs, tmp_path):
-    from evomerge.leaderboard import read_board
+    from evomerge.reporting.leaderboard import read_board
 
     _, single = tiny_runs
     board = read_board(single)
@@ -216,7 +216,7 @@ def test_export_materializes_a_leaderboard_entry_with_its_scores(tiny_runs, tmp_
 
 def test_an_optimizer_that_knows_parents_fills_the_column(tiny_runs, monkeypatch):
     """The hook a breeding optimizer (M2N2) uses: a reader registered for its type, fed the store."""
-    from evomerge.leaderboard import PARENTS, read_board
+    from evomerge.reporting.leaderboard import PARENTS, read_board
 
     multi, _ = tiny_runs
     seen = {}

@@ -11,10 +11,10 @@ import subprocess
 import pytest
 from typer.testing import CliRunner
 
-from evomerge.browser import find_chromium, screenshot
+from evomerge.reporting.browser import find_chromium, screenshot
 from evomerge.cli import app
-from evomerge.html_report import SECTIONS, archive_diversity, render_report, write_report
-from evomerge.leaderboard import read_board
+from evomerge.reporting.html_report import SECTIONS, archive_diversity, render_report, write_report
+from evomerge.reporting.leaderboard import read_board
 from tests.test_leaderboard import _Cells
 
 pytestmark = pytest.mark.slow
@@ -123,7 +123,7 @@ def test_report_in_headless_chromium_shows_its_plots_and_logs_no_console_errors(
 def test_table_columns_sort_on_click_in_chromium(tiny_runs, chromium, tmp_path):
     """The page's own script, run by the browser: two clicks on 'objective' order the rows by it, largest first,
     and empty cells stay last."""
-    from evomerge.browser import dom
+    from evomerge.reporting.browser import dom
 
     multi, _ = tiny_runs
     page = CliRunner().invoke(app, ["leaderboard", str(multi), "--format", "html", "--sort", "id"]).stdout

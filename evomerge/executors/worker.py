@@ -56,7 +56,7 @@ class FlowBuilder:
     """Data-flow candidates: the flow's models stay loaded; a recipe becomes a model over their shared layers."""
 
     def __init__(self, models: list[Path], device: str):
-        from evomerge.flow import FlowModels
+        from evomerge.merge.flow import FlowModels
 
         self.flow = FlowModels(models, device=device)
         self.tokenizer = self.flow.tokenizer

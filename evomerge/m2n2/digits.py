@@ -20,8 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 
 from evomerge.config import format_validation_error
 from evomerge.errors import ConfigError
+from evomerge.m2n2 import threefry
 from evomerge.m2n2.flat import FlatBackend
-from evomerge.m2n2.niches import Niches, NicheSettings
+from evomerge.m2n2.niches import Niches, NicheSettings, NumpyDraws, ThreefryDraws
 
 IN, HIDDEN, OUT = 64, 256, 10
 N_PARAMS = (IN + 1) * HIDDEN + (HIDDEN + 1) * OUT  # 19,210
@@ -57,6 +58,9 @@ class DigitsConfig(_Strict):
     popsize: int = Field(20, ge=2)
     log_every: PositiveInt = 100  # passes between two test-accuracy points of the curve
     threads: PositiveInt = 1
+    # the random numbers: "threefry" draws the reference code's own (JAX's generator, its key schedule), so a seed
+    # gives the reference's run; "numpy" draws others of the same distributions (the recorded 50k-pass table)
+    random: Literal["threefry", "numpy"] = "threefry"
     variants: list[DigitsVariant] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -87,18 +91,25 @@ def load_digits_split() -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.
     return (x[:cut], y[:cut]), (x[cut:], y[cut:])
 
 
-def logits(params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The MLP 64-256-10 with ReLU; params flattened as W1 (64×256, row-major), b1, W2 (256×10), b2."""
+def logits_t(params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The MLP 64-256-10 with ReLU, transposed ([10, N]); params flattened as W1 (64×256, row-major), b1, W2
+    (256×10), b2."""
     w1_end, b1_end = IN * HIDDEN, IN * HIDDEN + HIDDEN
     w2_end = b1_end + HIDDEN * OUT
     hidden = torch.addmm(params[w1_end:b1_end], x, params[:w1_end].view(IN, HIDDEN)).relu_()
     # the transposed product, W2ᵀ·hiddenᵀ: MKL is ~2x slower on the thin [1437, 256] x [256, 10] shape (measured)
-    return torch.addmm(params[w2_end:].unsqueeze(1), params[b1_end:w2_end].view(HIDDEN, OUT).t(), hidden.t()).t()
+    return torch.addmm(params[w2_end:].unsqueeze(1), params[b1_end:w2_end].view(HIDDEN, OUT).t(), hidden.t())
+
+
+def logits(params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The MLP's logits, [N, 10]."""
+    return logits_t(params, x).t()
 
 
 def correct(params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    """Per-example correctness (1.0 / 0.0)."""
-    return (logits(params, x).argmax(dim=1) == y).numpy().astype(np.float64)
+    """Per-example correctness (1.0 / 0.0). The predicted class is the first largest logit (as argmax), found by
+    max over the contiguous [10, N] layout: ~50x faster than argmax there (measured, torch 2.13, 1 thread)."""
+    return (logits_t(params, x).max(dim=0).indices == y).numpy().astype(np.float64)
 
 
 def pretrained_pair(train: tuple[torch.Tensor, torch.Tensor], seed: int = 42) -> list[torch.Tensor]:
@@ -118,19 +129,29 @@ def pretrained_pair(train: tuple[torch.Tensor, torch.Tensor], seed: int = 42) ->
     return out
 
 
+def start_draws(seed: int, random: str) -> tuple[NumpyDraws | ThreefryDraws, list[torch.Tensor]]:
+    """The run's stream of draws and two models from N(0, 0.01²) to start from scratch. With "threefry", as the
+    reference code does: the seed's key splits into (next key, k1, k2), the models are normal(k1), normal(k2)."""
+    if random == "threefry":
+        key, k1, k2 = threefry.split(threefry.key(seed), 3)
+        models = [torch.from_numpy(threefry.normal(k, N_PARAMS) * np.float32(0.01)) for k in (k1, k2)]
+        return ThreefryDraws(key), models
+    rng = np.random.default_rng([seed, 1])
+    models = [torch.from_numpy(rng.standard_normal(N_PARAMS).astype(np.float32) * 0.01) for _ in range(2)]
+    return NumpyDraws(seed), models
+
+
 # -- one run -----------------------------------------------------------------------------------------------------------
-def run_variant(v: DigitsVariant, seed: int, popsize: int, log_every: int, data, pretrained=None) -> dict:
+def run_variant(v: DigitsVariant, seed: int, popsize: int, log_every: int, data, pretrained=None,
+                random: str = "threefry") -> dict:
     """One seed of one variant: the test-accuracy curve of the best-train member, final numbers, wall time."""
     (xtr, ytr), (xte, yte) = data
     std = v.mutation_std if v.mutation_std is not None else (0.01 if v.init == "scratch" else 0.0)
     settings = NicheSettings(popsize=popsize, alpha=v.alpha, attraction=v.attraction, split_point=v.split_point,
                              crossover=v.crossover, mutation_std=std)
-    niches = Niches(settings, FlatBackend(N_PARAMS), seed)
-    if v.init == "scratch":
-        rng = np.random.default_rng([seed, 1])
-        start = [torch.from_numpy(rng.standard_normal(N_PARAMS).astype(np.float32) * 0.01) for _ in range(2)]
-    else:
-        start = pretrained
+    draws, scratch = start_draws(seed, random)
+    niches = Niches(settings, FlatBackend(N_PARAMS), draws=draws)
+    start = scratch if v.init == "scratch" else pretrained
     for m in start:
         niches.offer(m, correct(m, xtr, ytr))
 
@@ -169,7 +190,7 @@ def run_digits(cfg: DigitsConfig, out: Path, log=print) -> dict:
                "runs": []}
     for v in cfg.variants:
         for r in range(cfg.runs):
-            res = run_variant(v, cfg.base_seed + r, cfg.popsize, cfg.log_every, data, pretrained)
+            res = run_variant(v, cfg.base_seed + r, cfg.popsize, cfg.log_every, data, pretrained, cfg.random)
             results["runs"].append(res)
             log(f"{v.key} seed {res['seed']}: test {res['test_acc']:.4f} train {res['train_acc']:.4f} "
                 f"({res['wall_s']} s, {res['passes_per_s']} passes/s)")

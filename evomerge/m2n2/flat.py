@@ -34,6 +34,11 @@ class FlatBackend:
         return noise.mul_(std).add_(x)
 
     @staticmethod
+    def add_noise(x: torch.Tensor, noise: np.ndarray, std: float) -> torch.Tensor:
+        """x + std·noise for given standard normals (float32, as the reference code adds its own)."""
+        return torch.from_numpy(np.asarray(noise, dtype=np.float32)).mul_(std).add_(x)
+
+    @staticmethod
     def copy(x: torch.Tensor) -> torch.Tensor:
         return x.clone()
 

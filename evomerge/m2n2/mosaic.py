@@ -101,6 +101,8 @@ class MosaicBackend:
         raise ValueError("mosaic members are combinations of their sources and are not mutated (M2N2 mutates only "
                          "when evolving from scratch)")
 
+    add_noise = mutate
+
     @staticmethod
     def copy(x: np.ndarray) -> np.ndarray:
         return x.copy()

@@ -20,8 +20,13 @@ code's zero-initialized archive does: they are replaced first and are never pick
 A backend says how members are stored and combined: `size` (D), `boundaries` (None: a split may fall anywhere, or
 the sorted unit offsets 0 … D a split snaps to), `dot(a, b)`, `mix(a, b, split, (ca, cb), (ca2, cb2))` (ca·a + cb·b
 before `split`, ca2·a + cb2·b from it), `mutate(x, std, seed)` (x + N(0, std²) drawn from a generator seeded with
-`seed`, which the archive's random stream supplies), `copy(x)`, and `to_numpy`/`from_numpy` for the state;
+`seed`, which the archive's random stream supplies), `add_noise(x, noise, std)` (x + std·noise for given
+standard normals), `copy(x)`, and `to_numpy`/`from_numpy` for the state;
 `evomerge.m2n2.flat` holds flat vectors, `evomerge.m2n2.mosaic` per-tensor coefficient vectors over source models.
+
+Random numbers come from a stream of draws: `NumpyDraws` (one numpy Generator, the default) or `ThreefryDraws`
+(JAX's generator with the reference code's key schedule: for the same seed, the reference's very draws, hence its
+runs). Both give every draw the same distribution; they differ only in which numbers a seed yields.
 
 Where the reference code would divide by zero, this one falls back: when no member scores anything, parents are
 uniform over the filled slots; when nothing attracts A (A is at least as good as everyone on every example), B is
@@ -30,10 +35,13 @@ drawn by shared fitness, like A.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from evomerge.m2n2 import threefry
 
 
 @dataclass(frozen=True)
@@ -82,12 +90,107 @@ def slerp_scales(cos: float, t: float) -> tuple[float, float]:
     return math.sin((1.0 - t) * omega) / s, math.sin(t * omega) / s
 
 
+class NumpyDraws:
+    """The draws of a child from one numpy Generator, in the order they are asked for."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+
+    def child(self) -> NumpyDraws:
+        return self
+
+    def first(self, p: np.ndarray) -> int:
+        return int(self.rng.choice(len(p), p=p))
+
+    second = first
+
+    def pair(self, p: np.ndarray) -> tuple[int, int]:
+        return self.first(p), self.first(p)
+
+    def pool_pair(self, n: int) -> tuple[int, int]:
+        i, j = self.rng.integers(0, n, size=2)
+        return int(i), int(j)
+
+    def split_point(self, size: int) -> int:
+        return int(self.rng.integers(0, size))
+
+    def ratio(self, with_split: bool) -> float:
+        return float(self.rng.random())
+
+    def mutate(self, backend, x, std: float):
+        return backend.mutate(x, std, int(self.rng.integers(2**63)))
+
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def load_state(self, st: dict) -> None:
+        self.rng.bit_generator.state = st
+
+
+class ThreefryDraws:
+    """JAX's generator (`evomerge.m2n2.threefry`) used as the reference code (natural_niches_fn.py) uses it: every
+    child splits the key into (k1, k2, k3, next key); the parents are drawn from k1 (A and B from its two halves with
+    attraction, both from k1 at once without), the split point and mixing ratio from k2 (from its two halves; the
+    ratio from k2 itself without a split point), the mutation noise N(0, std²) from k3."""
+
+    def __init__(self, key: threefry.Key):
+        self.key = (int(key[0]), int(key[1]))
+
+    def child(self) -> _ThreefryChild:
+        k1, k2, k3, self.key = threefry.split(self.key, 4)
+        return _ThreefryChild(k1, k2, k3)
+
+    def pool_pair(self, n: int) -> tuple[int, int]:
+        return self.child().pair(np.full(n, 1.0 / n))
+
+    def state(self) -> dict:
+        return {"threefry": list(self.key)}
+
+    def load_state(self, st: dict) -> None:
+        self.key = (int(st["threefry"][0]), int(st["threefry"][1]))
+
+
+class _ThreefryChild:
+    def __init__(self, k1, k2, k3):
+        self.k1, self.k2, self.k3 = k1, k2, k3
+
+    @functools.cached_property
+    def _k1_halves(self) -> list:
+        return threefry.split(self.k1)
+
+    @functools.cached_property
+    def _k2_halves(self) -> list:
+        return threefry.split(self.k2)
+
+    def first(self, p: np.ndarray) -> int:
+        return int(threefry.choice(self._k1_halves[0], p)[0])
+
+    def second(self, p: np.ndarray) -> int:
+        return int(threefry.choice(self._k1_halves[1], p)[0])
+
+    def pair(self, p: np.ndarray) -> tuple[int, int]:
+        b, a = threefry.choice(self.k1, p, 2)  # the reference unpacks the two draws as (B, A)
+        return int(a), int(b)
+
+    def split_point(self, size: int) -> int:
+        return threefry.randint(self._k2_halves[0], 0, size)
+
+    def ratio(self, with_split: bool) -> float:
+        return float(threefry.uniform(self._k2_halves[1] if with_split else self.k2, 1)[0])
+
+    def mutate(self, backend, x, std: float):
+        return backend.add_noise(x, threefry.normal(self.k3, backend.size), std)
+
+
 class Niches:
     """The archive, its score matrix and the random stream; `breed()` makes a child, `offer()` lets it compete."""
 
-    def __init__(self, settings: NicheSettings, backend, seed: int):
+    def __init__(self, settings: NicheSettings, backend, seed: int | None = None, draws=None):
+        """Draws from `draws` (a NumpyDraws or ThreefryDraws) or, given only a seed, from NumpyDraws(seed)."""
+        if (seed is None) == (draws is None):
+            raise ValueError("Niches: give either a seed or a stream of draws")
         self.settings, self.backend = settings, backend
-        self.rng = np.random.default_rng(seed)
+        self.draws = draws if draws is not None else NumpyDraws(seed)
         self.members: list = [None] * settings.popsize  # None: an empty slot
         self.scores: np.ndarray | None = None  # P×N, allocated at the first offer (N is known then)
         self._shared: np.ndarray | None = None  # competition(scores), kept until the archive changes
@@ -122,14 +225,15 @@ class Niches:
         return int(np.argmax(mean))
 
     # -- breeding --------------------------------------------------------------------------------------------------
-    def _pick(self, weights: np.ndarray, fallback: np.ndarray) -> int:
-        """An index drawn with probability ∝ weights, or ∝ fallback where every weight is 0 (the reference code
-        divides by zero there)."""
+    @staticmethod
+    def _probs(weights: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+        """Probabilities ∝ weights, or ∝ fallback where every weight is 0 (the reference code divides by zero
+        there)."""
         if not weights.sum() > 0:
             weights = fallback
-        return int(self.rng.choice(len(weights), p=weights / weights.sum()))
+        return weights / weights.sum()
 
-    def parents(self) -> tuple[int, int]:
+    def parents(self, draws=None) -> tuple[int, int]:
         """(A, B): A by shared fitness, B by attraction to A (or again by shared fitness)."""
         filled = self.filled
         if not filled.any():
@@ -140,11 +244,12 @@ class Niches:
         fit = np.where(filled, shared.sum(axis=1), 0.0)
         if not fit.sum() > 0:  # no member scores anything: uniform over the filled slots
             fit = filled.astype(float)
-        a = self._pick(fit, fit)
-        if self.settings.attraction:  # nothing attracts a member that is best everywhere: B is then drawn like A
-            b = self._pick(np.where(filled, attraction(shared, a), 0.0), fit)
-        else:
-            b = self._pick(fit, fit)
+        d = draws if draws is not None else self.draws.child()
+        if not self.settings.attraction:
+            return d.pair(self._probs(fit, fit))
+        a = d.first(self._probs(fit, fit))
+        # nothing attracts a member that is best everywhere: B is then drawn like A
+        b = d.second(self._probs(np.where(filled, attraction(shared, a), 0.0), fit))
         return a, b
 
     def breed(self, pool: list | None = None):
@@ -153,19 +258,21 @@ class Niches:
         if self.scores is None or not self.filled.any():
             if not pool:
                 raise RuntimeError("the archive is empty and no starting pool was given")
-            i, j = self.rng.integers(0, len(pool), size=2)
-            self.last_parents = (pool[int(i)], pool[int(j)])
+            i, j = self.draws.pool_pair(len(pool))
+            self.last_parents = (pool[i], pool[j])
             return self.cross(*self.last_parents)
-        a, b = self.parents()
+        d = self.draws.child()
+        a, b = self.parents(d)
         self.last_parents = (self.members[a], self.members[b])  # for reports: who bred the child
-        return self.cross(*self.last_parents)
+        return self.cross(*self.last_parents, draws=d)
 
-    def cross(self, a, b):
+    def cross(self, a, b, draws=None):
         """Crossover (per the settings) of members a and b, then mutation when evolving from scratch."""
         s, be = self.settings, self.backend
+        d = draws if draws is not None else self.draws.child()
         if s.crossover:
-            split = int(self.rng.integers(0, be.size))
-            w = float(self.rng.random())
+            split = d.split_point(be.size)  # drawn even when unused, so that the numpy stream stays as it was
+            w = d.ratio(s.split_point)
             if be.boundaries is not None:
                 split = snap(split, be.boundaries)
             na, nb = math.sqrt(be.dot(a, a)), math.sqrt(be.dot(b, b))
@@ -176,19 +283,19 @@ class Niches:
         else:
             child = be.copy(a)
         if s.mutation_std > 0:
-            child = be.mutate(child, s.mutation_std, int(self.rng.integers(2**63)))
+            child = d.mutate(be, child, s.mutation_std)
         return child
 
     # -- exact resume ----------------------------------------------------------------------------------------------
     def state(self) -> dict:
-        return {"settings": asdict(self.settings), "rng": self.rng.bit_generator.state,
+        return {"settings": asdict(self.settings), "rng": self.draws.state(),
                 "members": [None if m is None else self.backend.to_numpy(m) for m in self.members],
                 "scores": None if self.scores is None else self.scores.copy()}
 
     def load_state(self, st: dict) -> None:
         if st["settings"] != asdict(self.settings):
             raise ValueError(f"the saved archive was made with settings {st['settings']}, not {asdict(self.settings)}")
-        self.rng.bit_generator.state = st["rng"]
+        self.draws.load_state(st["rng"])
         self.members = [None if m is None else self.backend.from_numpy(m) for m in st["members"]]
         self.scores = None if st["scores"] is None else np.array(st["scores"], dtype=float)
         self._shared = None

@@ -99,7 +99,7 @@ def export_from_run(run_dir: Path, out: Path, rank: int = 1, candidate: str | No
     """Export a leaderboard entry of a run: the candidate of rank `rank` (by search objective, as `evomerge
     leaderboard` ranks them), or the one with id `candidate`; its scores go into the model card."""
     from evomerge.errors import ConfigError
-    from evomerge.leaderboard import read_board
+    from evomerge.reporting.leaderboard import read_board
     from evomerge.store import RunDir
 
     board = read_board(run_dir)
@@ -141,9 +141,9 @@ def export_from_run(run_dir: Path, out: Path, rank: int = 1, candidate: str | No
 
 def export_flow_recipe(recipe: FlowRecipe, models: list[Path], out: Path, provenance: dict | None = None) -> Path:
     """A data-flow result as a standard checkpoint (scales folded into the output projections, see
-    evomerge.flow), checked against the search-time model's logits, with its card, recipe and — when every scale
+    evomerge.merge.flow), checked against the search-time model's logits, with its card, recipe and — when every scale
     is 1 — a mergekit passthrough config."""
-    from evomerge.flow import FlowModels, export_flow, passthrough_config
+    from evomerge.merge.flow import FlowModels, export_flow, passthrough_config
 
     out = Path(out)
     flow = FlowModels(models)

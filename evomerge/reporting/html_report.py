@@ -1,6 +1,6 @@
 """A run's report as one self-contained HTML file (plots are PNGs embedded as data URIs: it works offline and can be
 mailed): how the search went, the leaders against the sources and baselines, the Pareto front, the best recipe, and
-every candidate in a sortable table. Every number comes from the run store, through `evomerge.leaderboard`.
+every candidate in a sortable table. Every number comes from the run store, through `evomerge.reporting.leaderboard`.
 
 The page is a list of sections, each a function registered with `@section`: it returns the section's HTML, or
 raises `Missing` with a one-line reason when the run lacks its data (the page then says so in place of the plot).
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from evomerge.leaderboard import Board, columns, flat, html_page, html_table, read_board
+from evomerge.reporting.leaderboard import Board, columns, flat, html_page, html_table, read_board
 
 REPORT_FILE = "report.html"
 TABLE_ROWS = 50  # candidates shown in the page's table (the leaderboard command exports all of them)
@@ -87,7 +87,7 @@ def _best(board: Board):
 def _progress(board: Board) -> str:
     import numpy as np
 
-    from evomerge.leaderboard import best_so_far
+    from evomerge.reporting.leaderboard import best_so_far
 
     cands = sorted(board.candidates, key=lambda c: c.evaluation)
     if not _ok(board):
