@@ -260,12 +260,12 @@ def _memory_check(experiment: Path, cfg) -> str:
 
     if not isinstance(cfg, ExperimentConfig) or cfg.space.type == "data_flow":
         return ""
+    if any(ref.startswith("run:") for ref in [cfg.sources.base or "", *cfg.sources.models]):
+        return "; memory plan with `evomerge plan` (validate does not export run: sources)"
     try:
         p = plan_experiment(experiment)
-    except ConfigError as e:
-        if "not built yet" in str(e):
-            return "; memory plan after the zoo is built"
-        raise
+    except EvomergeError as e:  # sources not there yet (an unbuilt zoo, a template's placeholder paths)
+        return f"; no memory plan yet: {e}"
     if p.chosen is None:
         raise ConfigError(p.refusal())
     return f"; memory: {p.total(p.chosen) / 1e9:.2f} GB per worker ({p.chosen}, see evomerge plan)"
