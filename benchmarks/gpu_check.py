@@ -59,10 +59,10 @@ def merge_bandwidth(device: str, shapes: dict) -> dict:
         moved = 5 * base.numel() * 2
         src = torch.empty(moved // 4, dtype=torch.bfloat16, device=device)
         dst = torch.empty_like(src)
-        copy_bw = 2 * src.numel() * 2 / timed(lambda: dst.copy_(src), device)
+        copy_bw = 2 * src.numel() * 2 / timed(lambda a=src, b=dst: b.copy_(a), device)
         row = {"copy_gb_s": round(copy_bw / 1e9, 1)}
         for op, p in PARAMS.items():
-            s = timed(lambda o=op, p=p: OPERATORS[o].merge(x, p, out=result), device)
+            s = timed(lambda o=op, p=p, x=x, r=result: OPERATORS[o].merge(x, p, out=r), device)
             row[op] = {"seconds": float(f"{s:.4g}"), "of_copy_bandwidth": float(f"{moved / s / copy_bw:.3g}")}
         out[f"{name}{list(shape)}"] = row
         del base, deltas, src, dst, result

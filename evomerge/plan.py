@@ -58,7 +58,7 @@ class CheckpointSize:
         params = nbytes = largest = 0
         width = 0
         for shard in _shards(Path(model_dir)):
-            for _, t in read_header(shard).items():
+            for t in read_header(shard).values():
                 if t["dtype"] not in _FLOAT:
                     continue
                 n = 1
@@ -96,8 +96,8 @@ class MemoryPlan:
         return next((n for n in names if self.total(n) <= self.capacity), None)
 
     def render(self) -> str:
-        lines = [f"memory plan per worker ({self.workers} worker(s) on {self.device}, "
-                 f"{self.capacity / GB:.2f} GB each):"]
+        lines = [(f"memory plan per worker ({self.workers} worker(s) on {self.device}, "
+                  f"{self.capacity / GB:.2f} GB each):")]
         for name, terms in self.layouts.items():
             mark = "fits" if self.total(name) <= self.capacity else "does not fit"
             lines.append(f"  {name}: {self.total(name) / GB:.3f} GB ({mark})")
@@ -124,8 +124,6 @@ def runtime_bytes() -> int:
     local executor the run's own process is its worker)."""
     import psutil
 
-    import evomerge.executors.worker  # noqa: F401 — torch, transformers, the merge and fitness code
-    import evomerge.runner  # noqa: F401 — the search, the optimizers, the store
 
     return psutil.Process().memory_info().rss
 

@@ -12,7 +12,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 def _run(script: str, *args: str, home: Path) -> str:
     env = {**os.environ, "EVOMERGE_HOME": str(home), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, script, *args], cwd=BENCH, env=env, capture_output=True, text=True,
-                          timeout=900)
+                          timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout.strip().splitlines()[-1]
 

@@ -13,8 +13,14 @@ from dataclasses import dataclass
 import torch
 
 from evomerge.merge import kernels
+from evomerge.merge.sparsify import (
+    della_drop,
+    keep_threshold,
+    random_drop,
+    source_seed,
+    trim,
+)
 from evomerge.merge.topk import MagnitudeIndex, window_mask
-from evomerge.merge.sparsify import della_drop, keep_threshold, random_drop, source_seed, trim
 
 
 @dataclass(frozen=True)
