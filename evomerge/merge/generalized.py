@@ -111,8 +111,9 @@ class GeneralizedMerge:
             for i, d in enumerate(dens):
                 lo[i], hi[i] = self._rank_window(d, n, p.gamma)
             bounds = [(index[i].key(deltas[i], int(lo[i])), index[i].key(deltas[i], int(hi[i]))) for i in range(k)]
-            keys = (torch.tensor([b[0][0] for b in bounds], dtype=x.deltas.dtype, device=dev),
-                    torch.tensor([b[0][1] for b in bounds], dtype=torch.int64, device=dev),
+            from_start = bool((lo == 0).all())
+            keys = (None if from_start else torch.tensor([b[0][0] for b in bounds], dtype=x.deltas.dtype, device=dev),
+                    None if from_start else torch.tensor([b[0][1] for b in bounds], dtype=torch.int64, device=dev),
                     torch.tensor([b[1][0] for b in bounds], dtype=x.deltas.dtype, device=dev),
                     torch.tensor([b[1][1] for b in bounds], dtype=torch.int64, device=dev))
         elif self.sparsify == "random":

@@ -42,8 +42,10 @@ def combine(base, deltas: list[torch.Tensor], keys: tuple | None, seeds: torch.T
         t = d.to(work) * factors[i]
         if keys is not None:
             a = d.abs()
-            t = t * (~precedes(a, index, keys[0][i], keys[1][i], descending)
-                     & precedes(a, index, keys[2][i], keys[3][i], descending))
+            keep = precedes(a, index, keys[2][i], keys[3][i], descending)
+            if keys[0] is not None:  # None: the window starts at rank 0 (TIES), nothing to exclude below it
+                keep = keep & ~precedes(a, index, keys[0][i], keys[1][i], descending)
+            t = t * keep
         if seeds is not None:
             t = t * hash_keep(index, seeds[i], hi[i])
         ts.append(t)
