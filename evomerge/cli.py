@@ -223,8 +223,13 @@ def plan(
 
 
 @app.command()
-def validate(experiment: Annotated[Path, typer.Argument(help="experiment YAML file")]) -> None:
-    """Check an experiment file without running it."""
+def validate(
+    experiment: Annotated[Path, typer.Argument(help="experiment YAML file")],
+    config_only: Annotated[bool, typer.Option(help="check the file only: no sources loaded, nothing scored (for "
+                                                   "experiments whose models are elsewhere)")] = False,
+) -> None:
+    """Check an experiment: the file, then a dry run — the sources loaded, their grouping shown, the first candidate
+    built and scored on a few examples of every task and split — so that what would fail in `run` fails here."""
     from evomerge.config import experiment_kind, load_experiment, read_mapping
 
     try:
@@ -246,7 +251,12 @@ def validate(experiment: Annotated[Path, typer.Argument(help="experiment YAML fi
                     source = cfg.fitness.task_spec(task).source
                     if source.endswith((".yaml", ".yml")):
                         TaskSource(source, base_dir, None, f"fitness.tasks.{task}")
-        memory = _memory_check(experiment, cfg)
+        memory = ""
+        if kind not in ("m2n2_digits", "blackbox") and not config_only:
+            memory = _memory_check(experiment, cfg)  # headers only: refuses what cannot fit before loading
+            from evomerge.dryrun import dry_run
+
+            dry_run(experiment, console)
     except EvomergeError as e:
         _fail(e)
     console.print(f"{experiment}: ok ({cfg.name}){memory}")
@@ -272,10 +282,32 @@ def _memory_check(experiment: Path, cfg) -> str:
 
 
 @app.command()
+def inspect(
+    source: Annotated[Path, typer.Argument(help="a Hugging Face model directory (safetensors)")],
+    granularity: Annotated[str, typer.Option(help="model | layer | N (blocks per group) | tensor")] = "layer",
+) -> None:
+    """How a model's tensors are grouped for a search, tied tensors named (a tied LM head moves with 'embed')."""
+    from evomerge.inspect import grouping, render_grouping
+
+    try:
+        g: str | int = int(granularity) if granularity.isdigit() else granularity
+        if g not in ("model", "layer", "tensor") and not (isinstance(g, int) and g > 0):
+            raise EvomergeError(f"--granularity: expected model, layer, tensor or a positive number, got "
+                                f"{granularity!r}")
+        lines = render_grouping(grouping(source, g), source)
+    except EvomergeError as e:
+        _fail(e)
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+@app.command()
 def export(
     what: Annotated[Path, typer.Argument(help="a run directory, or a recipe JSON file (then give --base, --source)")],
     out: Annotated[Path, typer.Option(help="where to write the model directory")],
-    rank: Annotated[int, typer.Option(help="export the candidate with this rank by search score")] = 1,
+    rank: Annotated[int, typer.Option(help="export the candidate with this rank by search score (rank 1: the final "
+                                           "table's evolved row, which may be a source or baseline the search "
+                                           "started from)")] = 1,
     candidate: Annotated[str | None, typer.Option(help="export this candidate id instead (e.g. g14-8)")] = None,
     base: Annotated[Path | None, typer.Option(help="with a recipe file: the base model directory")] = None,
     source: Annotated[list[Path] | None, typer.Option(help="with a recipe file: a source model (repeat, in order)")] = None,

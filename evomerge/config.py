@@ -121,6 +121,9 @@ class OptimizerConfig(_Strict):
     # None: steady-state (a new candidate the moment any result lands) when the optimizer can and there is more
     # than one worker; false: whole generations (exactly reproducible); true: always steady-state
     steady_state: bool | None = None
+    # score the start point, the sources and the baselines the space can express on the search split first, and
+    # give them to the optimizer (a search then never ends below what it was given); false: the optimizer alone
+    warm_start: bool = True
     m2n2: M2N2Config = M2N2Config()
 
     @field_validator("type")
@@ -192,6 +195,9 @@ class FitnessConfig(_Strict):
     # (with search_subset) and on the held-out split, kept in results.json as `checkpoints`
     rescore_every: PositiveInt | None = None
     mode: Literal["teacher_forced", "generate"] = "teacher_forced"
+    # native: a prompt is the user turn of the tokenizer's chat template, with the generation prompt (lm_eval has
+    # its own switch, lm_eval.apply_chat_template)
+    apply_chat_template: bool = False
     batch_size: PositiveInt = 128
     max_new_tokens: PositiveInt = 16
 
@@ -203,6 +209,9 @@ class FitnessConfig(_Strict):
             raise ValueError("fitness.scorer: type python needs scorer: 'module:function'")
         if self.type != "python" and self.scorer:
             raise ValueError("fitness.scorer: only used with type: python")
+        if self.apply_chat_template and self.type != "native":
+            raise ValueError("fitness.apply_chat_template: only used with type: native (lm_eval: "
+                             "lm_eval.apply_chat_template; python: your scorer formats its prompts)")
         if self.search_subset and self.max_examples:
             raise ValueError("fitness.search_subset: use either search_subset (a random subset, re-checked at the "
                              "end) or max_examples (the first N), not both")

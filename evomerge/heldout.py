@@ -17,7 +17,7 @@ from evomerge.errors import RunError
 from evomerge.executors import Job
 from evomerge.optim.pareto import pareto_front
 from evomerge.recipe import FlowRecipe, Recipe, parse_recipe
-from evomerge.search import Evaluator
+from evomerge.search import SEED_KIND, Evaluator
 from evomerge.store import Evaluation, RunStore
 
 RESULTS_FILE = "results.json"
@@ -33,12 +33,15 @@ class FinalReport:
 
     def _rows(self, store: RunStore, best: Evaluation) -> list[tuple[str, str, Recipe | FlowRecipe]]:
         if self.cfg.space.type == "data_flow":  # against each model of the flow on its own
-            return [("evolved", f"evolved ({best.label})", parse_recipe(best.recipe)),
+            return [("evolved", _evolved_label(best), parse_recipe(best.recipe)),
                     *(("source", name, FlowRecipe.identity(i, n))
                       for i, (name, n) in enumerate(zip(self.names, self.shape[1], strict=True)))]
         k, b = len(self.names), self.cfg.baselines
         rows: list[tuple[str, str, Recipe]] = []
-        rows.append(("evolved", f"evolved ({best.label})", Recipe.from_json(best.recipe)))
+        rows.append(("evolved", _evolved_label(best), Recipe.from_json(best.recipe)))
+        own = store.best("search")
+        if best.kind == SEED_KIND and own is not None:  # a known candidate won: the search's own best, for comparison
+            rows.append(("search", f"search's best ({own.label})", Recipe.from_json(own.recipe)))
         rows.append(("base", "base", Recipe.uniform("task_arithmetic", k, 0.0)))
         for i, name in enumerate(self.names):
             w = tuple(1.0 if j == i else 0.0 for j in range(k))
@@ -102,7 +105,7 @@ class FinalReport:
         f = self.cfg.fitness
         if not f.search_subset:
             return None
-        top = sorted((e for e in store.evaluations("search") if e.status == "ok"), key=lambda e: -e.objective)
+        top = sorted((e for e in _scored(store) if e.status == "ok"), key=lambda e: -e.objective)
         items = [(e.label, parse_recipe(e.recipe)) for e in top[: f.rescore_top]]
         full = self._score_all(store, "rescore", items, split=f.full_search_split)
         held = self._score_all(store, "rescore_heldout", items)
@@ -111,17 +114,30 @@ class FinalReport:
                 for e, a, h in zip(top, full, held, strict=False)]
         return sorted(rows, key=lambda r: -r["full_search"])
 
-    def run(self, store: RunStore) -> dict:
-        best = store.best("search")
-        if best is None:
+    def _best(self, store: RunStore) -> tuple[Evaluation, list[str]]:
+        """The best on the search split of everything scored there: the search's candidates and the known ones it
+        started from (sources, baselines; the search's own on a tie); and a warning when the search's own best
+        ended below a known one."""
+        own, known = store.best("search"), store.best(SEED_KIND)
+        if own is None:
             raise RunError("no successful search evaluation to report")
+        if known is None or known.objective <= own.objective:
+            return own, []
+        return known, [f"the search's own best ({own.label}, {own.objective:.4f}) ended below {known.label} "
+                       f"({known.objective:.4f}) on the {self.cfg.fitness.search_split!r} split; the evolved row is "
+                       f"{known.label}"]
+
+    def run(self, store: RunStore) -> dict:
+        best, warnings = self._best(store)
         rescored = self._rescore(store)
         if rescored:  # the winner is chosen on the whole search split, never on held-out data
-            best = next(e for e in store.evaluations("search") if e.label == rescored[0]["label"])
+            best = next(e for e in _scored(store) if e.label == rescored[0]["label"])
         rows = self._rows(store, best)
         evals = self._score_all(store, "heldout", [(label, recipe) for _, label, recipe in rows])
         results = _results(self.cfg, self.cfg.fitness.heldout_split, rows, evals, store)
         results["best_candidate"] = best.label
+        if warnings:
+            results["warnings"] = warnings
         front = self._pareto_front(store)
         if front is not None:
             results["pareto_front"] = front
@@ -132,6 +148,8 @@ class FinalReport:
             results["checkpoints"] = checkpoints
         (self.run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
         self.console.print(render_table(results))
+        for w in warnings:
+            self.console.print(f"[yellow]warning: {w}[/]")
         if front is not None:
             self.console.print(render_front(results))
         if rescored is not None:
@@ -139,6 +157,17 @@ class FinalReport:
         self.console.print(f"written to {self.run_dir / RESULTS_FILE}; every candidate: evomerge leaderboard "
                            f"{self.run_dir}; plots: evomerge report {self.run_dir}")
         return results
+
+
+def _evolved_label(best: Evaluation) -> str:
+    """'evolved (g3-2)', or where no search candidate beat a known one: 'evolved (= source add, known before the
+    search)'."""
+    return f"evolved (= {best.label}, known before the search)" if best.kind == SEED_KIND else f"evolved ({best.label})"
+
+
+def _scored(store: RunStore) -> list[Evaluation]:
+    """Every candidate scored on the search split: the known ones the search started from, then its own."""
+    return [*store.evaluations(SEED_KIND), *store.evaluations("search")]
 
 
 def _checkpoints(store: RunStore) -> list[dict]:
@@ -185,6 +214,9 @@ def _results(cfg, split, rows, evals, store) -> dict:
         "examples": n,
         "search": {"evaluations": len(search), "failed": sum(e.status != "ok" for e in search),
                    "best_search_objective": store.best("search").objective,
+                   # the best of the known candidates scored first (start point, sources, baselines)
+                   "best_known": ({"label": k.label, "objective": k.objective}
+                                  if (k := store.best(SEED_KIND)) is not None else None),
                    "seconds": sum(e.merge_seconds + e.eval_seconds for e in search)},
         "rows": out_rows,
     }

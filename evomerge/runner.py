@@ -315,7 +315,8 @@ class Runner:
             space_cls = SPACES[cfg.space.type]
             extra = {"sources": models} if getattr(space_cls, "needs_sources", False) else {}  # the mosaic space
             space = space_cls(cfg.space, *executor.shape, **extra)
-            Search(cfg, store, self.evaluator, space, self.console, self.events, self.run_dir).run(snapshot)
+            Search(cfg, store, self.evaluator, space, self.console, self.events, self.run_dir,
+                   self.names).run(snapshot)
             results = FinalReport(cfg, self.evaluator, self.names, self.console, self.run_dir,
                                   executor.shape).run(store)
         finally:

@@ -21,9 +21,11 @@ from evomerge.config import ExperimentConfig
 from evomerge.errors import RunError
 from evomerge.executors import Executor, Job
 from evomerge.optim import OPTIMIZERS
+from evomerge.optim.base import snap_to_grid
 from evomerge.recipe import FlowRecipe, Recipe, parse_recipe
 from evomerge.store import EventLog, Evaluation, RunStore, Snapshot
 
+SEED_KIND = "seed"  # known candidates (start point, sources, baselines) scored before the search
 CHECKPOINT_KINDS = ("checkpoint", "checkpoint_heldout")  # periodic re-scores: whole search split, held-out split
 LEADERS = 5  # how many of the best search candidates idle workers re-score on held-out data
 TELEMETRY_EVERY_S = 10.0
@@ -159,18 +161,26 @@ class Evaluator:
         self.store.set_meta("workers", json.dumps(self.executor.telemetry()))
 
 
+def make_optimizer(cfg: ExperimentConfig, space):
+    """The experiment's optimizer over `space`'s genome."""
+    cls = OPTIMIZERS[cfg.optimizer.type]
+    extra = {"space": space} if getattr(cls, "needs_space", False) else {}
+    if hasattr(space, "x0"):  # a space may know where a search should start
+        extra["x0"] = space.x0
+    return cls(cfg.optimizer, space.dim, seed=cfg.seed, n_objectives=cfg.n_objectives,
+               steps=getattr(space, "steps", None), **extra)
+
+
 class Search:
     def __init__(self, cfg: ExperimentConfig, store: RunStore, evaluator: Evaluator, space, console: Console,
-                 events: EventLog, run_dir):
+                 events: EventLog, run_dir, names: list[str] | None = None):
+        """`names`: the sources' names, for the labels of the known candidates the search starts from."""
         self.cfg, self.store, self.evaluator, self.space = cfg, store, evaluator, space
         self.console, self.events, self.run_dir = console, events, run_dir
+        self.names = names or [f"model {i}" for i in range(getattr(space, "k", 0))]
         oc = cfg.optimizer
         cls = OPTIMIZERS[oc.type]
-        extra = {"space": space} if getattr(cls, "needs_space", False) else {}
-        if hasattr(space, "x0"):  # a space may know where a search should start
-            extra["x0"] = space.x0
-        self.opt = cls(oc, space.dim, seed=cfg.seed, n_objectives=cfg.n_objectives,
-                       steps=getattr(space, "steps", None), **extra)
+        self.opt = make_optimizer(cfg, space)
         self._examples = getattr(cls, "wants_examples", False)  # M2N2 learns from per-example scores
         self.total = oc.generations * self.opt.popsize
         steady = oc.steady_state
@@ -255,6 +265,44 @@ class Search:
             return None
         return [float(v) for t in self.cfg.fitness.tasks for v in ev.per_example[t]]
 
+    def seeds(self) -> list[tuple[str, np.ndarray]]:
+        """The known candidates: the optimizer's start point, then what the space can express of the sources and
+        the baselines (`space.seeds`), on the optimizer's grid, each genome once (the first label kept)."""
+        if not self.cfg.optimizer.warm_start or not hasattr(self.space, "seeds"):
+            return []
+        out: list[tuple[str, np.ndarray]] = []
+        for name, x in [("start", self.opt.x0), *self.space.seeds(self.names, self.cfg.baselines)]:
+            x = snap_to_grid(x, self.opt.steps)
+            if not any(np.array_equal(x, y) for _, y in out):
+                out.append((name, x))
+        return out
+
+    def _seed(self) -> None:
+        """Before the first ask: the known candidates are scored on the search split (once across restarts) and
+        told to the optimizer (`Optimizer.seed`), so that the search starts from the best of what it was given and
+        the final table can pick the best of everything scored."""
+        known = self.seeds()
+        if not known:
+            return
+        jobs = [Job(SEED_KIND, -1, i, name, self.cfg.fitness.search_split,
+                    self.space.decode(x, seed=self.cfg.seed * 1_000_003 + 999_999 - i), [float(v) for v in x])
+                for i, (name, x) in enumerate(known) if self.store.get(SEED_KIND, -1, i, name) is None]
+        with self.console.status(f"scoring {len(known)} known candidates (start, sources, baselines) first"):
+            for _ in self.evaluator.evaluate(jobs):
+                pass
+        evals = [self.store.get(SEED_KIND, -1, i, name) for i, (name, _) in enumerate(known)]
+        ok = [(x, e) for (_, x), e in zip(known, evals, strict=True) if e.status == "ok"]
+        for e in evals:
+            self._lower_floor(e)
+        if not ok:
+            return
+        genomes, told = [x for x, _ in ok], [e for _, e in ok]
+        self.opt.seed(genomes, self._values(told), [self._example_row(e) for e in told] if self._examples else None)
+        top = max(told, key=lambda e: e.objective)
+        self.console.print(f"known candidates on the search split: best {top.label} {top.objective:.3f} "
+                           f"({len(told)} scored)")
+        self.events.emit("seeded", candidates=len(told), best=top.objective, best_label=top.label)
+
     def run(self, snap: Snapshot | None) -> None:
         if snap is not None:
             self.opt.load_state(snap.state)
@@ -265,6 +313,8 @@ class Search:
             return
         if done:
             self.console.print(f"continuing {self.run_dir} ({done} evaluations stored)")
+        if snap is None:  # nothing asked yet: the optimizer has not heard of the known candidates
+            self._seed()
         self.events.emit("search_started", workers=self.evaluator.executor.n_workers, steady_state=self.steady,
                          total=self.total)
         with _progress(self.console) as progress:

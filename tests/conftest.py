@@ -66,22 +66,31 @@ def write_experiment(path: Path, task_dir: Path, **overrides) -> Path:
     return path
 
 
-def _poison(nth: set[int]):
-    """monkeypatch.setattr arguments for a Merger that leaves a NaN in the merged model on its nth calls: those
-    candidates are recorded failed (the scorer's logit check catches them), and the run goes on."""
+def poison_search(mp, nth: set[int]) -> None:
+    """Make the merges of the nth search candidates (counted from 1; the known candidates scored before the search
+    do not count) leave a NaN in the merged model: those candidates are recorded failed (the scorer's logit check
+    catches them), and the run goes on. `mp`: a pytest MonkeyPatch."""
     import torch
 
+    from evomerge.executors.worker import Worker
     from evomerge.merge.materialize import Merger
 
-    real, calls = Merger.materialize, {"n": 0}
+    real_evaluate, real_materialize, state = Worker.evaluate, Merger.materialize, {"n": 0, "now": False}
 
-    def poisoned(self, recipe, model, **kw):
-        real(self, recipe, model, **kw)
-        calls["n"] += 1
-        if calls["n"] in nth:
+    def evaluate(self, job):
+        if job.kind == "search":
+            state["n"] += 1
+        state["now"] = job.kind == "search" and state["n"] in nth
+        return real_evaluate(self, job)
+
+    def materialize(self, recipe, model, **kw):
+        real_materialize(self, recipe, model, **kw)
+        if state["now"]:
             with torch.no_grad():
                 next(p for n, p in model.named_parameters() if n.endswith("norm.weight"))[0] = float("nan")
-    return Merger, "materialize", poisoned
+
+    mp.setattr(Worker, "evaluate", evaluate)
+    mp.setattr(Merger, "materialize", materialize)
 
 
 @pytest.fixture(scope="session")
@@ -104,7 +113,7 @@ def tiny_runs(tmp_path_factory, tiny_zoo, tiny_task_dir):
                               optimizer={"type": "cma", "generations": 2, "popsize": 4},
                               baselines={"tuned_weights": [0.5]})
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(*_poison({3}))
+        poison_search(mp, {3})
         Runner(multi, tmp / "multi", console=Console(quiet=True)).run()
     Runner(single, tmp / "single", console=Console(quiet=True)).run()
     return tmp / "multi", tmp / "single"

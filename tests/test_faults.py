@@ -8,7 +8,7 @@ from rich.console import Console
 
 from evomerge.runner import Runner
 from evomerge.store import RunDir, read_events
-from tests.conftest import write_experiment
+from tests.conftest import poison_search, write_experiment
 
 pytestmark = pytest.mark.slow
 
@@ -44,10 +44,12 @@ SCORER = textwrap.dedent('''
 ''')
 
 
-def _experiment(tmp_path, tiny_task_dir, executor, **kw):
+def _experiment(tmp_path, tiny_task_dir, executor, optimizer=None, **kw):
     (tmp_path / "faulty.py").write_text(SCORER)
+    # no warm start: the scorer's call numbers are then the search candidates' own
+    optimizer = {"type": "cma", "generations": 2, "popsize": 4, **(optimizer or {}), "warm_start": False}
     return write_experiment(
-        tmp_path / "exp.yaml", tiny_task_dir, executor=executor,
+        tmp_path / "exp.yaml", tiny_task_dir, executor=executor, optimizer=optimizer,
         fitness={"type": "python", "scorer": "faulty:score",
                  "tasks": {"add": str(tiny_task_dir / "add")}, "max_examples": 10},
         baselines={"enabled": False}, **kw)
@@ -110,23 +112,9 @@ def test_a_hanging_evaluation_times_out(tmp_path, tiny_zoo, tiny_task_dir, monke
 
 
 def test_nan_merges_are_recorded_and_the_run_completes(tmp_path, tiny_zoo, tiny_task_dir, monkeypatch):
-    """Merges 2 and 6 are poisoned after the real merge (one weight set to NaN, as an overflowing recipe would
+    """The merges of search candidates 2 and 6 are poisoned after the real merge (one weight set to NaN, as an overflowing recipe would
     leave it): the scorer's logit check catches both, and the run goes on to its final table."""
-    import torch
-
-    from evomerge.merge.materialize import Merger
-
-    real, calls = Merger.materialize, {"n": 0}
-
-    def poisoned(self, recipe, model, **kw):
-        real(self, recipe, model, **kw)
-        calls["n"] += 1
-        if calls["n"] in (2, 6):
-            with torch.no_grad():
-                norm = next(p for n, p in model.named_parameters() if n.endswith("norm.weight"))
-                norm[0] = float("nan")
-
-    monkeypatch.setattr(Merger, "materialize", poisoned)
+    poison_search(monkeypatch, {2, 6})
     exp = write_experiment(tmp_path / "exp.yaml", tiny_task_dir, optimizer={"type": "cma", "generations": 2,
                                                                              "popsize": 4})
     results = Runner(exp, tmp_path / "run", console=Console(quiet=True)).run()

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 
 from evomerge.blackbox.lora_merge import LoraRepository, ModelPool, blackbox_deltas, encode, score_examples  # noqa: E402
 from evomerge.errors import ConfigError  # noqa: E402
+from evomerge.fitness.native import PromptEncoder, pad_id  # noqa: E402
 from evomerge.fitness.tasks import load_split  # noqa: E402
 
 API_VERSION = "v1"
@@ -250,11 +251,12 @@ class MergeService:
         max_new = min(req.max_tokens, self.limits.max_new_tokens)
         out = []
         with self.pool.merged(blackbox_deltas(self.repo, req.merge.alpha, req.merge.beta)) as model:
+            encode = PromptEncoder(tok)  # the tokenizer's own special prefix (BOS or none)
             for p in prompts:  # one at a time: no padding, so exactly what greedy decoding gives for this prompt
-                ids = torch.tensor([[tok.bos_token_id, *tok.encode(p, add_special_tokens=False)]])
+                ids = torch.tensor([encode(p)])
                 gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new,
                                      do_sample=False, eos_token_id=tok.eos_token_id,
-                                     pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
+                                     pad_token_id=pad_id(tok))[0, ids.shape[1]:].tolist()
                 stop = tok.eos_token_id in gen
                 text = tok.decode(gen[: gen.index(tok.eos_token_id)] if stop else gen, skip_special_tokens=True)
                 out.append((text, "stop" if stop else "length"))

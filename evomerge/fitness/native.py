@@ -4,6 +4,13 @@ Greedy decoding produces the answer exactly iff, at every answer position, the a
 distribution given the *correct* prefix is the correct token, and after the answer it is EOS. So exact match
 under greedy generation can be computed in one teacher-forced forward pass, which is ~100× cheaper than
 `generate()` on short answers. `mode="generate"` runs real batched greedy generation; the two agree (tested).
+
+Tokenizers are taken as transformers defines them: a prompt starts with whatever special tokens the tokenizer
+itself puts before a text (BOS for Llama- and Gemma-style tokenizers, nothing for Qwen2- and GPT-2-style ones); an
+answer ends with EOS when the tokenizer has one (without, only the answer's tokens are checked); padding uses the pad
+token, else EOS, and is masked out, so the tokenizer's padding side changes nothing. With `chat=True` the prompt is
+the user turn of the tokenizer's chat template, rendered with the generation prompt (as lm-eval's
+`apply_chat_template`); the template's own text carries its special tokens.
 """
 
 from __future__ import annotations
@@ -12,36 +19,82 @@ from dataclasses import dataclass
 
 import torch
 
+from evomerge.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class EncodedBatch:
-    input_ids: torch.Tensor  # [B, L] right-padded: <s> prompt answer </s>
+    input_ids: torch.Tensor  # [B, L] right-padded: [prefix] prompt answer [eos]
     attention_mask: torch.Tensor  # [B, L]
     target_mask: torch.Tensor  # [B, L-1] True where position p must predict input_ids[p + 1]
 
 
-def encode_teacher_forced(tokenizer, examples: list[dict], device: str | torch.device = "cpu") -> EncodedBatch:
-    """Encode examples once (<s> prompt answer </s>); the result is reused for every candidate model."""
-    return encode_pairs(tokenizer, [(ex["prompt"], ex["answer"]) for ex in examples], eos=True, device=device)
+def special_prefix(tokenizer, sample: str = "0") -> list[int]:
+    """The token ids the tokenizer puts before a text when it adds its special tokens (e.g. [BOS], or [])."""
+    full = tokenizer.encode(sample, add_special_tokens=True)
+    plain = tokenizer.encode(sample, add_special_tokens=False)
+    for i in range(len(full) - len(plain) + 1):
+        if full[i : i + len(plain)] == plain:
+            return full[:i]
+    return []
 
 
-def encode_choices(tokenizer, examples: list[dict], device: str | torch.device = "cpu") -> EncodedBatch:
-    """Every (prompt, choice) pair of multiple-choice examples, flattened in order (<s> prompt choice)."""
+def pad_id(tokenizer) -> int:
+    """The id that fills padded positions (masked out, so any valid id does): pad, else EOS, else 0."""
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    return 0
+
+
+class PromptEncoder:
+    """A prompt as token ids: the tokenizer's special prefix and the prompt, or the prompt's chat turn."""
+
+    def __init__(self, tokenizer, chat: bool = False):
+        self.tokenizer, self.chat = tokenizer, chat
+        if chat and not getattr(tokenizer, "chat_template", None):
+            raise ConfigError("fitness.apply_chat_template: the base model's tokenizer has no chat template "
+                              "(tokenizer_config.json or chat_template.jinja); set it to false")
+        self.prefix = [] if chat else special_prefix(tokenizer)
+
+    def __call__(self, prompt: str) -> list[int]:
+        if self.chat:
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                      add_generation_prompt=True)
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        return [*self.prefix, *self.tokenizer.encode(prompt, add_special_tokens=False)]
+
+
+def encode_teacher_forced(tokenizer, examples: list[dict], device: str | torch.device = "cpu",
+                          chat: bool = False) -> EncodedBatch:
+    """Encode examples once (prompt answer EOS); the result is reused for every candidate model."""
+    return encode_pairs(tokenizer, [(ex["prompt"], ex["answer"]) for ex in examples], eos=True, device=device,
+                        chat=chat)
+
+
+def encode_choices(tokenizer, examples: list[dict], device: str | torch.device = "cpu",
+                   chat: bool = False) -> EncodedBatch:
+    """Every (prompt, choice) pair of multiple-choice examples, flattened in order (prompt choice)."""
     return encode_pairs(tokenizer, [(ex["prompt"], c) for ex in examples for c in ex["choices"]], eos=False,
-                        device=device)
+                        device=device, chat=chat)
 
 
-def encode_pairs(tokenizer, pairs: list[tuple[str, str]], eos: bool, device: str | torch.device = "cpu") -> EncodedBatch:
-    """Right-padded <s> context continuation [</s>] rows; the target mask covers the continuation (and EOS)."""
-    bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
+def encode_pairs(tokenizer, pairs: list[tuple[str, str]], eos: bool, device: str | torch.device = "cpu",
+                 chat: bool = False) -> EncodedBatch:
+    """Right-padded `prompt continuation [EOS]` rows; the target mask covers the continuation (and EOS)."""
+    prompt = PromptEncoder(tokenizer, chat)
+    end = [tokenizer.eos_token_id] if eos and tokenizer.eos_token_id is not None else []
     rows, starts = [], []
     for context, continuation in pairs:
-        p = tokenizer.encode(context, add_special_tokens=False)
+        p = prompt(context)
         a = tokenizer.encode(continuation, add_special_tokens=False)
-        rows.append([bos, *p, *a, *([tokenizer.eos_token_id] if eos else [])])
-        starts.append(1 + len(p))
+        if not p:
+            raise ConfigError(f"prompt {context!r} encodes to no tokens (and the tokenizer adds no BOS); a "
+                              "continuation needs a token to follow")
+        rows.append([*p, *a, *end])
+        starts.append(len(p))
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    ids = torch.full((len(rows), width), pad_id(tokenizer), dtype=torch.long)
     attn = torch.zeros((len(rows), width), dtype=torch.long)
     tmask = torch.zeros((len(rows), width - 1), dtype=torch.bool)
     for i, (r, s) in enumerate(zip(rows, starts, strict=True)):
@@ -89,16 +142,18 @@ def choice_accuracy(model, enc: EncodedBatch, examples: list[dict], batch_size: 
 
 @torch.no_grad()
 def exact_match_generate(
-    model, tokenizer, examples: list[dict], max_new_tokens: int = 16, batch_size: int = 128, check=None
+    model, tokenizer, examples: list[dict], max_new_tokens: int = 16, batch_size: int = 128, check=None,
+    chat: bool = False,
 ) -> torch.Tensor:
     """Per-example exact match of real batched greedy generation (left-padded prompts); with `check`, the
-    generated text must also pass it."""
+    generated text must also pass it. Without an EOS token, the first tokens generated must be the answer's."""
     device = next(model.parameters()).device
-    bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    eos, pad = tokenizer.eos_token_id, pad_id(tokenizer)
+    prompt = PromptEncoder(tokenizer, chat)
     out = []
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
-        prompts = [[bos, *tokenizer.encode(ex["prompt"], add_special_tokens=False)] for ex in chunk]
+        prompts = [prompt(ex["prompt"]) for ex in chunk]
         width = max(len(p) for p in prompts)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         attn = torch.zeros_like(ids)
@@ -115,9 +170,13 @@ def exact_match_generate(
         )[:, width:]
         for j, ex in enumerate(chunk):
             toks = gen[j].tolist()
-            if eos not in toks:  # no EOS within the budget: the answer never finished
+            if eos is None:  # nothing marks an answer's end: its own length does
+                toks = toks[: len(tokenizer.encode(ex["answer"], add_special_tokens=False))]
+            elif eos in toks:
+                toks = toks[: toks.index(eos)]
+            else:  # no EOS within the budget: the answer never finished
                 out.append(False)
                 continue
-            text = tokenizer.decode(toks[: toks.index(eos)], skip_special_tokens=True)
+            text = tokenizer.decode(toks, skip_special_tokens=True)
             out.append(text == ex["answer"] and (check is None or check(text)))
     return torch.tensor(out, dtype=torch.bool)

@@ -38,14 +38,16 @@ class NativeScorer:
 
     def __init__(self, tokenizer, tasks: dict[str, list[dict]], mode: str = "teacher_forced",
                  batch_size: int = 128, max_new_tokens: int = 16, weights: dict[str, float] | None = None,
-                 checks: dict[str, Callable[[str], bool]] | None = None):
-        self.tokenizer, self.tasks, self.mode = tokenizer, tasks, mode
+                 checks: dict[str, Callable[[str], bool]] | None = None, chat: bool = False):
+        self.tokenizer, self.tasks, self.mode, self.chat = tokenizer, tasks, mode, chat
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self.weights = weights or dict.fromkeys(tasks, 1.0)
         self.checks = checks or {}
         # multiple-choice tasks are scored by log-likelihood in either mode; their pairs are encoded once
-        self._choices = {t: encode_choices(tokenizer, ex) for t, ex in tasks.items() if is_multiple_choice(ex)}
-        self._encoded = ({t: encode_teacher_forced(tokenizer, ex) for t, ex in tasks.items() if t not in self._choices}
+        self._choices = {t: encode_choices(tokenizer, ex, chat=chat) for t, ex in tasks.items()
+                         if is_multiple_choice(ex)}
+        self._encoded = ({t: encode_teacher_forced(tokenizer, ex, chat=chat) for t, ex in tasks.items()
+                          if t not in self._choices}
                          if mode == "teacher_forced" else None)
         # teacher-forced exact match means the answer was generated verbatim: its check is the answer's own
         for t in self.checks:
@@ -65,7 +67,7 @@ class NativeScorer:
                     ok = ok & self._passes[task]
             else:
                 ok = exact_match_generate(model, self.tokenizer, examples, self.max_new_tokens, self.batch_size,
-                                          check=self.checks.get(task))
+                                          check=self.checks.get(task), chat=self.chat)
             per_example[task] = [int(v) for v in ok]
         return _score(per_example, self.weights)
 
@@ -118,4 +120,5 @@ def make_scorer(tokenizer, tasks: dict, cfg, base_dir: Path, limit: int | None =
 
     checks = {t: make_check(cfg.task_spec(t).check) for t in cfg.tasks if cfg.task_spec(t).check}
     return NativeScorer(tokenizer, tasks, mode=cfg.mode, batch_size=cfg.batch_size,
-                        max_new_tokens=cfg.max_new_tokens, weights=weights, checks=checks)
+                        max_new_tokens=cfg.max_new_tokens, weights=weights, checks=checks,
+                        chat=cfg.apply_chat_template)

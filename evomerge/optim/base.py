@@ -144,6 +144,13 @@ class Optimizer:
     def tell(self, genomes: list[np.ndarray], values: list) -> None:
         raise NotImplementedError
 
+    def seed(self, genomes: list[np.ndarray], values: list, examples: list | None = None) -> None:
+        """Candidates scored before the search (the start point, the sources and the baselines the space can
+        express), told once before the first ask, each optimizer taking them its own way: CMA-ES starts its mean at
+        the best (the first of equal ones), Optuna's samplers count them as completed trials, M2N2 offers them to
+        its archive (`examples`: their per-example scores). Random search learns nothing: it ignores them."""
+        self._check_told(genomes, values)
+
     def _no_generation_out(self, what: str) -> None:
         """Steady-state optimizers that also ask whole generations: the two modes do not interleave."""
         if getattr(self, "_generation_out", False):

@@ -31,13 +31,18 @@ class CMAOptimizer(Optimizer):
     def __init__(self, cfg, dim: int, seed: int, n_objectives: int = 1, steps: np.ndarray | None = None,
                  x0: np.ndarray | None = None):
         super().__init__(cfg, dim, seed, n_objectives, steps, x0)
-        self._es = self.impl(
-            mean=self.x0,
-            sigma=cfg.sigma0,
-            bounds=np.array([[0.0, 1.0]] * dim),
-            seed=seed,
-            population_size=cfg.popsize,
-        )
+        self._cfg, self._seed = cfg, seed
+        self._es = self._make(self.x0)
+
+    def _make(self, mean: np.ndarray):
+        return self.impl(mean=mean, sigma=self._cfg.sigma0, bounds=np.array([[0.0, 1.0]] * self.dim),
+                         seed=self._seed, population_size=self._cfg.popsize)
+
+    def seed(self, genomes: list[np.ndarray], values: list[float], examples: list | None = None) -> None:
+        """The search starts (its mean, before any ask) at the best of the known candidates."""
+        values = self._check_told(genomes, values)
+        if values:
+            self._es = self._make(np.asarray(genomes[int(np.argmax(values))], dtype=float))
 
     @property
     def popsize(self) -> int:
@@ -74,18 +79,22 @@ class CMAwMOptimizer(Optimizer):
     def __init__(self, cfg, dim: int, seed: int, n_objectives: int = 1, steps: np.ndarray | None = None,
                  x0: np.ndarray | None = None):
         super().__init__(cfg, dim, seed, n_objectives, steps, x0)
-        disc = self.steps > 0
-        # a discrete gene's range ends at its top level, so that CMAwM's levels are exactly ours (k·step ≤ 1)
-        high = np.where(disc, top_levels(self.steps) * self.steps, 1.0)
-        self._es = CMAwM(
-            mean=np.minimum(self.x0, high),
-            sigma=cfg.sigma0,
-            bounds=np.stack([np.zeros(dim), high], axis=1),
-            steps=self.steps,
-            seed=seed,
-            population_size=cfg.popsize,
-        )
+        self._cfg, self._seed = cfg, seed
+        self._es = self._make(self.x0)
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # (given out, for tell), by position
+
+    def _make(self, mean: np.ndarray) -> CMAwM:
+        # a discrete gene's range ends at its top level, so that CMAwM's levels are exactly ours (k·step ≤ 1)
+        high = np.where(self.steps > 0, top_levels(self.steps) * self.steps, 1.0)
+        return CMAwM(mean=np.minimum(mean, high), sigma=self._cfg.sigma0,
+                     bounds=np.stack([np.zeros(self.dim), high], axis=1), steps=self.steps, seed=self._seed,
+                     population_size=self._cfg.popsize)
+
+    def seed(self, genomes: list[np.ndarray], values: list[float], examples: list | None = None) -> None:
+        """The search starts (its mean, before any ask) at the best of the known candidates."""
+        values = self._check_told(genomes, values)
+        if values:
+            self._es = self._make(np.asarray(genomes[int(np.argmax(values))], dtype=float))
 
     @property
     def popsize(self) -> int:

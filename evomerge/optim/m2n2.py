@@ -64,6 +64,12 @@ class M2N2Optimizer(Optimizer):
         if examples is not None:
             self.niches.offer(np.asarray(genome, dtype=float).reshape(self._shape), examples)
 
+    def seed(self, genomes: list[np.ndarray], values: list, examples: list | None = None) -> None:
+        """Known candidates with their per-example scores enter the archive as any told candidate does."""
+        self._check_told(genomes, values)
+        for g, e in zip(genomes, examples or [None] * len(genomes), strict=True):
+            self._offer(g, e)
+
     # -- whole generations -----------------------------------------------------------------------------------------
     def ask(self) -> list[np.ndarray]:
         if self._outstanding:

@@ -93,6 +93,16 @@ class OptunaOptimizer(Optimizer):
     def _tell_trial(self, number: int, value) -> None:
         self._study.tell(number, value if self.n_objectives == 1 else list(value))
 
+    def seed(self, genomes: list[np.ndarray], values: list, examples: list | None = None) -> None:
+        """The known candidates become completed trials (as `enqueue_trial`'d ones would, without scoring them
+        again); genomes are on the grid (the search snaps them)."""
+        values = self._check_told(genomes, values)
+        for g, v in zip(genomes, values, strict=True):
+            params = {n: float(x) for n, x in zip(self._names, np.asarray(g, dtype=float), strict=True)}
+            self._study.add_trial(optuna.trial.create_trial(
+                params=params, distributions=self._dists,
+                **({"value": v} if self.n_objectives == 1 else {"values": list(v)})))
+
     def ask(self) -> list[np.ndarray]:
         if self._outstanding:
             raise RuntimeError(f"ask: {len(self._outstanding)} genomes of ask_one are still outstanding; tell_one "

@@ -108,6 +108,15 @@ def export_from_run(run_dir: Path, out: Path, rank: int = 1, candidate: str | No
         meta = store.get_meta("sources")
     finally:
         store.close()
+    known = _known_winner(run_dir)
+    if meta is not None and known is not None and (candidate == known["label"] or (candidate is None and rank == 1)):
+        src = json.loads(meta)
+        path = export_recipe(Recipe.from_json(json.dumps(known["recipe"])), Path(src["base"]),
+                             [Path(m) for m in src["models"]], out,
+                             {"experiment": board.name, "run directory": str(Path(run_dir).resolve()),
+                              "candidate": f"{known['label']} (known before the search: the best on the search "
+                                           "split, above every search candidate)"})
+        return path, known["label"]
     ranked = [c for c in board.candidates if c.rank is not None]
     if meta is None or not ranked:
         raise ConfigError(f"{run_dir}: the run has no successful search evaluation to export yet")
@@ -137,6 +146,21 @@ def export_from_run(run_dir: Path, out: Path, rank: int = 1, candidate: str | No
         return export_flow_recipe(recipe, [Path(m) for m in src["models"]], out, provenance), c.id
     path = export_recipe(recipe, Path(src["base"]), [Path(m) for m in src["models"]], out, provenance)
     return path, c.id
+
+
+def _known_winner(run_dir: Path) -> dict | None:
+    """{"label", "recipe"} of the final table's evolved row when a known candidate (a source or baseline scored
+    before the search) won it, from results.json; None otherwise or before the run finished."""
+    from evomerge.heldout import RESULTS_FILE
+
+    path = Path(run_dir) / RESULTS_FILE
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    row = data["rows"][0]
+    if not row["label"].startswith("evolved (= "):
+        return None
+    return {"label": data.get("best_candidate"), "recipe": row["recipe"]}
 
 
 def export_flow_recipe(recipe: FlowRecipe, models: list[Path], out: Path, provenance: dict | None = None) -> Path:

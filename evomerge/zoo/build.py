@@ -1,4 +1,5 @@
-"""Builds the tiny model zoo: a Llama base pretrained on a mixture of skills and one full fine-tune per skill.
+"""Builds the tiny model zoo: a base pretrained on a mixture of skills and one full fine-tune per skill — Llama by
+default, or any family of `evomerge.zoo.families` (`ZooSpec.family`).
 
 Everything is deterministic from `ZooSpec.seed` and runs on CPU in a couple of minutes. Each model is saved as a
 standard Hugging Face directory (safetensors + config + tokenizer) under the zoo directory, with `zoo.json`
@@ -17,9 +18,9 @@ from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from evomerge.fitness.native import encode_teacher_forced, exact_match_teacher_forced
+from evomerge.zoo.families import FAMILIES, make_model
 from evomerge.zoo.tasks import make_splits
 from evomerge.zoo.tokenizer import build_char_tokenizer
 
@@ -47,9 +48,15 @@ class ZooSpec(BaseModel):
     expert_lr: float = 2e-4
     expert_steps: int = 300
     sizes: dict[str, int] = {"train": 4000, "search": 300, "heldout": 300}
+    # the architecture (evomerge.zoo.families) and tokenizer convention (None: the family's own)
+    family: str = "llama"
+    convention: str | None = None
 
     def fingerprint(self) -> str:
-        blob = json.dumps({"format": ZOO_FORMAT, **self.model_dump()}, sort_keys=True)
+        # the family fields count only when set, so that the Llama zoo's fingerprint (its cache) stays the same
+        dump = self.model_dump(exclude={k for k in ("family", "convention")
+                                        if getattr(self, k) == type(self).model_fields[k].default})
+        blob = json.dumps({"format": ZOO_FORMAT, **dump}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -98,22 +105,12 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def _encode_train(tokenizer, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pre-pad a task's training rows once: ids, attention mask, labels (loss on answer + EOS only)."""
-    seqs, starts = [], []
-    for ex in rows:
-        p = tokenizer.encode(ex["prompt"], add_special_tokens=False)
-        a = tokenizer.encode(ex["answer"], add_special_tokens=False)
-        seqs.append([tokenizer.bos_token_id, *p, *a, tokenizer.eos_token_id])
-        starts.append(1 + len(p))
-    width = max(len(r) for r in seqs)
-    ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
-    labels = torch.full((len(seqs), width), -100, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, (r, start) in enumerate(zip(seqs, starts, strict=True)):
-        ids[i, : len(r)] = torch.tensor(r)
-        attn[i, : len(r)] = 1
-        labels[i, start : len(r)] = torch.tensor(r[start:])
-    return ids, attn, labels
+    """Pre-pad a task's training rows once: ids, attention mask, labels (loss on answer + EOS only), encoded as
+    scoring encodes them, in the tokenizer's own convention."""
+    enc = encode_teacher_forced(tokenizer, rows)
+    labels = torch.full_like(enc.input_ids, -100)
+    labels[:, 1:][enc.target_mask] = enc.input_ids[:, 1:][enc.target_mask]
+    return enc.input_ids, enc.attention_mask, labels
 
 
 def _sample_batch(pools, weights, batch: int, gen: torch.Generator):
@@ -175,18 +172,12 @@ def build_zoo(spec: ZooSpec, out: Path | None = None, log=print, force: bool = F
     tmp.mkdir(parents=True)
     torch.manual_seed(spec.seed)
     try:
-        tok = build_char_tokenizer()
+        tok = build_char_tokenizer(spec.convention or FAMILIES[spec.family].convention)
         data = task_splits(spec)
         train = {t: _encode_train(tok, s["train"]) for t, s in data.items()}
         checks = {t: encode_teacher_forced(tok, s["search"][:100]) for t, s in data.items()}
         heldout = {t: encode_teacher_forced(tok, s["heldout"]) for t, s in data.items()}
-        cfg = LlamaConfig(
-            vocab_size=len(tok), hidden_size=spec.hidden, intermediate_size=spec.intermediate,
-            num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.heads,
-            max_position_embeddings=64, tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        )
-        base = LlamaForCausalLM(cfg)
+        base = make_model(spec.family, spec, tok)
         pools = [train[t] for t in spec.tasks]
 
         def reached(step: int) -> bool:
@@ -201,7 +192,7 @@ def build_zoo(spec: ZooSpec, out: Path | None = None, log=print, force: bool = F
         _save(base, tok, tmp / "base")
         report["models"]["base"] = accuracy_per_task(base, heldout)
         for task in spec.tasks:
-            expert = LlamaForCausalLM(cfg)
+            expert = make_model(spec.family, spec, tok)
             expert.load_state_dict(base.state_dict())
             _train(expert, [train[task]], [1.0], spec.expert_steps, spec.expert_lr, spec,
                    spec.seed * 1000 + spec.tasks.index(task) + 1)

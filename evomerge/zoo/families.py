@@ -1,0 +1,115 @@
+"""Tiny models of the architectures transformers ships, for the zoo builder: one function per family that makes
+its config from the zoo's sizes and the tokenizer, and the tokenizer convention its real checkpoints use.
+
+What each family brings that the others do not (why it is in the matrix):
+
+- `llama`: the zoo's own (untied, separate q/k/v and gate/up, RMSNorm).
+- `mistral`: sliding-window attention, grouped-query attention.
+- `qwen2`: q/k/v projections with bias, no BOS token.
+- `qwen3`: per-head q/k RMSNorms, tied embeddings, explicit head_dim.
+- `gemma2`: tied embeddings, RMSNorm with a +1 offset (a zero weight is the identity), soft-capped logits, scaled
+  embeddings, four norms per block.
+- `gpt2`: tied embeddings, learned positions (`wpe`), Conv1D (transposed) weights, LayerNorm with bias, fused c_attn.
+- `phi3`: fused `qkv_proj` and `gate_up_proj`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import transformers
+
+
+@dataclass(frozen=True)
+class Family:
+    convention: str  # the tokenizer convention (evomerge.zoo.tokenizer.CONVENTIONS)
+    config: Callable  # (spec, tokenizer) -> a transformers config
+    model: str  # the transformers class name
+
+
+def _ids(tok) -> dict:
+    return {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+
+
+def _llama(spec, tok):
+    return transformers.LlamaConfig(
+        vocab_size=len(tok), hidden_size=spec.hidden, intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.heads,
+        max_position_embeddings=64, tie_word_embeddings=False, **_ids(tok))
+
+
+def _mistral(spec, tok):
+    return transformers.MistralConfig(
+        vocab_size=len(tok), hidden_size=spec.hidden, intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=max(1, spec.heads // 2),
+        max_position_embeddings=64, sliding_window=16, tie_word_embeddings=False, **_ids(tok))
+
+
+def _qwen2(spec, tok):
+    return transformers.Qwen2Config(
+        vocab_size=len(tok), hidden_size=spec.hidden, intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=max(1, spec.heads // 2),
+        max_position_embeddings=64, tie_word_embeddings=False, **_ids(tok))
+
+
+def _qwen3(spec, tok):
+    return transformers.Qwen3Config(
+        vocab_size=len(tok), hidden_size=spec.hidden, intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=max(1, spec.heads // 2),
+        head_dim=spec.hidden // spec.heads, max_position_embeddings=64, tie_word_embeddings=True, **_ids(tok))
+
+
+def _gemma2(spec, tok):
+    return transformers.Gemma2Config(
+        vocab_size=len(tok), hidden_size=spec.hidden, intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=max(1, spec.heads // 2),
+        head_dim=spec.hidden // spec.heads, query_pre_attn_scalar=spec.hidden // spec.heads,
+        max_position_embeddings=64, sliding_window=16, tie_word_embeddings=True, **_ids(tok))
+
+
+def _gpt2(spec, tok):
+    return transformers.GPT2Config(
+        vocab_size=len(tok), n_embd=spec.hidden, n_inner=spec.intermediate, n_layer=spec.layers, n_head=spec.heads,
+        n_positions=64, tie_word_embeddings=True, **_ids(tok))
+
+
+def _phi3(spec, tok):
+    return transformers.Phi3Config(
+        vocab_size=len(tok), hidden_size=spec.hidden, intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.heads,
+        max_position_embeddings=64, original_max_position_embeddings=64, tie_word_embeddings=False, **_ids(tok))
+
+
+FAMILIES: dict[str, Family] = {
+    "llama": Family("zoo", _llama, "LlamaForCausalLM"),
+    "mistral": Family("llama3", _mistral, "MistralForCausalLM"),
+    "qwen2": Family("qwen2", _qwen2, "Qwen2ForCausalLM"),
+    "qwen3": Family("qwen2", _qwen3, "Qwen3ForCausalLM"),
+    "gemma2": Family("gemma", _gemma2, "Gemma2ForCausalLM"),
+    "gpt2": Family("gpt2", _gpt2, "GPT2LMHeadModel"),
+    "phi3": Family("llama3", _phi3, "Phi3ForCausalLM"),
+}
+
+
+def make_model(family: str, spec, tok):
+    """A freshly initialized model of `family` at the spec's sizes (the global torch seed decides its weights)."""
+    f = FAMILIES[family]
+    return getattr(transformers, f.model)(f.config(spec, tok))
+
+
+def family_spec(family: str, profile: str = "ci"):
+    """A zoo spec for `family`: 'ci' (seconds: tiny, few steps, near-chance models; checks the pipeline) or 'bench'
+    (minutes: models that learn the tasks, for benchmarks/families.py). Two skills, so a base and two experts."""
+    from evomerge.zoo.build import ZooSpec
+
+    common = {"family": family, "tasks": ("add", "reverse"), "mixture_weights": (2.0, 1.0)}
+    if profile == "ci":
+        return ZooSpec(**common, hidden=32, intermediate=64, layers=2, heads=4, batch=32, base_lr=3e-3,
+                       base_max_steps=60, base_target=1.1, check_every=1000, expert_lr=3e-3, expert_steps=30,
+                       sizes={"train": 400, "search": 20, "heldout": 20})
+    if profile == "bench":
+        return ZooSpec(**common, hidden=64, intermediate=128, layers=2, heads=4, batch=64, base_lr=3e-3,
+                       base_max_steps=600, base_target=0.3, check_every=50, expert_lr=1e-3, expert_steps=120,
+                       sizes={"train": 2000, "search": 60, "heldout": 100})
+    raise ValueError(f"unknown family profile {profile!r}; expected 'ci' or 'bench'")
