@@ -39,6 +39,13 @@ def _executor_overrides(workers: int | None, ray_address: str | None) -> dict:
     return {k: v for k, v in (("workers", workers), ("address", ray_address)) if v is not None}
 
 
+def _blackbox_runner():
+    """The black-box runner class; MissingExtra (one line) without the 'blackbox' extra."""
+    from evomerge.blackbox.runner import BlackboxRunner
+
+    return BlackboxRunner
+
+
 @contextlib.contextmanager
 def _stop_on_signals():
     """SIGTERM and SIGHUP stop a run as Ctrl-C does (they raise `Stopped`, a KeyboardInterrupt, in the main
@@ -95,9 +102,7 @@ def run(
     if kind == "m2n2_digits":  # the M2N2 paper's digits reproduction: its own runner
         return _run_digits(experiment, run_dir)
     if kind == "blackbox":  # the two-stage search over a merge service's API
-        from evomerge.blackbox.runner import BlackboxRunner
-
-        return _run(lambda: BlackboxRunner(experiment, run_dir, console=console, force=force))
+        return _run(lambda: _blackbox_runner()(experiment, run_dir, console=console, force=force))
     _run(lambda: Runner(experiment, run_dir, console=console, force=force, db=db,
                         executor=_executor_overrides(workers, ray_address)))
 
@@ -147,6 +152,13 @@ def serve(
     import sqlite3
 
     import torch
+
+    from evomerge.extras import require_extra
+
+    try:
+        require_extra("blackbox", "evomerge serve")
+    except EvomergeError as e:
+        _fail(e)
     import uvicorn
 
     from evomerge.blackbox.service import Limits, MergeService, create_app, read_tokens
@@ -185,11 +197,11 @@ def resume(
     ray_address: RayAddressOpt = None,
 ) -> None:
     """Continue a stopped run with the experiment config it was started with."""
-    from evomerge.blackbox.runner import BlackboxRunner, is_blackbox_run
+    from evomerge.blackbox.config import is_blackbox_run
     from evomerge.runner import Runner
 
     if is_blackbox_run(run_dir):
-        return _run(lambda: BlackboxRunner.resume(run_dir, console=console))
+        return _run(lambda: _blackbox_runner().resume(run_dir, console=console))
 
     _run(lambda: Runner.resume(run_dir, console=console, executor=_executor_overrides(workers, ray_address)))
 
@@ -234,6 +246,28 @@ def runs(folder: Annotated[Path, typer.Argument(help="folder holding run directo
 
 
 @app.command()
+def plan(
+    experiment: Annotated[Path, typer.Argument(help="experiment YAML file")],
+    device_memory: Annotated[str | None, typer.Option(help="memory one worker may use, e.g. 141GB (default: this "
+                                                           "machine's GPU or RAM, shared among its workers)")] = None,
+    workers: Annotated[int | None, typer.Option(help="workers sharing the device (default: from the "
+                                                     "experiment)")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: the experiment's)")] = None,
+) -> None:
+    """What each worker will hold in memory, from the sources' headers (nothing is loaded), and which layout fits."""
+    from evomerge.plan import parse_size, plan_experiment
+
+    try:
+        capacity = None if device_memory is None else parse_size(device_memory, "--device-memory")
+        p = plan_experiment(experiment, capacity=capacity, workers=workers, device=device)
+    except EvomergeError as e:
+        _fail(e)
+    console.print(p.render(), highlight=False, soft_wrap=True)
+    if p.chosen is None:
+        raise typer.Exit(2)
+
+
+@app.command()
 def validate(
     experiment: Annotated[Path, typer.Argument(help="experiment YAML file")],
     config_only: Annotated[bool, typer.Option(help="check the file only: no sources loaded, nothing scored (for "
@@ -262,13 +296,34 @@ def validate(
                     source = cfg.fitness.task_spec(task).source
                     if source.endswith((".yaml", ".yml")):
                         TaskSource(source, base_dir, None, f"fitness.tasks.{task}")
+        memory = ""
         if kind not in ("m2n2_digits", "blackbox") and not config_only:
+            memory = _memory_check(experiment, cfg)  # headers only: refuses what cannot fit before loading
             from evomerge.dryrun import dry_run
 
             dry_run(experiment, console)
     except EvomergeError as e:
         _fail(e)
-    console.print(f"{experiment}: ok ({cfg.name})")
+    console.print(f"{experiment}: ok ({cfg.name}){memory}")
+
+
+def _memory_check(experiment: Path, cfg) -> str:
+    """validate's part of the memory plan: refuses a run that cannot fit; says so when it cannot tell yet."""
+    from evomerge.config import ExperimentConfig
+    from evomerge.errors import ConfigError
+    from evomerge.plan import plan_experiment
+
+    if not isinstance(cfg, ExperimentConfig) or cfg.space.type == "data_flow":
+        return ""
+    if any(ref.startswith("run:") for ref in [cfg.sources.base or "", *cfg.sources.models]):
+        return "; memory plan with `evomerge plan` (validate does not export run: sources)"
+    try:
+        p = plan_experiment(experiment)
+    except EvomergeError as e:  # sources not there yet (an unbuilt zoo, a template's placeholder paths)
+        return f"; no memory plan yet: {e}"
+    if p.chosen is None:
+        raise ConfigError(p.refusal())
+    return f"; memory: {p.total(p.chosen) / 1e9:.2f} GB per worker ({p.chosen}, see evomerge plan)"
 
 
 @app.command()
@@ -375,7 +430,8 @@ def report(
 
 @zoo_app.command("build")
 def zoo_build(
-    profile: Annotated[str, typer.Option(help="zoo profile: default | tiny")] = "default",
+    profile: Annotated[str, typer.Option(help="zoo profile: default | tiny | scale (untrained, ~1B parameters, "
+                                              "bf16, 7.6 GB on disk) | scale-tiny")] = "default",
     force: Annotated[bool, typer.Option(help="rebuild even if cached")] = False,
     lora: Annotated[bool, typer.Option(help="also build the zoo's LoRA repository (adapters of the base, for "
                                             "black-box merging; cached apart from the zoo)")] = False,
@@ -384,9 +440,15 @@ def zoo_build(
     import json
 
     from evomerge.zoo.build import PROFILES, build_zoo
+    from evomerge.zoo.scale import SCALE_PROFILES, build_scale
 
+    if profile in SCALE_PROFILES:  # untrained, Llama-shaped, ~1B parameters: memory and speed at real sizes
+        out = build_scale(SCALE_PROFILES[profile], force=force, log=console.print)
+        console.print(f"scale models at {out}: " + ", ".join(p.name for p in sorted(out.iterdir()) if p.is_dir()))
+        return
     if profile not in PROFILES:
-        _fail(EvomergeError(f"--profile: unknown profile {profile!r}; expected one of {sorted(PROFILES)}"))
+        _fail(EvomergeError(f"--profile: unknown profile {profile!r}; expected one of "
+                            f"{sorted(PROFILES) + sorted(SCALE_PROFILES)}"))
     if lora:
         _build_lora(profile, force)
     out = build_zoo(PROFILES[profile], force=force, log=console.print)
@@ -401,7 +463,10 @@ def _build_lora(profile: str, force: bool) -> None:
 
     from evomerge.zoo.lora import LORA_PROFILES, build_lora_repo
 
-    out = build_lora_repo(LORA_PROFILES[profile], force=force, log=console.print)
+    try:
+        out = build_lora_repo(LORA_PROFILES[profile], force=force, log=console.print)
+    except EvomergeError as e:
+        _fail(e)
     report = json.loads((out / "repo.json").read_text())
     console.print(f"LoRA repository at {out}: {len(report['adapters'])} adapters (built in "
                   f"{report['build_seconds']} s)")

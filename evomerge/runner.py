@@ -23,14 +23,16 @@ from evomerge.sources import preflight
 from evomerge.spaces import SPACES
 from evomerge.store import RunDir, RunStore, Snapshot
 from evomerge.store.rundir import DB_FILE, normalize_url
-from evomerge.zoo.build import PROFILES, build_zoo
+from evomerge.zoo.build import PROFILES, build_zoo, zoo_dir
 
 
-def resolve_models(cfg: ExperimentConfig, base_dir: Path, console: Console) -> tuple[Path | None, list[Path]]:
+def resolve_models(cfg: ExperimentConfig, base_dir: Path, console: Console,
+                   build: bool = True) -> tuple[Path | None, list[Path]]:
     """`zoo:NAME` → the cached zoo's model; `run:DIR` → that finished run's best model (exported once); anything
     else → a directory relative to the experiment file.
 
     Every reference is checked before the zoo is built (on first use), so a typo fails in a second, not minutes.
+    With build=False an unbuilt zoo is a ConfigError instead.
     """
     refs = [(f"sources.models[{i}]", m) for i, m in enumerate(cfg.sources.models)]
     if cfg.sources.base is not None:
@@ -53,6 +55,9 @@ def resolve_models(cfg: ExperimentConfig, base_dir: Path, console: Console) -> t
                               "model directory, zoo:NAME or run:RUN_DIR)")
         paths.append(path)
     if any(isinstance(p, str) for p in paths):
+        if not build and not (zoo_dir(spec) / "zoo.json").is_file():
+            raise ConfigError(f"zoo: the {cfg.zoo!r} zoo is not built yet (it is on the first run, or with "
+                              f"`evomerge zoo build --profile {cfg.zoo}`)")
         zoo = build_zoo(spec, log=lambda msg: console.print(f"[dim]zoo: {msg}[/]"))
         paths = [zoo / p if isinstance(p, str) else p for p in paths]
     if cfg.sources.base is None:

@@ -94,8 +94,8 @@ def test_every_entry_has_a_case(registry, cases):
 @pytest.fixture(scope="module")
 def builders(tiny_zoo):
     """The workers' model builders over the tiny zoo: parameter space (base + experts) and data flow (two experts)."""
-    merge = MergeBuilder(tiny_zoo / "base", [tiny_zoo / m for m in EXPERTS], "cpu", None)
-    flow = FlowBuilder([tiny_zoo / "add", tiny_zoo / "reverse"], "cpu")
+    merge = MergeBuilder(tiny_zoo / "base", [tiny_zoo / m for m in EXPERTS], "cpu", None, None)
+    flow = FlowBuilder([tiny_zoo / "add", tiny_zoo / "reverse"], "cpu", None)
     return {False: merge, True: flow}
 
 

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from evomerge.blackbox.client import BudgetExhausted, MergeClient, ServiceError, TransportFailure, read_token
 from evomerge.blackbox.config import BlackboxExperiment, load_blackbox
-from evomerge.errors import ConfigError, EvomergeError
+from evomerge.errors import ConfigError
 from evomerge.fitness.tasks import load_split
 from evomerge.runner import _check_config
 from evomerge.store import RunDir, RunStore
@@ -41,19 +41,6 @@ PHASE_OFFSET = {"denoise": 0, "scale": 1000, "no_denoise": 2000, "no_flip": 3000
 
 class BudgetSpent(Exception):
     pass
-
-
-def is_blackbox_run(run_dir: Path) -> bool:
-    """Whether a run directory holds a black-box run (its store says kind: blackbox). A directory that cannot be
-    read is not one: the regular resume path reports what is wrong with it."""
-    try:
-        store = RunDir.open(run_dir).store()
-    except EvomergeError:
-        return False
-    try:
-        return store.get_meta("kind") == "blackbox"
-    finally:
-        store.close()
 
 
 class BlackboxRunner:
