@@ -119,6 +119,13 @@ def serve(
     import sqlite3
 
     import torch
+
+    from evomerge.errors import require_extra
+
+    try:
+        require_extra("blackbox", "evomerge serve")
+    except EvomergeError as e:
+        _fail(e)
     import uvicorn
 
     from evomerge.blackbox.service import Limits, MergeService, create_app, read_tokens
@@ -202,6 +209,29 @@ def runs(folder: Annotated[Path, typer.Argument(help="folder holding run directo
 
 
 @app.command()
+def plan(
+    experiment: Annotated[Path, typer.Argument(help="experiment YAML file")],
+    device_memory: Annotated[str | None, typer.Option(help="memory one worker may use, e.g. 141GB (default: this "
+                                                           "machine's GPU or RAM, shared among its workers)")] = None,
+    workers: Annotated[int | None, typer.Option(help="workers sharing the device (default: from the "
+                                                     "experiment)")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: the experiment's)")] = None,
+) -> None:
+    """What each worker will hold in memory, from the sources' headers (nothing is loaded), and which layout fits."""
+    from evomerge.merge.memory import parse_size
+    from evomerge.runner import plan_experiment
+
+    try:
+        capacity = None if device_memory is None else parse_size(device_memory, "--device-memory")
+        p = plan_experiment(experiment, capacity=capacity, workers=workers, device=device)
+    except EvomergeError as e:
+        _fail(e)
+    console.print(p.render(), highlight=False, soft_wrap=True)
+    if p.chosen is None:
+        raise typer.Exit(2)
+
+
+@app.command()
 def validate(
     experiment: Annotated[Path, typer.Argument(help="experiment YAML file")],
     config_only: Annotated[bool, typer.Option(help="check the file only: no sources loaded, nothing scored (for "
@@ -230,13 +260,34 @@ def validate(
                     source = cfg.fitness.task_spec(task).source
                     if source.endswith((".yaml", ".yml")):
                         TaskSource(source, base_dir, None, f"fitness.tasks.{task}")
+        memory = ""
         if kind not in ("m2n2_digits", "blackbox") and not config_only:
+            memory = _memory_check(experiment, cfg)  # headers only: refuses what cannot fit before loading
             from evomerge.runner import dry_run
 
             dry_run(experiment, console)
     except EvomergeError as e:
         _fail(e)
-    console.print(f"{experiment}: ok ({cfg.name})")
+    console.print(f"{experiment}: ok ({cfg.name}){memory}")
+
+
+def _memory_check(experiment: Path, cfg) -> str:
+    """validate's part of the memory plan: refuses a run that cannot fit; says so when it cannot tell yet."""
+    from evomerge.config import ExperimentConfig
+    from evomerge.errors import ConfigError
+    from evomerge.runner import plan_experiment
+
+    if not isinstance(cfg, ExperimentConfig) or cfg.space.type == "data_flow":
+        return ""
+    if any(ref.startswith("run:") for ref in [cfg.sources.base or "", *cfg.sources.models]):
+        return "; memory plan with `evomerge plan` (validate does not export run: sources)"
+    try:
+        p = plan_experiment(experiment)
+    except EvomergeError as e:  # sources not there yet (an unbuilt zoo, a template's placeholder paths)
+        return f"; no memory plan yet: {e}"
+    if p.chosen is None:
+        raise ConfigError(p.refusal())
+    return f"; memory: {p.total(p.chosen) / 1e9:.2f} GB per worker ({p.chosen}, see evomerge plan)"
 
 
 @app.command()
@@ -343,7 +394,8 @@ def report(
 
 @zoo_app.command("build")
 def zoo_build(
-    profile: Annotated[str, typer.Option(help="zoo profile: default | tiny")] = "default",
+    profile: Annotated[str, typer.Option(help="zoo profile: default | tiny | scale (untrained, ~1B parameters, "
+                                              "bf16, 7.6 GB on disk) | scale-tiny")] = "default",
     force: Annotated[bool, typer.Option(help="rebuild even if cached")] = False,
     lora: Annotated[bool, typer.Option(help="also build the zoo's LoRA repository (adapters of the base, for "
                                             "black-box merging; cached apart from the zoo)")] = False,
@@ -352,9 +404,15 @@ def zoo_build(
     import json
 
     from evomerge.zoo.build import PROFILES, build_zoo
+    from evomerge.zoo.scale import SCALE_PROFILES, build_scale
 
+    if profile in SCALE_PROFILES:  # untrained, Llama-shaped, ~1B parameters: memory and speed at real sizes
+        out = build_scale(SCALE_PROFILES[profile], force=force, log=console.print)
+        console.print(f"scale models at {out}: " + ", ".join(p.name for p in sorted(out.iterdir()) if p.is_dir()))
+        return
     if profile not in PROFILES:
-        _fail(EvomergeError(f"--profile: unknown profile {profile!r}; expected one of {sorted(PROFILES)}"))
+        _fail(EvomergeError(f"--profile: unknown profile {profile!r}; expected one of "
+                            f"{sorted(PROFILES) + sorted(SCALE_PROFILES)}"))
     if lora:
         _build_lora(profile, force)
     out = build_zoo(PROFILES[profile], force=force, log=console.print)
@@ -369,7 +427,10 @@ def _build_lora(profile: str, force: bool) -> None:
 
     from evomerge.zoo.lora import LORA_PROFILES, build_lora_repo
 
-    out = build_lora_repo(LORA_PROFILES[profile], force=force, log=console.print)
+    try:
+        out = build_lora_repo(LORA_PROFILES[profile], force=force, log=console.print)
+    except EvomergeError as e:
+        _fail(e)
     report = json.loads((out / "repo.json").read_text())
     console.print(f"LoRA repository at {out}: {len(report['adapters'])} adapters (built in "
                   f"{report['build_seconds']} s)")

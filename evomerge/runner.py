@@ -10,12 +10,12 @@ import random
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import ValidationError
 from rich.console import Console
 
-from evomerge.blackbox.runner import BlackboxRunner
 from evomerge.config import ExecutorConfig, ExperimentConfig, experiment_kind, format_validation_error, load_experiment
 from evomerge.errors import ConfigError
 from evomerge.executors import make_executor
@@ -28,14 +28,19 @@ from evomerge.search import Evaluator, Search
 from evomerge.sources import preflight
 from evomerge.spaces import SPACES
 from evomerge.store import RunDir, RunStore, Snapshot
-from evomerge.zoo.build import PROFILES, build_zoo
+from evomerge.zoo.build import PROFILES, build_zoo, zoo_dir
+
+if TYPE_CHECKING:
+    from evomerge.merge.memory import MemoryPlan
 
 
-def resolve_models(cfg: ExperimentConfig, base_dir: Path, console: Console) -> tuple[Path | None, list[Path]]:
+def resolve_models(cfg: ExperimentConfig, base_dir: Path, console: Console,
+                   build: bool = True) -> tuple[Path | None, list[Path]]:
     """`zoo:NAME` → the cached zoo's model; `run:DIR` → that finished run's best model (exported once); anything
     else → a directory relative to the experiment file.
 
     Every reference is checked before the zoo is built (on first use), so a typo fails in a second, not minutes.
+    With build=False an unbuilt zoo is a ConfigError instead.
     """
     refs = [(f"sources.models[{i}]", m) for i, m in enumerate(cfg.sources.models)]
     if cfg.sources.base is not None:
@@ -58,6 +63,9 @@ def resolve_models(cfg: ExperimentConfig, base_dir: Path, console: Console) -> t
                               "model directory, zoo:NAME or run:RUN_DIR)")
         paths.append(path)
     if any(isinstance(p, str) for p in paths):
+        if not build and not (zoo_dir(spec) / "zoo.json").is_file():
+            raise ConfigError(f"zoo: the {cfg.zoo!r} zoo is not built yet (it is on the first run, or with "
+                              f"`evomerge zoo build --profile {cfg.zoo}`)")
         zoo = build_zoo(spec, log=lambda msg: console.print(f"[dim]zoo: {msg}[/]"))
         paths = [zoo / p if isinstance(p, str) else p for p in paths]
     if cfg.sources.base is None:
@@ -236,8 +244,18 @@ class Runner(RunLifecycle):
 
 
 # -- the kinds of run ----------------------------------------------------------------------------------------------
-KINDS: dict[str, type[RunLifecycle]] = {cls.kind: cls for cls in (Runner, BlackboxRunner, DigitsRunner)}
-FILE_KINDS = {None: "search", "blackbox": "blackbox", "m2n2_digits": "m2n2_digits"}  # `kind:` -> a KINDS key
+KINDS: dict[str, type[RunLifecycle]] = {cls.kind: cls for cls in (Runner, DigitsRunner)}
+FILE_KINDS = {None: "search", "blackbox": "blackbox", "m2n2_digits": "m2n2_digits"}  # `kind:` -> a kind
+
+
+def kind_class(kind: str) -> type[RunLifecycle]:
+    """The lifecycle of a kind of run. Black-box merging is imported when asked for: its client needs the
+    'blackbox' extra, and a missing extra is one line naming it, not a failure of every other kind."""
+    if kind == "blackbox":
+        from evomerge.blackbox.runner import BlackboxRunner
+
+        return BlackboxRunner
+    return KINDS[kind]
 
 
 def lifecycle_class(experiment: Path) -> type[RunLifecycle]:
@@ -245,7 +263,7 @@ def lifecycle_class(experiment: Path) -> type[RunLifecycle]:
     if kind not in FILE_KINDS:
         raise ConfigError(f"{experiment}: kind: unknown experiment kind {kind!r}; expected none (a merge search), "
                           "blackbox or m2n2_digits")
-    return KINDS[FILE_KINDS[kind]]
+    return kind_class(FILE_KINDS[kind])
 
 
 def open_run(experiment: Path, run_dir: Path | None = None, **kwargs) -> RunLifecycle:
@@ -260,9 +278,10 @@ def resume_run(run_dir: Path, **kwargs) -> RunLifecycle:
         kind = stored_kind(store)
     finally:
         store.close()
-    if kind not in KINDS:
-        raise ConfigError(f"{run_dir}: a run of unknown kind {kind!r} (expected one of {sorted(KINDS)})")
-    return KINDS[kind].resume(run_dir, **kwargs)
+    if kind not in set(FILE_KINDS.values()):
+        raise ConfigError(f"{run_dir}: a run of unknown kind {kind!r} (expected one of "
+                          f"{sorted(set(FILE_KINDS.values()))})")
+    return kind_class(kind).resume(run_dir, **kwargs)
 
 
 # -- `evomerge validate` as a dry run: what `evomerge run` would do first, on a few examples, in seconds: load the
@@ -319,3 +338,43 @@ def dry_run(experiment: Path, console: Console) -> None:
         scores.append(f"{split} {ev.objective:.3f}")
     console.print(f"dry run: {len(models)} sources loaded, the first candidate built and scored on {EXAMPLES} "
                   f"examples per task ({', '.join(scores)}) in {time.perf_counter() - t0:.1f} s", highlight=False)
+
+
+# -- `evomerge plan`: what a run will hold in memory, from the sources' headers ------------------------------------
+def plan_experiment(experiment: Path, *, capacity: int | None = None, workers: int | None = None,
+                    device: str | None = None) -> MemoryPlan:
+    """`evomerge plan`: the memory plan of an experiment file (parameter-space runs; sizes from the sources'
+    headers; the zoo must be built)."""
+    from transformers import AutoTokenizer
+
+    from evomerge.merge.memory import config_of, device_capacity, has_cuda, plan_memory, token_length
+
+
+    cfg, base_dir = load_experiment(experiment)
+    if cfg.space.type == "data_flow":
+        raise ConfigError("space.type: the memory plan covers parameter-space merges; a data flow holds its "
+                          "models as they are")
+    base, models = resolve_models(cfg, base_dir, Console(quiet=True), build=False)
+    if base is None:  # a parameter space names one (config validation); a clear line if it ever does not
+        raise ConfigError("sources.base: the memory plan needs the base model")
+    f = cfg.fitness
+    if f.type == "lm_eval":
+        batch = f.lm_eval.batch_size
+        seq = f.lm_eval.max_length or config_of(base).get("max_position_embeddings", 2048)
+        gen = 0
+    else:
+        batch = f.batch_size
+        seq = token_length(AutoTokenizer.from_pretrained(base), resolve_tasks(cfg, base_dir))
+        gen = f.max_new_tokens if f.mode == "generate" else 0
+    operators = {cfg.space.operator}
+    if cfg.baselines.enabled:
+        operators |= {"task_arithmetic", "ties", "dare_ties"}
+    if device is None:
+        device = cfg.device if cfg.device != "auto" else ("cuda" if has_cuda() else "cpu")
+    if workers is None:
+        workers = (cfg.executor.workers or 1) if cfg.executor.type == "ray" and device == "cpu" else 1
+    stream = None if cfg.sources.stream == "auto" else cfg.sources.stream
+    if capacity is None:
+        capacity = device_capacity(device) // workers
+    return plan_memory(base, models, operators=operators, batch=batch, seq=seq, generate_tokens=gen, device=device,
+                       capacity=capacity, workers=workers, stream=stream)

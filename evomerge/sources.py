@@ -52,7 +52,7 @@ def group_names(granularity: str | int, n_blocks: int) -> list[str]:
     return ["embed", *blocks, "head"]
 
 
-def _shards(path: Path) -> list[Path]:
+def shards(path: Path) -> list[Path]:
     """The safetensors files of a Hugging Face checkpoint directory; refuses pickle-only checkpoints."""
     path = Path(path)
     if not path.is_dir():
@@ -77,7 +77,7 @@ def _shards(path: Path) -> list[Path]:
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load a Hugging Face checkpoint directory (single or sharded safetensors) into memory."""
     sd: dict[str, torch.Tensor] = {}
-    for shard in _shards(path):
+    for shard in shards(path):
         sd.update(load_file(shard))
     return sd
 
@@ -102,7 +102,7 @@ class MappedCheckpoint:
 
     def __init__(self, path: Path):
         self._where = {}
-        for shard in _shards(path):
+        for shard in shards(path):
             f = safe_open(shard, framework="pt")
             for name in f.keys():  # noqa: SIM118 — a safetensors file handle, not a mapping
                 self._where[name] = f
@@ -144,7 +144,7 @@ class _Lazy(Mapping):
 def should_stream(paths: list[Path], available: int | None = None) -> bool:
     """Stream when the cached task vectors and ranks (≈ 2 bytes of cache per source byte, plus the base) would
     take more than 80% of the memory available now."""
-    sizes = [sum(f.stat().st_size for f in _shards(p)) for p in paths]
+    sizes = [sum(f.stat().st_size for f in shards(p)) for p in paths]
     needed = sizes[0] + 2 * sum(sizes[1:])
     if available is None:
         available = psutil.virtual_memory().available

@@ -117,3 +117,13 @@ def tiny_runs(tmp_path_factory, tiny_zoo, tiny_task_dir):
         Runner(multi, tmp / "multi", console=Console(quiet=True)).run()
     Runner(single, tmp / "single", console=Console(quiet=True)).run()
     return tmp / "multi", tmp / "single"
+
+
+@pytest.fixture
+def mergekit_sorts_stably(monkeypatch):
+    """mergekit's magnitude trims sort with torch's unstable sort, which keeps an arbitrary subset of the entries
+    tied in magnitude at the threshold (common in bf16); evomerge breaks such ties by index, as a stable sort does
+    (evomerge.merge.topk): golden tests against mergekit hand it that."""
+    sort, argsort = torch.sort, torch.argsort
+    monkeypatch.setattr(torch, "sort", lambda *a, **k: sort(*a, **{**k, "stable": True}))
+    monkeypatch.setattr(torch, "argsort", lambda *a, **k: argsort(*a, **{**k, "stable": True}))

@@ -8,6 +8,7 @@ from evomerge.merge import OPERATORS
 from evomerge.merge.generalized import MergeParams, TensorInputs
 from evomerge.merge.materialize import Merger, tensor_seed
 from evomerge.merge.sparsify import keep_mask, magnitude_ranks, source_seed
+from evomerge.merge.topk import MagnitudeIndex
 from evomerge.recipe import GroupParams, Recipe
 from evomerge.sources import SourcePool, load_state_dict
 
@@ -83,7 +84,9 @@ def _random_inputs(shape, k, dtype, seed):
 
 def _ours(operator, base, models, weights, densities, *, seed=None, **params):
     deltas = torch.stack([m - base for m in models])
-    x = TensorInputs(base=base, deltas=deltas, ranks=lambda kind: torch.stack([magnitude_ranks(d, kind) for d in deltas]),
+    x = TensorInputs(base=base, deltas=deltas,
+                     order=lambda kind: [MagnitudeIndex.build(d, kind == "desc") for d in deltas],
+                     ranks=lambda kind: torch.stack([magnitude_ranks(d) for d in deltas]),
                      seed=seed or 0, generator=None if seed is None else torch.Generator().manual_seed(seed),
                      sources=lambda i: models[i])
     return OPERATORS[operator].merge(x, MergeParams(weights=tuple(weights), densities=tuple(densities), **params))
@@ -93,6 +96,11 @@ def _share_masks(monkeypatch, shape, densities, seed):
     """mergekit draws each DARE mask with one torch.bernoulli call per source, in source order: hand it ours."""
     masks = iter([keep_mask(shape, d, source_seed(seed, i)) for i, d in enumerate(densities) if d < 1])
     monkeypatch.setattr(torch, "bernoulli", lambda p, *a, **k: next(masks).to(p.dtype))
+
+
+@pytest.fixture(autouse=True)
+def _mergekit_sorts_stably(mergekit_sorts_stably):
+    """Every golden test here compares with mergekit: its magnitude sorts are stable (tests/conftest.py)."""
 
 
 def _mergekit(method, base, models, weights, densities, **params):

@@ -14,9 +14,13 @@ import os
 import time
 from pathlib import Path
 
-import httpx
+from evomerge.errors import require_extra
 
-from evomerge.errors import ConfigError, EvomergeError
+require_extra("blackbox", "black-box merging")  # one clear line when the extra is missing
+
+import httpx  # noqa: E402
+
+from evomerge.errors import ConfigError, EvomergeError  # noqa: E402
 
 
 class ServiceError(EvomergeError):

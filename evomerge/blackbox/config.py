@@ -13,7 +13,8 @@ from pydantic import Field, PositiveInt, ValidationError, model_validator
 
 from evomerge.config import SEED_MAX, RunName, format_validation_error, read_mapping
 from evomerge.config import StrictModel as _Strict
-from evomerge.errors import ConfigError
+from evomerge.errors import ConfigError, EvomergeError
+from evomerge.store import RunDir
 
 
 class ServiceConfig(_Strict):
@@ -96,3 +97,16 @@ def load_blackbox(path: str | Path) -> tuple[BlackboxExperiment, Path]:
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, str(path))) from None
     return cfg, path.parent.resolve()
+
+
+def is_blackbox_run(run_dir: Path) -> bool:
+    """Whether a run directory holds a black-box run (its store says kind: blackbox). A directory that cannot be
+    read is not one: the regular resume path reports what is wrong with it."""
+    try:
+        store = RunDir.open(run_dir).store()
+    except EvomergeError:
+        return False
+    try:
+        return store.get_meta("kind") == "blackbox"
+    finally:
+        store.close()

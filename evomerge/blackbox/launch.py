@@ -15,10 +15,14 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
+from evomerge.errors import require_extra
 
-from evomerge.blackbox.service import TOKEN_ENV
-from evomerge.errors import RunError
+require_extra("blackbox", "black-box merging")  # one clear line when the extra is missing
+
+import httpx  # noqa: E402
+
+from evomerge.blackbox.service import TOKEN_ENV  # noqa: E402
+from evomerge.errors import RunError  # noqa: E402
 
 
 def free_port() -> int:

@@ -28,17 +28,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
-import torch
-from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from evomerge.errors import require_extra
 
-from evomerge.blackbox.lora_merge import LoraRepository, ModelPool, blackbox_deltas, encode, score_examples
-from evomerge.errors import ConfigError
-from evomerge.fitness.native import PromptEncoder, pad_id
-from evomerge.fitness.tasks import load_split
+require_extra("blackbox", "black-box merging")  # one clear line when the extra is missing
+
+import torch  # noqa: E402
+from fastapi import Depends, FastAPI, HTTPException, Request  # noqa: E402
+from fastapi.exceptions import RequestValidationError  # noqa: E402
+from fastapi.responses import JSONResponse  # noqa: E402
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer  # noqa: E402
+from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
+
+from evomerge.blackbox.lora_merge import LoraRepository, ModelPool, blackbox_deltas, encode, score_examples  # noqa: E402
+from evomerge.errors import ConfigError  # noqa: E402
+from evomerge.fitness.native import PromptEncoder, pad_id  # noqa: E402
+from evomerge.fitness.tasks import load_split  # noqa: E402
 
 API_VERSION = "v1"
 TOKEN_ENV = "EVOMERGE_SERVICE_TOKEN"

@@ -16,11 +16,11 @@ from evomerge.merge import kernels
 from evomerge.merge.sparsify import (
     della_drop,
     keep_threshold,
-    magnitude_trim,
-    outlier_trim,
     random_drop,
     source_seed,
+    trim,
 )
+from evomerge.merge.topk import MagnitudeIndex, window_mask
 
 
 @dataclass(frozen=True)
@@ -29,15 +29,22 @@ class TensorInputs:
 
     base: torch.Tensor
     deltas: torch.Tensor  # [K, *shape]: the sources' task vectors, stacked
-    ranks: Callable[[str], torch.Tensor] | None = None  # kind → cached stacked magnitude ranks [K, *shape]
+    order: Callable[[str], list[MagnitudeIndex]] | None = None  # 'desc'/'asc' → each source's magnitude index
+    ranks: Callable[[str], torch.Tensor] | None = None  # 'row_asc' → stacked per-row ranks [K, *shape] (DELLA)
     seed: int = 0  # per (recipe, tensor): random-drop masks and DELLA's generator derive from it
     generator: torch.Generator | None = None  # DELLA's random draws
     # source i's own tensor, as stored: a merge that is exactly one source returns it, not base + (source − base),
     # which low-precision rounding can move by an ulp of the base
     sources: Callable[[int], torch.Tensor] | None = None
 
+    def magnitude_index(self, kind: str) -> list[MagnitudeIndex]:
+        """Each source's magnitude index, 'desc' (TIES) or 'asc' (Breadcrumbs)."""
+        if self.order is None:
+            raise ValueError("this operator trims by magnitude rank: TensorInputs.order is required")
+        return self.order(kind)
+
     def magnitude_ranks(self, kind: str) -> torch.Tensor:
-        """The stacked magnitude ranks of `kind` (a sparsifying operator needs them)."""
+        """The stacked per-row magnitude ranks ('row_asc', DELLA's keep probabilities)."""
         if self.ranks is None:
             raise ValueError("this operator sparsifies by magnitude rank: TensorInputs.ranks is required")
         return self.ranks(kind)
@@ -138,34 +145,45 @@ class GeneralizedMerge:
         keep_prob = torch.tensor([d if 0 < d < 1 else 1.0 for d in dens], dtype=work, device=dev) if inverse else None
         lo = torch.zeros(k, dtype=torch.int64)
         hi = torch.full((k,), n, dtype=torch.int64)
-        ranks = seeds = None
-        if self.sparsify == "magnitude":
-            ranks = list(x.magnitude_ranks("desc").reshape(k, -1))
+        keys = seeds = None
+        descending = self.sparsify != "outliers"
+        if self.sparsify in ("magnitude", "outliers"):
+            index = x.magnitude_index("desc" if descending else "asc")
             for i, d in enumerate(dens):
-                hi[i] = n if d >= 1 else (0 if d <= 0 else max(1, int(d * n)))  # mergekit's rule
-        elif self.sparsify == "outliers":
-            ranks = list(x.magnitude_ranks("asc").reshape(k, -1))
-            for i, d in enumerate(dens):
-                if d < 1:
-                    target, top = int(d * n), int(p.gamma * n)
-                    lo[i] = max(0, n - target - top)  # less outlier removal when needed to keep the density
-                    hi[i] = lo[i] + target
+                lo[i], hi[i] = self._rank_window(d, n, p.gamma)
+            bounds = [(index[i].key(deltas[i], int(lo[i])), index[i].key(deltas[i], int(hi[i]))) for i in range(k)]
+            from_start = bool((lo == 0).all())
+            keys = (None if from_start else torch.tensor([b[0][0] for b in bounds], dtype=x.deltas.dtype, device=dev),
+                    None if from_start else torch.tensor([b[0][1] for b in bounds], dtype=torch.int64, device=dev),
+                    torch.tensor([b[1][0] for b in bounds], dtype=x.deltas.dtype, device=dev),
+                    torch.tensor([b[1][1] for b in bounds], dtype=torch.int64, device=dev))
         elif self.sparsify == "random":
             seeds = torch.tensor([source_seed(x.seed, i) for i in range(k)], dtype=torch.int64, device=dev)
             for i, d in enumerate(dens):
                 hi[i] = keep_threshold(d)
         result = out if out is not None and out.is_contiguous() else torch.empty_like(x.base)
-        kernels.run(x.base.reshape(-1), deltas, ranks, seeds, keep_prob, wq.to(dev), wsum, lo.to(dev), hi.to(dev),
-                    torch.tensor(p.lam, dtype=work, device=dev), self.consensus, normalize, result.view(-1))
+        kernels.run(x.base.reshape(-1), deltas, keys, seeds, keep_prob, wq.to(dev), wsum, lo.to(dev), hi.to(dev),
+                    torch.tensor(p.lam, dtype=work, device=dev), self.consensus, normalize, result.view(-1),
+                    descending)
         return result if out is None or result is out else _into(result, out)
+
+    def _rank_window(self, density: float, n: int, gamma: float) -> tuple[int, int]:
+        """The magnitude ranks [lo, hi) a trim keeps (descending for TIES, ascending for Breadcrumbs)."""
+        if density >= 1:
+            return 0, n
+        if self.sparsify == "magnitude":
+            return 0, (0 if density <= 0 or n == 0 else max(1, int(density * n)))  # mergekit's rule
+        target, top = int(density * n), int(gamma * n)
+        lo = max(0, n - target - top)  # less outlier removal when needed to keep the density
+        return lo, lo + target
 
     # -- the reference path: whole tensors, exactly mergekit's sequence of operations -----------------------------
     def _sparsified(self, x: TensorInputs, i: int, density: float, p: MergeParams, rescale: str) -> torch.Tensor:
         delta = x.deltas[i]
-        if self.sparsify == "magnitude":
-            return magnitude_trim(delta, density, x.magnitude_ranks("desc")[i], rescale)
-        if self.sparsify == "outliers":
-            return outlier_trim(delta, density, p.gamma, x.magnitude_ranks("asc")[i], rescale)
+        if self.sparsify in ("magnitude", "outliers"):
+            index = x.magnitude_index("desc" if self.sparsify == "magnitude" else "asc")[i]
+            lo, hi = self._rank_window(density, delta.numel(), p.gamma)
+            return trim(delta, window_mask(delta, index, lo, hi), rescale, density)
         if self.sparsify == "random":
             return random_drop(delta, density, source_seed(x.seed, i), rescale)
         if self.sparsify == "della":

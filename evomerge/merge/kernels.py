@@ -14,6 +14,7 @@ import os
 import torch
 
 from evomerge.merge.sparsify import hash_keep
+from evomerge.merge.topk import precedes
 
 log = logging.getLogger(__name__)
 
@@ -21,13 +22,16 @@ CHUNK = 1 << 16  # elements per eager step: the temporaries of one step stay in 
 COMPILE_MIN = 1 << 18  # tensors at least this large use the compiled kernel
 
 
-def combine(base, deltas: list[torch.Tensor], ranks: list[torch.Tensor] | None, seeds: torch.Tensor | None,
+def combine(base, deltas: list[torch.Tensor], keys: tuple | None, seeds: torch.Tensor | None,
             offset: torch.Tensor, keep_prob: torch.Tensor | None, weights: torch.Tensor, wsum: torch.Tensor,
-            lo: torch.Tensor, hi: torch.Tensor, lam: torch.Tensor, consensus: bool, normalize: bool) -> torch.Tensor:
+            lo: torch.Tensor, hi: torch.Tensor, lam: torch.Tensor, consensus: bool, normalize: bool,
+            descending: bool = True) -> torch.Tensor:
     """θ₀ + λ·Σ agreeing tᵢ / Σ agreeing wᵢ with tᵢ = wᵢ·(τᵢ·keepᵢ / dᵢ), in mergekit's order of operations.
 
-    keepᵢ: lo ≤ rankᵢ < hi when `ranks` is given (magnitude and outlier trims); for random drops (`seeds`),
-    hash(seedᵢ, offset + index) < hiᵢ — the mask is computed here, inside the one loop, not read from memory.
+    keepᵢ, for magnitude and outlier trims (`keys` = (t_lo, j_lo, t_hi, j_hi), one entry per source): the entry's
+    magnitude rank lies in [lo, hi), i.e. its key (|τ|, index) is not before (t_lo, j_lo) and is before (t_hi, j_hi)
+    (evomerge.merge.topk); for random drops (`seeds`), hash(seedᵢ, offset + index) < hiᵢ. Either mask is computed
+    here, inside the one loop, not read from memory.
     The entries agreeing with the majority sign are the positive ones when Σt ≥ 0, else the negative ones, so the
     sums of clamped values add exactly the numbers mergekit's masked sum adds.
 
@@ -41,11 +45,17 @@ def combine(base, deltas: list[torch.Tensor], ranks: list[torch.Tensor] | None, 
         return x if dtype == work else x.to(dtype).to(work)
 
     ts = []
-    index = torch.arange(base.numel(), dtype=torch.int64, device=base.device) + offset if seeds is not None else None
+    index = None
+    if seeds is not None or keys is not None:
+        index = torch.arange(base.numel(), dtype=torch.int64, device=base.device) + offset
     for i, d in enumerate(deltas):
         t = d.to(work)
-        if ranks is not None:
-            t = t * ((ranks[i] >= lo[i]) & (ranks[i] < hi[i]))
+        if keys is not None and index is not None:
+            a = d.abs()
+            keep = precedes(a, index, keys[2][i], keys[3][i], descending)
+            if keys[0] is not None:  # None: the window starts at rank 0 (TIES), nothing to exclude below it
+                keep = keep & ~precedes(a, index, keys[0][i], keys[1][i], descending)
+            t = t * keep
         if seeds is not None and index is not None:
             t = t * hash_keep(index, seeds[i], hi[i])
         if keep_prob is not None:  # the papers' 1/p rescale, before weighting (as the step-by-step path)
@@ -80,8 +90,8 @@ def _compile_enabled() -> bool:
     return os.environ.get("EVOMERGE_COMPILE", "1") != "0" and not _compile_failed
 
 
-def run(base: torch.Tensor, deltas, ranks, seeds, keep_prob, weights, wsum, lo, hi, lam, consensus, normalize,
-        out: torch.Tensor) -> torch.Tensor:
+def run(base: torch.Tensor, deltas, keys, seeds, keep_prob, weights, wsum, lo, hi, lam, consensus, normalize,
+        out: torch.Tensor, descending: bool = True) -> torch.Tensor:
     """Write combine(...) for the flat tensors into `out` (flat), compiled when large, else chunk by chunk."""
     global _compiled, _compile_failed
     n = base.numel()
@@ -92,7 +102,7 @@ def run(base: torch.Tensor, deltas, ranks, seeds, keep_prob, weights, wsum, lo, 
                 # without emulate_precision_casts Inductor drops the bf16/fp16 roundings `combine` makes on purpose
                 _compiled = torch.compile(combine, dynamic=True, options={"emulate_precision_casts": True})
             zero = torch.zeros((), dtype=torch.int64, device=base.device)
-            out.copy_(_compiled(base, deltas, ranks, seeds, zero, *args))
+            out.copy_(_compiled(base, deltas, keys, seeds, zero, *args, descending))
             return out
         except Exception as e:  # noqa: BLE001 — no C++ compiler, unsupported device…: fall back, say so once
             _compile_failed = True
@@ -100,6 +110,5 @@ def run(base: torch.Tensor, deltas, ranks, seeds, keep_prob, weights, wsum, lo, 
     for s in range(0, n, CHUNK):
         end = min(s + CHUNK, n)
         offset = torch.tensor(s, dtype=torch.int64, device=base.device)
-        out[s:end] = combine(base[s:end], [d[s:end] for d in deltas],
-                             None if ranks is None else [r[s:end] for r in ranks], seeds, offset, *args)
+        out[s:end] = combine(base[s:end], [d[s:end] for d in deltas], keys, seeds, offset, *args, descending)
     return out

@@ -10,6 +10,7 @@ from evomerge.errors import MergeError
 from evomerge.merge import OPERATORS
 from evomerge.merge.generalized import MergeParams, TensorInputs
 from evomerge.merge.sparsify import magnitude_ranks
+from evomerge.merge.topk import MagnitudeIndex
 from evomerge.recipe import Recipe
 from evomerge.sources import SourcePool, layer_group
 
@@ -27,14 +28,26 @@ class Merger:
         self.pool = pool
         self._rows: tuple[Recipe | None, dict] = (None, {})  # the last 'rows' recipe and its parsed groups
         self._ranks: dict[tuple[str, str], torch.Tensor] = {}
+        self._order: dict[tuple[str, str], list[MagnitudeIndex]] = {}
 
-    def magnitude_ranks(self, name: str, kind: str) -> torch.Tensor:
-        """Magnitude ranks of every source's τ[name], stacked [K, *shape], computed once (the sources never change
-        during a search) — or, when the pool streams, every time, so that memory stays bounded."""
+    def magnitude_index(self, name: str, kind: str) -> list[MagnitudeIndex]:
+        """Each source's magnitude rank buckets of τ[name] ('desc': TIES, 'asc': Breadcrumbs), computed once (the
+        sources never change during a search), also when the pool streams: 1 byte per parameter and source."""
+        key = (name, kind)
+        if key not in self._order:
+            self._order[key] = [MagnitudeIndex.build(d, kind == "desc") for d in self.pool.stacked[name]]
+        return self._order[key]
+
+    def magnitude_ranks(self, name: str, kind: str = "row_asc") -> torch.Tensor:
+        """DELLA's per-row magnitude ranks of every source's τ[name] ('row_asc'), stacked [K, *shape] (int32),
+        computed once — or, when the pool streams, every time, so that memory stays bounded."""
+        if kind != "row_asc":
+            raise ValueError(f"per-entry ranks are kept for DELLA ('row_asc') only, not {kind!r}: "
+                             "TIES and Breadcrumbs use magnitude_index")
         key = (name, kind)
         if key in self._ranks:
             return self._ranks[key]
-        ranks = torch.stack([magnitude_ranks(d, kind) for d in self.pool.stacked[name]])
+        ranks = torch.stack([magnitude_ranks(d) for d in self.pool.stacked[name]])
         if not self.pool.streaming:
             self._ranks[key] = ranks
         return ranks
@@ -56,6 +69,7 @@ class Merger:
         inputs = TensorInputs(
             base=pool.base[name],
             deltas=pool.stacked[name],
+            order=lambda kind: self.magnitude_index(name, kind),
             ranks=lambda kind: self.magnitude_ranks(name, kind),
             seed=tensor_seed(recipe.seed, name),
             generator=self._generator(recipe.seed, name) if op.sparsify == "della" else None,

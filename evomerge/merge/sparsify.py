@@ -1,10 +1,8 @@
 """Sparsification of one task-vector tensor: magnitude trim (TIES), outlier trim (Breadcrumbs), random drop (DARE),
 magnitude-ranked random drop (DELLA).
 
-The magnitude-based methods select by *rank*. Ranks depend only on the source, which never changes during a
-search, so they are computed once per source and tensor (`magnitude_ranks`) and stored as int32; a candidate's
-trim at any density is then one compare and one multiply — no sort. Ranks come from the same torch sort calls
-mergekit makes, so ties (common in bf16) break the same way and results are equal to mergekit's.
+The magnitude-based trims select by rank; evomerge.merge.topk turns a rank into a key the kernel compares with,
+without storing a rank per entry. DELLA's per-row ranks are still stored (int32, `magnitude_ranks`).
 """
 
 from __future__ import annotations
@@ -12,19 +10,11 @@ from __future__ import annotations
 import torch
 
 
-def magnitude_ranks(delta: torch.Tensor, kind: str) -> torch.Tensor:
-    """int32 rank of each entry of |delta|: 'desc' / 'asc' over the whole tensor, 'row_asc' within each row."""
+def magnitude_ranks(delta: torch.Tensor) -> torch.Tensor:
+    """int32 rank of each entry of |delta| within its row, ascending (DELLA's per-row keep probabilities)."""
     w = delta.abs()
-    if kind == "row_asc":
-        w = w.unsqueeze(0) if w.dim() < 2 else w
-        return torch.argsort(w, dim=1).argsort(dim=1).to(torch.int32)  # in the tensor's dtype, as mergekit's DELLA
-    w = w.reshape(-1)
-    if w.device.type == "cpu":
-        w = w.float()
-    order = torch.argsort(w, descending=True) if kind == "desc" else torch.sort(w, descending=False).indices
-    ranks = torch.empty(w.numel(), dtype=torch.int32, device=w.device)
-    ranks[order] = torch.arange(w.numel(), dtype=torch.int32, device=w.device)
-    return ranks.view(delta.shape)
+    w = w.unsqueeze(0) if w.dim() < 2 else w
+    return torch.argsort(w, dim=1).argsort(dim=1).to(torch.int32)  # in the tensor's dtype, as mergekit's DELLA
 
 
 def _rescaled(delta: torch.Tensor, kept: torch.Tensor, mode: str, keep_prob) -> torch.Tensor:
@@ -42,25 +32,12 @@ def _rescaled(delta: torch.Tensor, kept: torch.Tensor, mode: str, keep_prob) -> 
     raise ValueError(f"rescale must be 'inverse', 'l1' or 'none', got {mode!r}")
 
 
-def magnitude_trim(delta: torch.Tensor, density: float, rank_desc: torch.Tensor, rescale: str = "none") -> torch.Tensor:
-    """TIES trim: keep the top `density` fraction of |delta| (at least one entry when density > 0)."""
+def trim(delta: torch.Tensor, keep: torch.Tensor, rescale: str, density: float) -> torch.Tensor:
+    """A magnitude trim (TIES) or outlier trim (Breadcrumbs) given its keep mask (evomerge.merge.topk)."""
     if density >= 1:
         return delta
-    if density <= 0 or delta.numel() == 0:
+    if density <= 0:
         return torch.zeros_like(delta)
-    k = max(1, int(density * delta.numel()))  # mergekit's rule, so results match it exactly
-    return _rescaled(delta, delta * (rank_desc < k), rescale, density)
-
-
-def outlier_trim(delta: torch.Tensor, density: float, gamma: float, rank_asc: torch.Tensor,
-                 rescale: str = "none") -> torch.Tensor:
-    """Breadcrumbs: drop the `gamma` fraction of largest magnitudes, then the smallest, keeping `density`."""
-    if density >= 1:
-        return delta
-    n = delta.numel()
-    target, n_top = int(density * n), int(gamma * n)
-    n_bot = max(0, n - target - n_top)  # less outlier removal when needed to retain the target density
-    keep = (rank_asc >= n_bot) & (rank_asc < n_bot + target)
     return _rescaled(delta, delta * keep, rescale, density)
 
 

@@ -2,5 +2,5 @@
 
 `lifecycle.RunLifecycle` owns what every kind shares: the run directory, its lock, the stored config (and the diff
 refused or accepted with --force), resume, the event log's sessions, the optimizer snapshot check, and the one
-`results.json`. `evomerge.runner.KINDS` maps an experiment's `kind:` to the class that runs it.
+`results.json`. `evomerge.runner.kind_class` gives the class that runs an experiment's `kind:`.
 """

@@ -126,6 +126,9 @@ def _rows_for(plan: AdapterPlan, spec: LoraSpec, data: dict) -> list[dict[str, s
 
 def build_lora_repo(spec: LoraSpec, out: Path | None = None, log=print, force: bool = False) -> Path:
     """Build (or reuse) the LoRA repository for `spec`; returns its directory (one folder per adapter id)."""
+    from evomerge.errors import require_extra
+
+    require_extra("blackbox", "building a LoRA repository", ("peft",))
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
