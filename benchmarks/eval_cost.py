@@ -47,7 +47,7 @@ METHODS = {
     "race": {"estimator": "race"},
     "irt": {"estimator": "irt"},
 }
-SEARCH_KINDS = ("search", "rescore", "checkpoint")  # evaluations on the search split
+SEARCH_KINDS = ("seed", "search", "rescore", "checkpoint")  # evaluations on the search split (seed: the warm start)
 
 
 def experiment(method: str, seed: int, out: Path, threads: int | None = None) -> Path:

@@ -263,12 +263,14 @@ class RaceConfig(_Strict):
 
 
 class IrtConfig(_Strict):
-    """IRT-estimated fitness: after `warmup` generations scored on every example, each candidate is scored on
-    `anchors` examples per task and its accuracy on the rest is predicted by an IRT model refitted every
-    generation on everything scored so far."""
+    """IRT-estimated fitness: each candidate is scored on `anchors` examples per task and its accuracy on the rest
+    is predicted by an IRT model refitted every generation on everything scored so far (the known candidates of the
+    warm start included)."""
 
     anchors: PositiveInt = 30  # per task
-    warmup: PositiveInt = 1  # generations scored on every example before the anchors are chosen
+    # generations scored on every example before the anchors are chosen (0: the known candidates scored before the
+    # search — sources, baselines — are enough; without them the first generation is scored in full)
+    warmup: int = Field(0, ge=0)
     dim: PositiveInt = Field(2, le=8)  # abilities per model
 
 

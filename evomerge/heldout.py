@@ -108,6 +108,9 @@ class FinalReport:
         if not f.cheap:
             return None
         top = sorted((e for e in _scored(store) if e.status == "ok"), key=lambda e: -e.objective)
+        if f.estimator == "irt":  # estimates and exact scores are not on one scale: the best exact, the best estimated
+            exact = [e for e in top if e.examples is None][:1]
+            top = exact + [e for e in top if e.examples is not None][: f.rescore_top - len(exact)]
         items = [(e.label, parse_recipe(e.recipe)) for e in top[: f.rescore_top]]
         full = self._score_all(store, EvalKind.RESCORE, items, split=f.rescore_split)
         held = self._score_all(store, EvalKind.RESCORE_HELDOUT, items)

@@ -5,9 +5,11 @@
   the best candidate of earlier generations that was scored on every example. A stopped candidate is ranked by its
   paired estimate (the reference's score plus the mean difference over the examples both have seen): CMA-ES needs
   a full ranking, and the paired estimate is unbiased with far less variance than the candidate's own partial mean.
-- irt: the first `warmup` generations on every example; then `anchors` examples per task, chosen once as medoids of
-  clusters of the fitted item parameters, and the rest predicted by an IRT model refitted at every generation on
-  every stored score of the earlier generations (full and anchor rows alike).
+- irt: `anchors` examples per task, chosen once as medoids of clusters of the fitted item parameters, and the rest
+  predicted by an IRT model refitted at every generation on every stored score of the earlier generations (full and
+  anchor rows alike) and of the known candidates scored before the search (sources, baselines: the warm start).
+  The first `warmup` generations (default 0) are scored on every example, and so is the first generation when
+  nothing has been scored in full yet.
 
 Everything depends only on the evaluations of earlier generations, so a resumed run makes the same choices.
 """
@@ -20,6 +22,7 @@ import json
 import numpy as np
 
 from evomerge.fitness.estimators import IrtModel, RaceSpec, choose_anchors, fit_irt, race_order
+from evomerge.store import EvalKind
 
 ANCHORS_META = "irt_anchors"
 
@@ -42,13 +45,19 @@ class Fidelity:
         if self.kind == "race":
             ref = self._race_reference(job.generation)
             return job if ref is None else dataclasses.replace(job, race=self._race_spec(ref))
-        if self.kind == "irt" and job.generation >= self.f.irt.warmup:
+        if self.kind == "irt" and job.generation >= self.f.irt.warmup and self._full(job.generation):
             return dataclasses.replace(job, examples=self.anchors(job.generation))
         return job
 
+    def _rows(self, before: int) -> list:
+        """Every successful score on the search split that a choice for generation `before` may rest on: the known
+        candidates scored before the search, and the search's earlier generations."""
+        known = [e for e in self.store.evaluations(EvalKind.SEED) if e.status == "ok"]
+        return known + [e for e in self.store.evaluations(EvalKind.SEARCH)
+                        if e.status == "ok" and e.generation < before]
+
     def _full(self, before: int) -> list:
-        return [e for e in self.store.evaluations("search")
-                if e.status == "ok" and e.examples is None and e.generation < before]
+        return [e for e in self._rows(before) if e.examples is None]
 
     def _race_reference(self, generation: int):
         if generation not in self._reference:
@@ -78,7 +87,7 @@ class Fidelity:
     # -- what a result is worth ------------------------------------------------------------------------------------
     def finish(self, ev):
         """An anchor-only result gets its IRT estimate of the whole split (objective and per task)."""
-        if self.kind != "irt" or ev.kind != "search" or ev.status != "ok" or ev.examples is None:
+        if self.kind != "irt" or ev.kind != EvalKind.SEARCH or ev.status != "ok" or ev.examples is None:
             return ev
         model, items = self._fit(ev.generation)
         per_task, seen, correct = {}, [], []
@@ -96,7 +105,7 @@ class Fidelity:
 
     def _fit(self, generation: int) -> tuple[IrtModel, dict[str, tuple[int, int]]]:
         """The IRT model fitted on every search score of the generations before `generation` (cached)."""
-        rows = [e for e in self.store.evaluations("search") if e.status == "ok" and e.generation < generation]
+        rows = self._rows(generation)
         full = [e for e in rows if e.examples is None]
         if not full:
             raise RuntimeError("IRT needs at least one candidate scored on every example first")
