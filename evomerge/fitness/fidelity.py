@@ -5,11 +5,11 @@
   the best candidate of earlier generations that was scored on every example. A stopped candidate is ranked by its
   paired estimate (the reference's score plus the mean difference over the examples both have seen): CMA-ES needs
   a full ranking, and the paired estimate is unbiased with far less variance than the candidate's own partial mean.
-- irt: `anchors` examples per task, chosen once as medoids of clusters of the fitted item parameters, and the rest
-  predicted by an IRT model refitted at every generation on every stored score of the earlier generations (full and
-  anchor rows alike) and of the known candidates scored before the search (sources, baselines: the warm start).
-  The first `warmup` generations (default 0) are scored on every example, and so is the first generation when
-  nothing has been scored in full yet.
+- irt: `anchors` random examples per task, drawn anew each generation (the same for all of a generation's
+  candidates), and the rest predicted by an IRT model refitted at every generation on every stored score of the
+  earlier generations (full and anchor rows alike) and of the known candidates scored before the search (sources,
+  baselines: the warm start). The first `warmup` generations (default 0) are scored on every example, and so is the
+  first generation when nothing has been scored in full yet.
 
 Everything depends only on the evaluations of earlier generations, so a resumed run makes the same choices.
 """
@@ -17,14 +17,11 @@ Everything depends only on the evaluations of earlier generations, so a resumed 
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 
-from evomerge.fitness.estimators import IrtModel, RaceSpec, choose_anchors, fit_irt, race_order
+from evomerge.fitness.estimators import IrtModel, RaceSpec, fit_irt, race_order
 from evomerge.store import EvalKind
-
-ANCHORS_META = "irt_anchors"
 
 
 class Fidelity:
@@ -34,10 +31,6 @@ class Fidelity:
         self.weights = self.f.task_weights()
         self._reference: dict[int, object] = {}  # generation -> the race reference (an Evaluation) or None
         self._irt: dict[int, IrtModel] = {}  # generation -> the model fitted on the generations before
-        self._anchors: dict[str, list[int]] | None = None
-        stored = store.get_meta(ANCHORS_META)
-        if stored is not None:
-            self._anchors = json.loads(stored)
 
     # -- which examples --------------------------------------------------------------------------------------------
     def job(self, job):
@@ -73,16 +66,14 @@ class Fidelity:
                         delta=r.delta, batch=r.batch, bound=r.bound, per_task=self.cfg.n_objectives > 1)
 
     def anchors(self, generation: int) -> dict[str, list[int]]:
-        """Chosen once, from the warm-up generations' full scores; stored in the run's meta."""
-        if self._anchors is None:
-            model, items = self._fit(generation)
-            features = np.concatenate([model.a.numpy(), model.b.numpy()[:, None]], axis=1)
-            self._anchors = {}
-            for t, (lo, hi) in items.items():
-                picked, _ = choose_anchors(features[lo:hi], self.f.irt.anchors, seed=self.cfg.seed)
-                self._anchors[t] = sorted(int(i) for i in picked)
-            self.store.set_meta(ANCHORS_META, json.dumps(self._anchors))
-        return self._anchors
+        """A generation's anchors: `irt.anchors` random examples per task, the same for every candidate of the
+        generation (so that its ranking compares like with like), a new draw each generation (so that, over the
+        run, every example is seen by some candidates and the IRT model learns every item, not only a fixed few).
+        Deterministic in the run's seed and the generation."""
+        sizes = {t: len(v) for t, v in self._full(generation)[0].per_example.items()}
+        rng = np.random.default_rng([self.cfg.seed, generation])
+        return {t: sorted(int(i) for i in rng.choice(n, min(self.f.irt.anchors, n), replace=False))
+                for t, n in sizes.items()}
 
     # -- what a result is worth ------------------------------------------------------------------------------------
     def finish(self, ev):
