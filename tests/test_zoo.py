@@ -66,3 +66,15 @@ def test_teacher_forced_exact_match_equals_greedy_generation(tiny_zoo):
             fast = exact_match_teacher_forced(model, encode_teacher_forced(tok, examples))
             slow = exact_match_generate(model, tok, examples, max_new_tokens=12)
             assert torch.equal(fast, slow), (name, task)
+
+
+def test_a_zoo_build_is_bit_identical_on_one_machine(tiny_zoo, tmp_path, monkeypatch):
+    """The same profile and seed, built again in another home: every model file has the same bytes (the README's
+    claim that one machine always builds the same zoo; across CPUs, floating-point kernels differ)."""
+    from evomerge.zoo.build import PROFILES, build_zoo
+
+    monkeypatch.setenv("EVOMERGE_HOME", str(tmp_path))
+    again = build_zoo(PROFILES["tiny"], log=lambda *_: None)
+    assert again != tiny_zoo
+    for name in ("base", "add", "cipher", "reverse"):
+        assert (again / name / "model.safetensors").read_bytes() == (tiny_zoo / name / "model.safetensors").read_bytes()
