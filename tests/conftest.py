@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -127,3 +128,31 @@ def mergekit_sorts_stably(monkeypatch):
     sort, argsort = torch.sort, torch.argsort
     monkeypatch.setattr(torch, "sort", lambda *a, **k: sort(*a, **{**k, "stable": True}))
     monkeypatch.setattr(torch, "argsort", lambda *a, **k: argsort(*a, **{**k, "stable": True}))
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tiny_zoo):
+    """The tiny zoo's LoRA repository, for black-box merging."""
+    from evomerge.zoo.lora import LORA_PROFILES, build_lora_repo
+
+    return build_lora_repo(LORA_PROFILES["tiny"], log=lambda *_: None)
+
+
+@contextlib.contextmanager
+def serving(cmd: list[str], log: Path, wait_s: float = 180, stop_s: float = 30):
+    """`evomerge serve` (`cmd`, from `serve_command`) in a child process, its output appended to `log`: yields its
+    URL once it answers /health, stops it afterwards."""
+    import subprocess
+
+    from evomerge.blackbox.launch import wait_healthy
+
+    port = cmd[cmd.index("--port") + 1]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc, wait_s, log)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=stop_s)

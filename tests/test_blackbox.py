@@ -20,39 +20,22 @@ import yaml
 
 from evomerge.blackbox.client import BudgetExhausted, MergeClient, ServiceError
 from evomerge.blackbox.lora_merge import LoraRepository, ModelPool, blackbox_deltas, encode
-from tests.conftest import REPO
+from tests.conftest import REPO, serving
 
 TOKEN, SMALL_TOKEN, SMALL_BUDGET = "tok-main-0123456789", "tok-small-9876543210", 3
-
-
-@pytest.fixture(scope="session")
-def tiny_lora(tiny_zoo):
-    from evomerge.zoo.lora import LORA_PROFILES, build_lora_repo
-
-    return build_lora_repo(LORA_PROFILES["tiny"], log=lambda *_: None)
 
 
 @pytest.fixture(scope="module")
 def service(tiny_zoo, tiny_lora, tiny_task_dir, tmp_path_factory):
     """`evomerge serve` in a child process on 127.0.0.1 with two tokens (one with a tiny budget)."""
-    from evomerge.blackbox.launch import free_port, serve_command, wait_healthy
+    from evomerge.blackbox.launch import free_port, serve_command
 
     d = tmp_path_factory.mktemp("service")
     tokens = d / "tokens"
     tokens.write_text(f"# token budget\n{TOKEN} 100000\n{SMALL_TOKEN} {SMALL_BUDGET}\n")
-    port = free_port()
-    cmd = serve_command(tiny_zoo / "base", tiny_lora, port, replicas=2, data={"add": tiny_task_dir / "add"})
-    cmd += ["--tokens-file", str(tokens)]
-    log = d / "service.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, proc, 120, log)
+    cmd = serve_command(tiny_zoo / "base", tiny_lora, free_port(), replicas=2, data={"add": tiny_task_dir / "add"})
+    with serving([*cmd, "--tokens-file", str(tokens)], d / "service.log", wait_s=120, stop_s=15) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
 
 
 def _examples(task_dir: Path, task: str, split: str = "search", n: int = 8) -> list[dict]:

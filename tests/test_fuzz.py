@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from evomerge.cli import app
-from tests.conftest import REPO, write_experiment
+from tests.conftest import REPO, serving, write_experiment
 
 pytestmark = pytest.mark.slow
 TOKEN = "tok-fuzz-0123456789"
@@ -224,11 +224,9 @@ def test_real_subprocess_shows_one_line_and_no_traceback(tmp_path, content):
 
 # -- the merge service ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def fuzz_service(tmp_path_factory, tiny_zoo, tiny_task_dir):
-    from evomerge.blackbox.launch import free_port, serve_command, wait_healthy
-    from evomerge.zoo.lora import LORA_PROFILES, build_lora_repo
+def fuzz_service(tmp_path_factory, tiny_zoo, tiny_lora, tiny_task_dir):
+    from evomerge.blackbox.launch import free_port, serve_command
 
-    lora = build_lora_repo(LORA_PROFILES["tiny"], log=lambda *_: None)
     d = tmp_path_factory.mktemp("fuzzserve")
     data = d / "data" / "add"
     data.mkdir(parents=True)
@@ -238,25 +236,12 @@ def fuzz_service(tmp_path_factory, tiny_zoo, tiny_task_dir):
     (canary / "secret.jsonl").write_text('{"prompt": "1+1=", "answer": "2"}\n' * 7)
     tokens = d / "tokens"
     tokens.write_text(f"{TOKEN} 1000000\n")
-    port = free_port()
-    cmd = serve_command(tiny_zoo / "base", lora, port, data={"add": data}, budget_db=d / "budgets.db") + [
-        "--tokens-file",
-        str(tokens),
-        "--rate",
-        "10000",
-    ]
+    cmd = serve_command(tiny_zoo / "base", tiny_lora, free_port(), data={"add": data}, budget_db=d / "budgets.db")
     log = d / "service.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, proc, 180, log)
-        with httpx.Client(base_url=url, timeout=120) as client:
-            yield client, {"answered": 0}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        assert "Traceback" not in log.read_text()
+    with serving([*cmd, "--tokens-file", str(tokens), "--rate", "10000"], log) as url, \
+            httpx.Client(base_url=url, timeout=120) as client:
+        yield client, {"answered": 0}
+    assert "Traceback" not in log.read_text()
 
 
 SPLITS = st.one_of(

@@ -33,7 +33,7 @@ from evomerge.config import OptimizerConfig
 from evomerge.optim import OPTIMIZERS
 from evomerge.optim.state import StateError, decode
 from evomerge.runner import Runner
-from tests.conftest import REPO, write_experiment
+from tests.conftest import REPO, serving, write_experiment
 
 pytestmark = pytest.mark.slow
 TOKEN = "tok-security-0123456789"
@@ -133,31 +133,11 @@ def test_a_state_cannot_add_or_retype_attributes():
 # -- 2-4, 10. the merge service ------------------------------------------------------------------------------------
 @contextmanager
 def _serve(tiny_zoo, tiny_lora, data: dict, tokens: Path, budget_db: Path, *extra: str):
-    from evomerge.blackbox.launch import free_port, serve_command, wait_healthy
+    from evomerge.blackbox.launch import free_port, serve_command
 
-    port = free_port()
-    cmd = serve_command(tiny_zoo / "base", tiny_lora, port, data=data, budget_db=budget_db) + [
-        "--tokens-file",
-        str(tokens),
-        *extra,
-    ]
-    log = budget_db.with_suffix(".log")
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, proc, 180, log)
+    cmd = serve_command(tiny_zoo / "base", tiny_lora, free_port(), data=data, budget_db=budget_db)
+    with serving([*cmd, "--tokens-file", str(tokens), *extra], budget_db.with_suffix(".log")) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def tiny_lora(tiny_zoo):
-    from evomerge.zoo.lora import LORA_PROFILES, build_lora_repo
-
-    return build_lora_repo(LORA_PROFILES["tiny"], log=lambda *_: None)
 
 
 @pytest.fixture(scope="module")
