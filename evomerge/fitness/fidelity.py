@@ -29,8 +29,10 @@ class Fidelity:
         self.cfg, self.f, self.store = cfg, cfg.fitness, store
         self.kind = self.f.estimator
         self.weights = self.f.task_weights()
-        self._reference: dict[int, object] = {}  # generation -> the race reference (an Evaluation) or None
-        self._irt: dict[int, IrtModel] = {}  # generation -> the model fitted on the generations before
+        # per generation, read or computed once (everything rests on the generations before it, complete by then)
+        self._rows_before: dict[int, list] = {}  # the scores a generation's choices rest on
+        self._reference: dict[int, object] = {}  # the race reference (an Evaluation) or None
+        self._irt: dict[int, tuple[IrtModel, dict[str, tuple[int, int]]]] = {}  # the fitted model, item ranges
 
     # -- which examples --------------------------------------------------------------------------------------------
     def job(self, job):
@@ -45,9 +47,11 @@ class Fidelity:
     def _rows(self, before: int) -> list:
         """Every successful score on the search split that a choice for generation `before` may rest on: the known
         candidates scored before the search, and the search's earlier generations."""
-        known = [e for e in self.store.evaluations(EvalKind.SEED) if e.status == "ok"]
-        return known + [e for e in self.store.evaluations(EvalKind.SEARCH)
-                        if e.status == "ok" and e.generation < before]
+        if before not in self._rows_before:
+            known = [e for e in self.store.evaluations(EvalKind.SEED) if e.status == "ok"]
+            self._rows_before[before] = known + [e for e in self.store.evaluations(EvalKind.SEARCH)
+                                                 if e.status == "ok" and e.generation < before]
+        return self._rows_before[before]
 
     def _full(self, before: int) -> list:
         return [e for e in self._rows(before) if e.examples is None]
@@ -95,26 +99,27 @@ class Fidelity:
         return dataclasses.replace(ev, objective=objective, per_task=per_task)
 
     def _fit(self, generation: int) -> tuple[IrtModel, dict[str, tuple[int, int]]]:
-        """The IRT model fitted on every search score of the generations before `generation` (cached)."""
+        """The IRT model fitted on every score the generation rests on, and each task's item range (cached)."""
+        if generation in self._irt:
+            return self._irt[generation]
         rows = self._rows(generation)
         full = [e for e in rows if e.examples is None]
         if not full:
             raise RuntimeError("IRT needs at least one candidate scored on every example first")
-        tasks = list(self.f.tasks)
-        sizes = {t: len(full[0].per_example[t]) for t in tasks}
         items: dict[str, tuple[int, int]] = {}
         at = 0
-        for t in tasks:
-            items[t] = (at, at + sizes[t])
-            at += sizes[t]
-        if generation not in self._irt:
-            y = np.zeros((len(rows), at))
-            mask = np.zeros((len(rows), at))
-            for r, e in enumerate(rows):
-                for t, (lo, hi) in items.items():
-                    idx = range(hi - lo) if e.examples is None else e.examples[t]
-                    cols = [lo + i for i in idx]
-                    y[r, cols] = e.per_example[t]
-                    mask[r, cols] = 1
-            self._irt[generation], _ = fit_irt(y, mask, dim=self.f.irt.dim, seed=self.cfg.seed)
-        return self._irt[generation], items
+        for t in self.f.tasks:
+            n = len(full[0].per_example[t])
+            items[t] = (at, at + n)
+            at += n
+        y = np.zeros((len(rows), at))
+        mask = np.zeros((len(rows), at))
+        for r, e in enumerate(rows):
+            for t, (lo, hi) in items.items():
+                idx = range(hi - lo) if e.examples is None else e.examples[t]
+                cols = [lo + i for i in idx]
+                y[r, cols] = e.per_example[t]
+                mask[r, cols] = 1
+        model, _ = fit_irt(y, mask, dim=self.f.irt.dim, seed=self.cfg.seed)
+        self._irt[generation] = (model, items)
+        return self._irt[generation]
