@@ -486,6 +486,9 @@ class ExperimentConfig(_Strict):
             raise ValueError(f"optimizer.type: {self.optimizer.type} has continuous genes only, but "
                              f"space.flow.indicator: binary makes the slot indicators discrete; use one of {able}, "
                              "or indicator: threshold")
+        if cls.wants_examples and self.fitness.estimator != "full":
+            raise ValueError(f"fitness.estimator: {self.optimizer.type} learns from every example's score; use "
+                             "estimator: full")
         if not fits(cls, self.n_objectives, discrete=False):
             multi = optimizer_names(lambda c: fits(c, self.n_objectives, discrete=False))
             raise ValueError(f"optimizer.type: {self.optimizer.type} is single-objective but fitness.objective is "

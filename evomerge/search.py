@@ -205,8 +205,6 @@ class Search:
         self.names = names or [f"model {i}" for i in range(getattr(space, "k", 0))]
         oc = cfg.optimizer
         self.opt = make_optimizer(cfg, space)
-        if self.opt.wants_examples and cfg.fitness.estimator != "full":
-            raise ConfigError(f"fitness.estimator: {oc.type} learns from every example's score; use estimator: full")
         self.total = oc.generations * self.opt.popsize
         steady = oc.steady_state
         if steady is None:

@@ -181,3 +181,18 @@ def test_irt_scores_anchors_and_estimates_the_rest(tmp_path, tiny_zoo, tiny_task
         assert e.objective == pytest.approx(sum(e.per_task.values()) / 3)
     assert results["best_candidate"] == results["rescored"][0]["label"]
 
+
+
+def test_an_optimizer_that_learns_from_every_example_refuses_a_cheaper_estimator(tmp_path, tiny_task_dir):
+    """M2N2 needs every example's score: estimator race/irt is refused when the file is validated (before any run
+    directory exists), naming the field."""
+    from pydantic import ValidationError
+
+    from evomerge.config import ExperimentConfig
+
+    for estimator in ("race", "irt"):
+        with pytest.raises(ValidationError, match="fitness.estimator: m2n2 learns from every example"):
+            ExperimentConfig.model_validate({
+                "name": "t", "zoo": "tiny", "sources": {"base": "zoo:base", "models": ["zoo:add", "zoo:cipher"]},
+                "space": {"type": "mosaic"}, "optimizer": {"type": "m2n2"},
+                "fitness": {"tasks": {"add": str(tiny_task_dir / "add")}, "estimator": estimator}})
