@@ -394,8 +394,10 @@ def report(
 
 @zoo_app.command("build")
 def zoo_build(
-    profile: Annotated[str, typer.Option(help="zoo profile: default | tiny | scale (untrained, ~1B parameters, "
-                                              "bf16, 7.6 GB on disk) | scale-tiny")] = "default",
+    profile: Annotated[str, typer.Option(help="zoo profile: default | tiny | zoo2 (12 layers; a language expert, "
+                                              "a math expert, and addition in the language that neither knows) | "
+                                              "zoo2-tiny | scale (untrained, ~1B parameters, bf16, 7.6 GB on disk) "
+                                              "| scale-tiny")] = "default",
     force: Annotated[bool, typer.Option(help="rebuild even if cached")] = False,
     lora: Annotated[bool, typer.Option(help="also build the zoo's LoRA repository (adapters of the base, for "
                                             "black-box merging; cached apart from the zoo)")] = False,
@@ -439,11 +441,14 @@ def _build_lora(profile: str, force: bool) -> None:
 @zoo_app.command("data")
 def zoo_data(
     out: Annotated[Path, typer.Option(help="where to write <task>/<split>.jsonl")] = Path("fitness/data/zoo"),
-    profile: Annotated[str, typer.Option(help="zoo profile: default | tiny")] = "default",
+    profile: Annotated[str, typer.Option(help="zoo profile: default | tiny | zoo2 | zoo2-tiny")] = "default",
 ) -> None:
-    """Write the zoo's task splits as JSONL (the files under fitness/data/zoo are made by this)."""
+    """Write the zoo's task splits as JSONL (the files under fitness/data/zoo and fitness/data/zoo2 are made by
+    this)."""
     from evomerge.zoo.build import PROFILES, write_task_data
 
+    if profile not in PROFILES:
+        _fail(EvomergeError(f"--profile: unknown profile {profile!r}; expected one of {sorted(PROFILES)}"))
     write_task_data(PROFILES[profile], out)
     console.print(f"wrote {out}")
 

@@ -46,7 +46,7 @@ def resolve_models(cfg: ExperimentConfig, base_dir: Path, console: Console,
     if cfg.sources.base is not None:
         refs.insert(0, ("sources.base", cfg.sources.base))
     spec = PROFILES[cfg.zoo]
-    known = ("base", *spec.tasks)
+    known = ("base", *spec.expert_tasks())
     paths: list[Path | str] = []
     for field, ref in refs:
         if ref.startswith("zoo:"):

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evomerge.fitness.native import encode_teacher_forced, exact_match_generate, exact_match_teacher_forced
 from evomerge.zoo.build import PROFILES, task_splits, write_task_data
-from evomerge.zoo.tasks import CIPHER_TABLE, TASKS
+from evomerge.zoo.tasks import CIPHER_TABLE, NUMBER_WORDS, TASKS
 from tests.conftest import REPO
 
 
@@ -32,7 +32,7 @@ def test_splits_are_disjoint_and_answers_correct():
                 assert r["answer"] == body[::-1]
             else:
                 assert r["answer"] == "".join(CIPHER_TABLE[c] for c in body)
-    assert set(TASKS) == {"add", "cipher", "reverse"}
+    assert {"add", "cipher", "reverse"} <= set(TASKS)
 
 
 def test_zoo_models_are_standard_hf_directories(tiny_zoo):
@@ -78,3 +78,65 @@ def test_a_zoo_build_is_bit_identical_on_one_machine(tiny_zoo, tmp_path, monkeyp
     assert again != tiny_zoo
     for name in ("base", "add", "cipher", "reverse"):
         assert (again / name / "model.safetensors").read_bytes() == (tiny_zoo / name / "model.safetensors").read_bytes()
+
+
+def test_the_first_zoos_keep_their_fingerprints():
+    """Zoo v2's fields default to the first zoos' behaviour: their fingerprints (the quickstart's cache) hold."""
+    assert PROFILES["default"].fingerprint() == "46d984cac6f5"
+    assert PROFILES["tiny"].fingerprint() == "57acb8129c38"
+    assert PROFILES["default"].expert_tasks() == {"add": ("add",), "cipher": ("cipher",), "reverse": ("reverse",)}
+
+
+def test_zoo2_splits_are_disjoint_and_answers_correct():
+    """Zoo v2's tasks: numbers written as words of the language and read back, addition in digits, and the composed
+    skill (addition posed and answered in words, in steps), each answer checked against arithmetic done here."""
+    spec = PROFILES["zoo2"]
+    value = {w: n for n, w in enumerate(NUMBER_WORDS)}
+    assert len(value) == len(NUMBER_WORDS) == 100 and all(len(w) == 2 and w.isalpha() for w in NUMBER_WORDS)
+    composed = set(spec.tasks) - {t for own in spec.expert_tasks().values() for t in own}
+    assert composed == {"word_add"}
+    for task, splits in task_splits(spec).items():
+        assert [len(rows) for rows in splits.values()] == [spec.sizes[s] for s in splits], task
+        prompts = [{r["prompt"] for r in rows} for rows in splits.values()]
+        assert sum(len(p) for p in prompts) == len(set().union(*prompts)), task
+        for r in (r for rows in splits.values() for r in rows):
+            prompt, answer = r["prompt"].removesuffix("="), r["answer"]
+            if task == "add":
+                a, b = prompt.split("+")
+                assert answer == str(int(a) + int(b))
+            elif task == "encode":
+                assert prompt.startswith("e:")
+                assert [value[w] for w in answer.split("+")] == [int(n) for n in prompt[2:].split("+")]
+            elif task == "decode":
+                assert prompt.startswith("k:")
+                assert [int(n) for n in answer.split("+")] == [value[w] for w in prompt[2:].split("+")]
+            else:
+                a, b = (value[w] for w in prompt.split("+"))
+                assert answer == f"{a}+{b}={a + b}={NUMBER_WORDS[a + b]}", r
+                assert not any(c.isdigit() for c in prompt)
+
+
+def test_committed_zoo2_data_is_what_the_profile_generates(tmp_path):
+    write_task_data(PROFILES["zoo2"], tmp_path)
+    for task in PROFILES["zoo2"].tasks:
+        for split in ("train", "search", "heldout"):
+            committed = (REPO / "fitness" / "data" / "zoo2" / task / f"{split}.jsonl").read_text()
+            assert (tmp_path / task / f"{split}.jsonl").read_text() == committed, (task, split)
+
+
+def test_a_zoo2_build_is_bit_identical_on_one_machine(tmp_path, monkeypatch):
+    """Zoo v2's code path (12 layers, experts trained on several tasks, stopped on a measured target) at tiny sizes,
+    built twice: the same bytes, and the experts are the spec's (a language and a math expert)."""
+    from evomerge.zoo.build import build_zoo
+
+    spec = PROFILES["zoo2-tiny"]
+    monkeypatch.setenv("EVOMERGE_HOME", str(tmp_path / "a"))
+    first = build_zoo(spec, log=lambda *_: None)
+    monkeypatch.setenv("EVOMERGE_HOME", str(tmp_path / "b"))
+    again = build_zoo(spec, log=lambda *_: None)
+    report = json.loads((first / "zoo.json").read_text())
+    assert set(report["models"]) == {"base", *spec.expert_tasks()} == {"base", "lang", "math"}
+    for name in report["models"]:
+        config = json.loads((first / name / "config.json").read_text())
+        assert config["num_hidden_layers"] == spec.layers >= 12
+        assert (again / name / "model.safetensors").read_bytes() == (first / name / "model.safetensors").read_bytes()

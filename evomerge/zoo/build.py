@@ -51,14 +51,35 @@ class ZooSpec(BaseModel):
     # the architecture (evomerge.zoo.families) and tokenizer convention (None: the family's own)
     family: str = "llama"
     convention: str | None = None
+    # Zoo v2's fields; their defaults build the zoos above exactly as before.
+    # expert name -> the tasks it is fine-tuned on, in equal parts (None: one expert per task, named for it); a
+    # task no expert trains on is a composed skill that only a merge can bring
+    experts: dict[str, tuple[str, ...]] | None = None
+    # fine-tuning stops once the expert's mean search accuracy on its own tasks reaches this, checked every
+    # `check_every` steps (None: all `expert_steps`)
+    expert_target: float | None = None
+    # weight of a term that keeps the expert's predictions on the other tasks' answers at the base's (KL to the base,
+    # "learning without forgetting"): its task vector then holds its skill, not the forgetting of the others, so
+    # that experts can be merged (0: plain fine-tuning)
+    expert_keep: float = 0.0
 
     def fingerprint(self) -> str:
-        # the family fields count only when set, so that the Llama zoo's fingerprint (its cache) stays the same
-        dump = self.model_dump(exclude={k for k in ("family", "convention")
+        # fields added later count only when set, so that the zoos built before them keep their fingerprint (cache)
+        dump = self.model_dump(exclude={k for k in _LATER_FIELDS
                                         if getattr(self, k) == type(self).model_fields[k].default})
         blob = json.dumps({"format": ZOO_FORMAT, **dump}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
+    def expert_tasks(self) -> dict[str, tuple[str, ...]]:
+        """Each expert's name and the tasks it is fine-tuned on."""
+        return dict(self.experts) if self.experts is not None else {t: (t,) for t in self.tasks}
+
+
+_LATER_FIELDS = ("family", "convention", "experts", "expert_target", "expert_keep")
+
+
+ZOO2_TASKS = ("add", "encode", "decode", "word_add")
+ZOO2_EXPERTS = {"lang": ("encode", "decode"), "math": ("add",)}
 
 PROFILES = {
     "default": ZooSpec(),
@@ -66,6 +87,21 @@ PROFILES = {
     "tiny": ZooSpec(hidden=96, intermediate=192, layers=2, base_lr=3e-3, base_max_steps=800, base_target=0.3,
                     expert_lr=1e-3, expert_steps=100, check_every=50,
                     sizes={"train": 2000, "search": 60, "heldout": 60}),
+    # Zoo v2, the evolutionary-merge paper's setting: deeper, narrower models (12 layers, so that one layer is a
+    # small part of the network); a language expert (numbers written as words and read back), a math expert
+    # (addition in digits), both fine-tuned with their drift on the other's skill held back (`expert_keep`), and
+    # addition posed and answered in the language (`word_add`), which the base barely knows and no expert is
+    # trained on: a merge must take the language from one and the sums from the other (whether per-layer task
+    # arithmetic can: benchmarks/README.md, "Zoo v2").
+    "zoo2": ZooSpec(tasks=ZOO2_TASKS, hidden=64, intermediate=128, layers=12, heads=4, base_lr=2e-3,
+                    base_max_steps=1500, base_target=0.18, check_every=50, mixture_weights=(3.0, 1.0, 1.0, 1.0),
+                    expert_lr=1e-3, expert_steps=800, expert_target=0.97, expert_keep=1.0, experts=ZOO2_EXPERTS,
+                    sizes={"train": 4000, "search": 200, "heldout": 300}),
+    # zoo v2's code path at tiny sizes, for tests (seconds; near-chance models)
+    "zoo2-tiny": ZooSpec(tasks=ZOO2_TASKS, hidden=16, intermediate=32, layers=12, heads=2, batch=16, base_lr=3e-3,
+                         base_max_steps=30, base_target=1.1, check_every=10, mixture_weights=(3.0, 1.0, 1.0, 1.0),
+                         expert_lr=1e-3, expert_steps=20, expert_target=0.97, expert_keep=1.0, experts=ZOO2_EXPERTS,
+                         sizes={"train": 200, "search": 20, "heldout": 20}),
 }
 
 
@@ -139,8 +175,19 @@ def accuracy_per_task(model, encoded: dict[str, object]) -> dict[str, float]:
     return acc
 
 
-def _train(model, pools, weights, steps, lr, spec, seed, *, stop=None) -> int:
-    """AdamW with warmup + cosine decay. `stop(step)` may end training early; returns the steps taken."""
+def _keep_loss(model, teacher, pools, batch: int, gen: torch.Generator) -> torch.Tensor:
+    """KL(teacher || model) at the answer positions of a batch drawn from `pools` (the tasks not trained on)."""
+    ids, attn, labels = _sample_batch(pools, [1.0] * len(pools), batch, gen)
+    with torch.no_grad():
+        target = torch.log_softmax(teacher(input_ids=ids, attention_mask=attn).logits[:, :-1], -1)
+    own = torch.log_softmax(model(input_ids=ids, attention_mask=attn).logits[:, :-1], -1)
+    kl = (target.exp() * (target - own)).sum(-1)
+    return kl[labels[:, 1:] != -100].mean()
+
+
+def _train(model, pools, weights, steps, lr, spec, seed, *, stop=None, keep=None) -> int:
+    """AdamW with warmup + cosine decay. `stop(step)` may end training early; returns the steps taken. `keep`:
+    (teacher, pools, weight) adds weight × KL(teacher || model) on half a batch of those pools at every step."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
     warm = max(1, steps // 20)
@@ -151,6 +198,9 @@ def _train(model, pools, weights, steps, lr, spec, seed, *, stop=None) -> int:
     for step in range(1, steps + 1):
         ids, attn, labels = _sample_batch(pools, weights, spec.batch, gen)
         loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        if keep is not None:
+            teacher, others, weight = keep
+            loss = loss + weight * _keep_loss(model, teacher, others, spec.batch // 2, gen)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -159,6 +209,18 @@ def _train(model, pools, weights, steps, lr, spec, seed, *, stop=None) -> int:
         if stop is not None and step % spec.check_every == 0 and stop(step):
             return step
     return steps
+
+
+def _target_reached(model, checks: dict, target: float, what: str, log):
+    """A `stop` for `_train`: true once the model's mean search accuracy over `checks` reaches `target`."""
+
+    def reached(step: int) -> bool:
+        acc = accuracy_per_task(model, checks)
+        mean = sum(acc.values()) / len(acc)
+        log(f"{what} {step}: search accuracy {mean:.3f} " + " ".join(f"{k}={v:.2f}" for k, v in acc.items()))
+        return mean >= target
+
+    return reached
 
 
 def build_zoo(spec: ZooSpec, out: Path | None = None, log=print, force: bool = False) -> Path:
@@ -180,25 +242,27 @@ def build_zoo(spec: ZooSpec, out: Path | None = None, log=print, force: bool = F
         base = make_model(spec.family, spec, tok)
         pools = [train[t] for t in spec.tasks]
 
-        def reached(step: int) -> bool:
-            acc = accuracy_per_task(base, checks)
-            mean = sum(acc.values()) / len(acc)
-            log(f"base step {step}: search accuracy {mean:.3f} " + " ".join(f"{k}={v:.2f}" for k, v in acc.items()))
-            return mean >= spec.base_target
-
         steps = _train(base, pools, spec.mixture_weights, spec.base_max_steps, spec.base_lr, spec, spec.seed,
-                       stop=reached)
+                       stop=_target_reached(base, checks, spec.base_target, "base step", log))
         report = {"spec": spec.model_dump(), "fingerprint": spec.fingerprint(), "base_steps": steps, "models": {}}
         _save(base, tok, tmp / "base")
         report["models"]["base"] = accuracy_per_task(base, heldout)
-        for task in spec.tasks:
+        for i, (name, own) in enumerate(spec.expert_tasks().items()):
             expert = make_model(spec.family, spec, tok)
             expert.load_state_dict(base.state_dict())
-            _train(expert, [train[task]], [1.0], spec.expert_steps, spec.expert_lr, spec,
-                   spec.seed * 1000 + spec.tasks.index(task) + 1)
-            _save(expert, tok, tmp / task)
-            report["models"][task] = accuracy_per_task(expert, heldout)
-            log(f"expert {task}: " + " ".join(f"{k}={v:.2f}" for k, v in report["models"][task].items()))
+            stop = None if spec.expert_target is None else _target_reached(expert, {t: checks[t] for t in own},
+                                                                           spec.expert_target, f"{name} step", log)
+            # kept: the other experts' skills (not the composed task's answers, which a merge is to improve)
+            others = [train[t] for t in dict.fromkeys(t for e, ts in spec.expert_tasks().items() if e != name
+                                                      for t in ts) if t not in own]
+            keep = (base.eval(), others, spec.expert_keep) if spec.expert_keep and others else None
+            steps = _train(expert, [train[t] for t in own], [1.0] * len(own), spec.expert_steps, spec.expert_lr,
+                           spec, spec.seed * 1000 + i + 1, stop=stop, keep=keep)
+            _save(expert, tok, tmp / name)
+            report["models"][name] = accuracy_per_task(expert, heldout)
+            if spec.expert_target is not None:
+                report.setdefault("expert_steps", {})[name] = steps
+            log(f"expert {name}: " + " ".join(f"{k}={v:.2f}" for k, v in report["models"][name].items()))
         report["build_seconds"] = round(time.time() - t0, 1)
         (tmp / "zoo.json").write_text(json.dumps(report, indent=2))
         shutil.rmtree(out, ignore_errors=True)

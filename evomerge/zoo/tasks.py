@@ -17,6 +17,13 @@ _CIPHER_RNG = random.Random(1234)
 CIPHER_TABLE = dict(zip(LETTERS, _CIPHER_RNG.sample(LETTERS, len(LETTERS)), strict=True))
 
 
+# Zoo v2's second "language": every number below 100 has a word of two letters, drawn at random once — a vocabulary
+# of 100 words to learn, as a language's number words are. Addition posed and answered in it (sums below 100) is a
+# skill composed of two others — reading and writing the language, and adding — as the evolutionary-merge paper
+# composed a Japanese model with English math models.
+NUMBER_WORDS = random.Random(4321).sample([a + b for a in LETTERS for b in LETTERS], 100)
+
+
 def _word(rng: random.Random, lo: int, hi: int) -> str:
     return "".join(rng.choice(LETTERS) for _ in range(rng.randint(lo, hi)))
 
@@ -36,10 +43,39 @@ def make_reverse(rng: random.Random) -> dict[str, str]:
     return {"prompt": f"r:{w}=", "answer": w[::-1]}
 
 
+def _numbers(rng: random.Random) -> list[int]:
+    """One or two numbers below 100."""
+    return [rng.randint(0, 99) for _ in range(rng.randint(1, 2))]
+
+
+def make_encode(rng: random.Random) -> dict[str, str]:
+    """Write numbers in the language: e:57+12= -> qx+ab."""
+    ns = _numbers(rng)
+    return {"prompt": "e:" + "+".join(map(str, ns)) + "=", "answer": "+".join(NUMBER_WORDS[n] for n in ns)}
+
+
+def make_decode(rng: random.Random) -> dict[str, str]:
+    """Read numbers in the language: k:qx+ab= -> 57+12."""
+    ns = _numbers(rng)
+    return {"prompt": "k:" + "+".join(NUMBER_WORDS[n] for n in ns) + "=", "answer": "+".join(map(str, ns))}
+
+
+def make_word_add(rng: random.Random) -> dict[str, str]:
+    """Addition posed and answered in the language, worked in steps that are the other tasks': read the operands
+    (as decode), add them (as add), write the sum (as encode): qx+ab= -> 57+12=69=zr. Sums stay below 100."""
+    a = rng.randint(0, 99)
+    b = rng.randint(0, 99 - a)
+    return {"prompt": f"{NUMBER_WORDS[a]}+{NUMBER_WORDS[b]}=", "answer": f"{a}+{b}={a + b}={NUMBER_WORDS[a + b]}"}
+
+
 TASKS: dict[str, Callable[[random.Random], dict[str, str]]] = {
     "add": make_add,
     "cipher": make_cipher,
     "reverse": make_reverse,
+    # zoo v2: the language (numbers <-> words) and addition in it
+    "encode": make_encode,
+    "decode": make_decode,
+    "word_add": make_word_add,
 }
 
 # Characters every prompt and answer is made of; the tokenizer's vocabulary.
