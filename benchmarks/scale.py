@@ -69,7 +69,7 @@ def mergekit_parity(pool: SourcePool, names: list[str]) -> dict[str, float]:
             worst = 0.0
             for name in names:
                 base = pool.base[name]
-                models = [base + pool.stacked[name][i] for i in range(pool.n_sources)]
+                models = [pool.source(name, i) for i in range(pool.n_sources)]  # the experts' own tensors
                 params = {"weight": list(W), **({"density": list(D)} if op == "ties" else {})}
                 ref = merge_tensors([base, *models], op, base_index=0, parameters=params)
                 ours = merger.merged_tensor(RECIPES[op], name)
