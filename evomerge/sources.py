@@ -211,14 +211,22 @@ class SourcePool:
         names = [n for n, m in base_ck.meta.items() if m.is_floating_point()]
         self.base = _Lazy(names, lambda n: base_ck[n].to(self.device, self._cast), keep_last=True)
 
-        def task_vectors(name: str) -> torch.Tensor:  # each source read once, subtracted into one [K, ...] buffer
+        scratch: list[torch.Tensor] = []
+
+        def task_vectors(name: str) -> torch.Tensor:
+            """Each source read once, subtracted into one reused [K, ...] buffer: a fresh model-sized allocation per
+            tensor cost more in page faults than the subtraction. Valid until the next tensor's task vectors."""
             b = self.base[name]
-            out = torch.empty((len(cks), *b.shape), dtype=b.dtype, device=self.device)
+            size = len(cks) * b.numel()
+            if not scratch or scratch[0].numel() < size or scratch[0].dtype != b.dtype:
+                scratch[:] = [torch.empty(max(size, scratch[0].numel() if scratch else 0), dtype=b.dtype,
+                                          device=self.device)]
+            out = scratch[0][:size].view(len(cks), *b.shape)
             for i, ck in enumerate(cks):
                 torch.sub(ck[name].to(self.device, self._cast), b, out=out[i])
             return out
 
-        self.stacked = _Lazy(names, task_vectors)
+        self.stacked = _Lazy(names, task_vectors, keep_last=True)
 
     def source(self, name: str, i: int) -> torch.Tensor:
         """Source i's own tensor `name`, read from its file (memory-mapped) in the pool's dtype and device: a merge

@@ -163,7 +163,7 @@ class GeneralizedMerge:
                 hi[i] = keep_threshold(d)
         result = out if out is not None and out.is_contiguous() else torch.empty_like(x.base)
         kernels.run(x.base.reshape(-1), deltas, keys, seeds, keep_prob, wq.to(dev), wsum, lo.to(dev), hi.to(dev),
-                    torch.tensor(p.lam, dtype=work, device=dev), self.consensus, normalize, result.view(-1),
+                    None if p.lam == 1 else torch.tensor(p.lam, dtype=work, device=dev), self.consensus, normalize, result.view(-1),
                     descending)
         return result if out is None or result is out else _into(result, out)
 

@@ -24,7 +24,7 @@ COMPILE_MIN = 1 << 18  # tensors at least this large use the compiled kernel
 
 def combine(base, deltas: list[torch.Tensor], keys: tuple | None, seeds: torch.Tensor | None,
             offset: torch.Tensor, keep_prob: torch.Tensor | None, weights: torch.Tensor, wsum: torch.Tensor,
-            lo: torch.Tensor, hi: torch.Tensor, lam: torch.Tensor, consensus: bool, normalize: bool,
+            lo: torch.Tensor, hi: torch.Tensor, lam: torch.Tensor | None, consensus: bool, normalize: bool,
             descending: bool = True) -> torch.Tensor:
     """θ₀ + λ·Σ agreeing tᵢ / Σ agreeing wᵢ with tᵢ = wᵢ·(τᵢ·keepᵢ / dᵢ), in mergekit's order of operations.
 
@@ -79,7 +79,9 @@ def combine(base, deltas: list[torch.Tensor], keys: tuple | None, seeds: torch.T
         mixed = low(total)
         if normalize:
             mixed = low(mixed / torch.where(wsum.abs() < 1e-8, 1.0, wsum))
-    return (base.to(work) + low(mixed * lam)).to(dtype)
+    if lam is not None:  # None: λ = 1, whose multiply and rounding change nothing (and cost ~10% in bf16)
+        mixed = low(mixed * lam)
+    return (base.to(work) + mixed).to(dtype)
 
 
 def combine_into(out: torch.Tensor, *args) -> None:
