@@ -92,9 +92,9 @@ def main() -> None:
     build_s = time.perf_counter() - t0
     base, experts = root / "base", [root / m for m in MODELS[1:]]
     k = len(experts)
-    runtime = runtime_bytes()
+    runtime = runtime_bytes(base)
     plan = plan_memory(base, experts, operators=set(RECIPES), batch=BATCH, seq=16, capacity=10**15,
-                       runtime=runtime)
+                       runtime=runtime, threads=torch.get_num_threads())
     predicted = plan.total("in memory")
     print(plan.render(), flush=True)
 

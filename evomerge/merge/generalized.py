@@ -162,9 +162,9 @@ class GeneralizedMerge:
             for i, d in enumerate(dens):
                 hi[i] = keep_threshold(d)
         result = out if out is not None and out.is_contiguous() else torch.empty_like(x.base)
+        lam = None if p.lam == 1 else torch.tensor(p.lam, dtype=work, device=dev)
         kernels.run(x.base.reshape(-1), deltas, keys, seeds, keep_prob, wq.to(dev), wsum, lo.to(dev), hi.to(dev),
-                    None if p.lam == 1 else torch.tensor(p.lam, dtype=work, device=dev), self.consensus, normalize, result.view(-1),
-                    descending)
+                    lam, self.consensus, normalize, result.view(-1), descending)
         return result if out is None or result is out else _into(result, out)
 
     def _rank_window(self, density: float, n: int, gamma: float) -> tuple[int, int]:
