@@ -138,9 +138,11 @@ class _Lazy(Mapping):
             raise KeyError(name)
         if not self._keep_last:
             return self._load(name)
-        if self._last[0] != name:
-            self._last = (name, self._load(name))
-        return self._last[1]
+        last_name, last = self._last
+        if last is None or last_name != name:
+            last = self._load(name)
+            self._last = (name, last)
+        return last
 
     def __iter__(self):
         return iter(self._names)
