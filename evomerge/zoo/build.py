@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from evomerge.fitness.native import encode_teacher_forced, exact_match_teacher_forced
 from evomerge.zoo.families import FAMILIES, make_model
@@ -51,9 +51,9 @@ class ZooSpec(BaseModel):
     # the architecture (evomerge.zoo.families) and tokenizer convention (None: the family's own)
     family: str = "llama"
     convention: str | None = None
-    # Zoo v2's fields; their defaults build the zoos above exactly as before.
+    # Zoo v2's fields; their defaults build the first zoos exactly as before (same fingerprints, same bytes).
     # expert name -> the tasks it is fine-tuned on, in equal parts (None: one expert per task, named for it); a
-    # task no expert trains on is a composed skill that only a merge can bring
+    # task no expert trains on is a composed skill, which no source is trained for
     experts: dict[str, tuple[str, ...]] | None = None
     # fine-tuning stops once the expert's mean search accuracy on its own tasks reaches this, checked every
     # `check_every` steps (None: all `expert_steps`)
@@ -62,6 +62,13 @@ class ZooSpec(BaseModel):
     # "learning without forgetting"): its task vector then holds its skill, not the forgetting of the others, so
     # that experts can be merged (0: plain fine-tuning)
     expert_keep: float = 0.0
+
+    @model_validator(mode="after")
+    def _experts_train_on_zoo_tasks(self) -> ZooSpec:
+        for name, own in self.expert_tasks().items():
+            if not own or not set(own) <= set(self.tasks):
+                raise ValueError(f"experts.{name}: expected some of the zoo's tasks {list(self.tasks)}, got {own}")
+        return self
 
     def fingerprint(self) -> str:
         # fields added later count only when set, so that the zoos built before them keep their fingerprint (cache)
