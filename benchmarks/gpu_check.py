@@ -54,7 +54,7 @@ def merge_bandwidth(device: str, shapes: dict) -> dict:
         base = torch.randn(shape, device=device).to(torch.bfloat16)
         deltas = (0.01 * torch.randn((3, *shape), device=device)).to(torch.bfloat16)
         index = {kind: [MagnitudeIndex.build(d, kind == "desc") for d in deltas] for kind in ("desc", "asc")}
-        x = TensorInputs(base=base, deltas=deltas, order=lambda kind, i=index: i[kind], seed=7)
+        x = TensorInputs(base=base, task_vectors=deltas, order=lambda kind, i=index: i[kind], seed=7)
         result = torch.empty_like(base)
         moved = 5 * base.numel() * 2
         src = torch.empty(moved // 4, dtype=torch.bfloat16, device=device)

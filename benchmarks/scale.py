@@ -69,7 +69,7 @@ def mergekit_parity(pool: SourcePool, names: list[str]) -> dict[str, float]:
             worst = 0.0
             for name in names:
                 base = pool.base[name]
-                models = [base + pool.stacked[name][i] for i in range(pool.n_sources)]
+                models = [pool.source(name, i) for i in range(pool.n_sources)]  # the experts' own tensors
                 params = {"weight": list(W), **({"density": list(D)} if op == "ties" else {})}
                 ref = merge_tensors([base, *models], op, base_index=0, parameters=params)
                 ours = merger.merged_tensor(RECIPES[op], name)
@@ -92,9 +92,9 @@ def main() -> None:
     build_s = time.perf_counter() - t0
     base, experts = root / "base", [root / m for m in MODELS[1:]]
     k = len(experts)
-    runtime = runtime_bytes()
+    runtime = runtime_bytes(base)
     plan = plan_memory(base, experts, operators=set(RECIPES), batch=BATCH, seq=16, capacity=10**15,
-                       runtime=runtime)
+                       runtime=runtime, threads=torch.get_num_threads())
     predicted = plan.total("in memory")
     print(plan.render(), flush=True)
 

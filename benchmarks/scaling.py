@@ -76,12 +76,15 @@ def timed_run(workdir: Path, name: str, exp: dict) -> dict:
 # -- real scoring: the local executor against Ray on the same cores -------------------------------------------------
 def quickstart(executor: dict, threads: int, generations: int, zoo: str) -> dict:
     exp = {**yaml.safe_load(QUICKSTART.read_text()), "zoo": zoo}
-    exp["fitness"]["tasks"] = {t: str((QUICKSTART.parent / p).resolve()) for t, p in exp["fitness"]["tasks"].items()}
+    for key in ("space", "fitness"):  # the quickstart composes these from files named relative to itself
+        if isinstance(exp[key], str):
+            exp[key] = str((QUICKSTART.parent / exp[key]).resolve())
     exp["optimizer"]["generations"] = generations
     return {**exp, "threads": threads, "baselines": {"enabled": False}, "executor": executor}
 
 
-def real_mode(workdir: Path, cores: int, generations: int, repeats: int, zoo: str, ray_workers: list[int]) -> list[dict]:
+def real_mode(workdir: Path, cores: int, generations: int, repeats: int, zoo: str,
+              ray_workers: list[int]) -> list[dict]:
     build_zoo(PROFILES[zoo], log=lambda *_: None)  # the quickstart's zoo, built once (~2 min on 2 cores)
     configs = [("local", 1, {"type": "local"})]
     configs += [("ray", n, {"type": "ray", "workers": n}) for n in ray_workers]

@@ -376,5 +376,6 @@ def plan_experiment(experiment: Path, *, capacity: int | None = None, workers: i
     stream = None if cfg.sources.stream == "auto" else cfg.sources.stream
     if capacity is None:
         capacity = device_capacity(device) // workers
+    threads = max(1, int(cfg.executor.cpus_per_worker or 1)) if cfg.executor.type == "ray" else cfg.threads
     return plan_memory(base, models, operators=operators, batch=batch, seq=seq, generate_tokens=gen, device=device,
-                       capacity=capacity, workers=workers, stream=stream)
+                       capacity=capacity, workers=workers, stream=stream, threads=threads)

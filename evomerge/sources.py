@@ -122,8 +122,12 @@ def checkpoint_dtype(path: Path) -> torch.dtype:
 class _Lazy(Mapping):
     """A read-only name → tensor mapping that computes each tensor when asked (streaming mode)."""
 
-    def __init__(self, names: list[str], load):
+    def __init__(self, names: list[str], load, keep_last: bool = False):
         self._names, self._load = names, load
+        # keep_last: the last tensor asked for is kept, so a merge that reads it twice in a row (the base, once for
+        # the task vectors and once for the sum) reads the file once
+        self._keep_last = keep_last
+        self._last: tuple[str | None, torch.Tensor | None] = (None, None)
 
     @cached_property
     def _known(self) -> set[str]:
@@ -132,7 +136,13 @@ class _Lazy(Mapping):
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self._known:
             raise KeyError(name)
-        return self._load(name)
+        if not self._keep_last:
+            return self._load(name)
+        last_name, last = self._last
+        if last is None or last_name != name:
+            last = self._load(name)
+            self._last = (name, last)
+        return last
 
     def __iter__(self):
         return iter(self._names)
@@ -201,9 +211,24 @@ class SourcePool:
         for p, ck in zip(self.source_paths, cks, strict=True):
             check_compatible(self.base_path, base_ck.meta, p, ck.meta)
         names = [n for n, m in base_ck.meta.items() if m.is_floating_point()]
-        self.base = _Lazy(names, lambda n: base_ck[n].to(self.device, self._cast))
-        self.stacked = _Lazy(names, lambda n: torch.stack([ck[n].to(self.device, self._cast) for ck in cks])
-                             - self.base[n])
+        self.base = _Lazy(names, lambda n: base_ck[n].to(self.device, self._cast), keep_last=True)
+
+        scratch: list[torch.Tensor] = []
+
+        def task_vectors(name: str) -> torch.Tensor:
+            """Each source read once, subtracted into one reused [K, ...] buffer: a fresh model-sized allocation per
+            tensor cost more in page faults than the subtraction. Valid until the next tensor's task vectors."""
+            b = self.base[name]
+            size = len(cks) * b.numel()
+            if not scratch or scratch[0].numel() < size or scratch[0].dtype != b.dtype:
+                scratch[:] = [torch.empty(max(size, scratch[0].numel() if scratch else 0), dtype=b.dtype,
+                                          device=self.device)]
+            out = scratch[0][:size].view(len(cks), *b.shape)
+            for i, ck in enumerate(cks):
+                torch.sub(ck[name].to(self.device, self._cast), b, out=out[i])
+            return out
+
+        self.stacked = _Lazy(names, task_vectors, keep_last=True)
 
     def source(self, name: str, i: int) -> torch.Tensor:
         """Source i's own tensor `name`, read from its file (memory-mapped) in the pool's dtype and device: a merge

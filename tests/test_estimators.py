@@ -123,7 +123,7 @@ def test_irt_estimates_unseen_models_better_than_their_anchors_alone():
 # -- in a real search on the tiny zoo ----------------------------------------------------------------------------
 
 
-def _cheap_run(tmp_path, tiny_task_dir, fitness, generations=4, fitness_type="native"):
+def _cheap_run(tmp_path, tiny_task_dir, fitness, generations=4, fitness_type="native", optimizer=None, **extra):
     from rich.console import Console
 
     from evomerge.runner import Runner
@@ -138,8 +138,8 @@ def _cheap_run(tmp_path, tiny_task_dir, fitness, generations=4, fitness_type="na
         tasks = {t: str(tiny_task_dir / t) for t in ("add", "cipher", "reverse")}
     exp = write_experiment(tmp_path / "exp.yaml", tiny_task_dir, baselines={"enabled": False},
                            space={"type": "layer_weights", "operator": "task_arithmetic", "granularity": "layer"},
-                           optimizer={"type": "cma", "generations": generations, "popsize": 6},
-                           fitness={"type": fitness_type, "tasks": tasks, "rescore_top": 2, **fitness})
+                           optimizer=optimizer or {"type": "cma", "generations": generations, "popsize": 6},
+                           fitness={"type": fitness_type, "tasks": tasks, "rescore_top": 2, **fitness}, **extra)
     results = Runner(exp, tmp_path / "run", console=Console(quiet=True)).run()
     store = RunDir.open(tmp_path / "run").store()
     try:
@@ -169,10 +169,12 @@ def test_race_stops_candidates_that_cannot_beat_the_incumbent(tmp_path, tiny_zoo
 
 
 @pytest.mark.slow
-def test_irt_scores_anchors_and_estimates_the_rest(tmp_path, tiny_zoo, tiny_task_dir):
+@pytest.mark.parametrize("fitness_type", ["native", "lm_eval"])
+def test_irt_scores_anchors_and_estimates_the_rest(tmp_path, tiny_zoo, tiny_task_dir, fitness_type):
 
     results, search, rescored, _ = _cheap_run(tmp_path, tiny_task_dir,
-                                              {"estimator": "irt", "irt": {"anchors": 8, "warmup": 1}})
+                                              {"estimator": "irt", "irt": {"anchors": 8, "warmup": 1}},
+                                              fitness_type=fitness_type)
     assert all(e.examples is None for e in search if e.generation == 0)
     later = [e for e in search if e.generation > 0 and e.worker != "cache"]
     assert later and all(sorted(map(len, e.examples.values())) == [8, 8, 8] for e in later)
@@ -196,3 +198,35 @@ def test_an_optimizer_that_learns_from_every_example_refuses_a_cheaper_estimator
                 "name": "t", "zoo": "tiny", "sources": {"base": "zoo:base", "models": ["zoo:add", "zoo:cipher"]},
                 "space": {"type": "mosaic"}, "optimizer": {"type": "m2n2"},
                 "fitness": {"tasks": {"add": str(tiny_task_dir / "add")}, "estimator": estimator}})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("estimator", ["race", "irt"])
+def test_estimators_with_one_objective_per_task(tmp_path, tiny_zoo, tiny_task_dir, estimator):
+    """Multi-objective (fitness.objective: per_task, NSGA-II): each estimated result carries a score per task, and
+    the run ends with a leaderboard re-scored on full splits. (A race stops a candidate only when it is worse
+    than the reference on every task — dominated — which on these 60-example tasks rarely happens: IRT is the
+    estimator that must score fewer examples here.)"""
+    fitness = {"estimator": estimator, "objective": "per_task",
+               **({"race": {"batch": 30}} if estimator == "race" else {"irt": {"anchors": 8, "warmup": 1}})}
+    results, search, rescored, _ = _cheap_run(tmp_path, tiny_task_dir, fitness,
+                                              optimizer={"type": "nsga2", "generations": 4, "popsize": 6})
+    partial = [e for e in search if e.examples is not None]
+    assert partial or estimator == "race", "IRT scored every candidate on every example"
+    for e in search:
+        assert set(e.per_task) == {"add", "cipher", "reverse"} and all(0 <= v <= 1 for v in e.per_task.values())
+    assert results["rescored"] and all(len(v) == 60 for r in rescored for v in r.per_example.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("estimator", ["race", "irt"])
+def test_estimators_on_ray_workers(tmp_path, tiny_zoo, tiny_task_dir, estimator):
+    """The estimators run the same on Ray workers: the examples each evaluation used come back and are stored."""
+    fitness = {"estimator": estimator,
+               **({"race": {"batch": 30}} if estimator == "race" else {"irt": {"anchors": 8, "warmup": 1}})}
+    results, search, rescored, _ = _cheap_run(tmp_path, tiny_task_dir, fitness, generations=3,
+                                              executor={"type": "ray", "workers": 2})
+    partial = [e for e in search if e.examples is not None]
+    assert partial and all(len(e.per_example[t]) == len(e.examples[t]) for e in partial for t in e.examples)
+    assert {e.worker for e in search} - {"cache"}, "no evaluation came from a Ray worker"
+    assert results["best_candidate"] == results["rescored"][0]["label"]

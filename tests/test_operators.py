@@ -84,7 +84,7 @@ def _random_inputs(shape, k, dtype, seed):
 
 def _ours(operator, base, models, weights, densities, *, seed=None, **params):
     deltas = torch.stack([m - base for m in models])
-    x = TensorInputs(base=base, deltas=deltas,
+    x = TensorInputs(base=base, task_vectors=deltas,
                      order=lambda kind: [MagnitudeIndex.build(d, kind == "desc") for d in deltas],
                      ranks=lambda kind: torch.stack([magnitude_ranks(d) for d in deltas]),
                      seed=seed or 0, generator=None if seed is None else torch.Generator().manual_seed(seed),
@@ -321,3 +321,26 @@ def test_a_bf16_pool_materializes_a_one_hot_recipe_as_the_source_itself(tiny_zoo
     assert any(_round_trip_is_off(pool.base[k], expert[k]) for k in pool.base)
     for k in pool.base:
         assert torch.equal(live[k], expert[k]), k
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("drop", [False, True])
+def test_kernel_reading_sources_equals_stored_task_vectors(dtype, drop):
+    """The streaming path hands the fused kernel the sources and lets it subtract the base as it reads; on a tensor
+    large enough for the compiled kernel it must equal the kernel fed τ = source − base computed beforehand."""
+    from evomerge.merge import kernels
+    from evomerge.merge.sparsify import keep_threshold, source_seed
+
+    n = kernels.COMPILE_MIN + 1001
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(n, generator=g).to(dtype)
+    sources = [(base.float() + 0.01 * torch.randn(n, generator=g)).to(dtype) for _ in range(3)]
+    deltas = [s - base for s in sources]
+    w = torch.tensor([0.5, 0.3, 0.4]).to(dtype).float()
+    seeds = torch.tensor([source_seed(7, i) for i in range(3)]) if drop else None
+    hi = torch.tensor([keep_threshold(0.6)] * 3) if drop else torch.full((3,), n)
+    keep = torch.full((3,), 0.6) if drop else None
+    args = (None, seeds, keep, w, w.sum(), torch.zeros(3, dtype=torch.int64), hi, None, drop, False)
+    stored = kernels.run(base, deltas, *args, torch.empty_like(base))
+    read = kernels.run(base, sources, *args, torch.empty_like(base), True, True)
+    assert torch.equal(stored, read)

@@ -35,7 +35,7 @@ def test_in_memory_terms_are_what_the_pool_holds(tiny_zoo):
 
 
 def test_layout_choice_and_refusal(tiny_zoo):
-    args = {"operators": {"task_arithmetic"}, "batch": 8, "seq": 16, "runtime": 0}
+    args = {"operators": {"task_arithmetic"}, "batch": 8, "seq": 16, "runtime": 0, "threads": 0}  # models' terms only
     sources = [tiny_zoo / "add", tiny_zoo / "cipher", tiny_zoo / "reverse"]
     roomy = plan_memory(tiny_zoo / "base", sources, capacity=10**12, **args)
     assert roomy.chosen == "in memory"

@@ -37,3 +37,22 @@ def test_gpu_check_runs_on_cpu(evomerge_home, tmp_path):
     for row in report["merge_bandwidth"].values():
         assert row["ties"]["of_copy_bandwidth"] > 0
     assert set(report["scale_candidate"]["seconds"]) == {"task_arithmetic", "ties"}
+
+
+def test_scaling_real_mode_experiment_is_valid(tmp_path, monkeypatch):
+    """benchmarks/scaling.py's real mode rewrites the quickstart (composed from files named relative to it) into an
+    experiment elsewhere: it must still load, with the executor, threads and budget it was given."""
+    import yaml
+
+    from evomerge.config import load_experiment
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import scaling
+
+    exp = scaling.quickstart({"type": "ray", "workers": 2}, threads=2, generations=3, zoo="tiny")
+    path = tmp_path / "elsewhere" / "q.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump({**exp, "name": "q"}))
+    cfg, _ = load_experiment(path)
+    assert cfg.executor.type == "ray" and cfg.executor.workers == 2 and cfg.optimizer.generations == 3
+    assert cfg.threads == 2 and cfg.zoo == "tiny" and set(cfg.fitness.tasks) == {"add", "cipher", "reverse"}

@@ -86,13 +86,16 @@ def test_pickle_checkpoints_are_refused_with_a_reason(tmp_path):
     assert json.loads((d / "config.json").read_text())["model_type"] == "llama"
 
 
-def test_streaming_pool_merges_like_the_in_memory_pool(tiny_zoo):
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_streaming_pool_merges_like_the_in_memory_pool(tiny_zoo, dtype):
+    # streaming, task arithmetic and DARE subtract the base inside the merge kernel as they read each source; the
+    # in-memory pool stored τ = source − base once: equal bit for bit, in fp32 and bf16
     srcs = [tiny_zoo / "add", tiny_zoo / "cipher", tiny_zoo / "reverse"]
-    mem = SourcePool(tiny_zoo / "base", srcs, stream=False)
-    mapped = SourcePool(tiny_zoo / "base", srcs, stream=True)
+    mem = SourcePool(tiny_zoo / "base", srcs, stream=False, dtype=dtype)
+    mapped = SourcePool(tiny_zoo / "base", srcs, stream=True, dtype=dtype)
     assert mapped.streaming and not mem.streaming and list(mapped.base) == list(mem.base)
     for recipe in (Recipe.uniform("task_arithmetic", 3, 0.4), Recipe.uniform("ties", 3, 0.8, 0.5),
-                   Recipe.uniform("dare_ties", 3, 0.8, 0.5, seed=4)):
+                   Recipe.uniform("dare_ties", 3, 0.8, 0.5, seed=4), Recipe.uniform("dare_linear", 3, 0.8, 0.5)):
         a, b = Merger(mem), Merger(mapped)
         for name in mem.base:
             assert torch.equal(a.merged_tensor(recipe, name), b.merged_tensor(recipe, name)), name

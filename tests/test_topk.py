@@ -29,7 +29,9 @@ def test_rank_window_equals_a_stable_sort(dtype, descending):
     assert idx.nbytes() == n  # one byte per entry
     step = n // BUCKETS
     for lo, hi in [(0, n), (0, 0), (0, 1), (0, n // 2), (0, step), (step * 3 + 17, n - 5), (n - 1, n),
-                   (1234, 29871), (0, n - 1)]:
+                   (1234, 29871), (0, n - 1),
+                   *sorted(torch.randint(0, n + 1, (2,), generator=g).tolist() for _ in range(20))]:
+        lo, hi = min(lo, hi), max(lo, hi)
         keep = window_mask(delta, idx, lo, hi)
         assert int(keep.sum()) == hi - lo
         assert torch.equal(keep, (ranks >= lo) & (ranks < hi)), (lo, hi)

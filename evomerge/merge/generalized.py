@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -28,7 +29,9 @@ class TensorInputs:
     """What one output tensor is merged from."""
 
     base: torch.Tensor
-    deltas: torch.Tensor  # [K, *shape]: the sources' task vectors, stacked
+    # [K, *shape]: the sources' task vectors, stacked — or a function that computes them (a streaming pool reads
+    # them from the files; a merge that can subtract as it reads, from `sources`, never asks: see `deltas`)
+    task_vectors: torch.Tensor | Callable[[], torch.Tensor]
     order: Callable[[str], list[MagnitudeIndex]] | None = None  # 'desc'/'asc' → each source's magnitude index
     ranks: Callable[[str], torch.Tensor] | None = None  # 'row_asc' → stacked per-row ranks [K, *shape] (DELLA)
     seed: int = 0  # per (recipe, tensor): random-drop masks and DELLA's generator derive from it
@@ -36,6 +39,12 @@ class TensorInputs:
     # source i's own tensor, as stored: a merge that is exactly one source returns it, not base + (source − base),
     # which low-precision rounding can move by an ulp of the base
     sources: Callable[[int], torch.Tensor] | None = None
+    streaming: bool = False  # the pool reads every tensor from its files: reading sources beats stacking τ first
+
+    @cached_property
+    def deltas(self) -> torch.Tensor:
+        tv = self.task_vectors
+        return tv() if callable(tv) else tv
 
     def magnitude_index(self, kind: str) -> list[MagnitudeIndex]:
         """Each source's magnitude index, 'desc' (TIES) or 'asc' (Breadcrumbs)."""
@@ -131,14 +140,22 @@ class GeneralizedMerge:
 
     # -- the fused path: one read of the inputs, one write of the output, everything else in cache -------------
     def _fused(self, x: TensorInputs, p: MergeParams, normalize: bool, rescale: str, out) -> torch.Tensor:
-        k = x.deltas.shape[0]
+        k = len(p.weights)
         dens = p.densities or (1.0,) * k
-        dev = x.deltas.device
-        work = torch.float64 if x.base.dtype == torch.float64 else torch.float32
+        dev = x.base.device
+        dtype = x.base.dtype
+        work = torch.float64 if dtype == torch.float64 else torch.float32
         n = x.base.numel()
-        deltas = list(x.deltas.reshape(k, -1))
+        # streaming, and no trim that ranks τ: the kernel reads the sources and subtracts the base as it goes (one
+        # pass over the files instead of writing τ and reading it back)
+        read = x.sources if x.streaming and self.sparsify in (None, "random") else None
+        from_sources = read is not None
+        if read is not None:
+            deltas = [read(i).reshape(-1) for i in range(k)]
+        else:
+            deltas = list(x.deltas.reshape(k, -1))
         # mergekit multiplies by the weights in the tensors' dtype; rounding them the same way keeps results equal
-        wq = torch.tensor(p.weights, dtype=x.deltas.dtype)
+        wq = torch.tensor(p.weights, dtype=dtype)
         wsum = wq.view(-1, *([1] * x.base.dim())).sum(dim=0).reshape(-1)[0].to(dev, work)  # as mergekit reduces it
         wq = wq.to(work)
         inverse = rescale == "inverse" and self.sparsify is not None
@@ -153,18 +170,18 @@ class GeneralizedMerge:
                 lo[i], hi[i] = self._rank_window(d, n, p.gamma)
             bounds = [(index[i].key(deltas[i], int(lo[i])), index[i].key(deltas[i], int(hi[i]))) for i in range(k)]
             from_start = bool((lo == 0).all())
-            keys = (None if from_start else torch.tensor([b[0][0] for b in bounds], dtype=x.deltas.dtype, device=dev),
+            keys = (None if from_start else torch.tensor([b[0][0] for b in bounds], dtype=dtype, device=dev),
                     None if from_start else torch.tensor([b[0][1] for b in bounds], dtype=torch.int64, device=dev),
-                    torch.tensor([b[1][0] for b in bounds], dtype=x.deltas.dtype, device=dev),
+                    torch.tensor([b[1][0] for b in bounds], dtype=dtype, device=dev),
                     torch.tensor([b[1][1] for b in bounds], dtype=torch.int64, device=dev))
         elif self.sparsify == "random":
             seeds = torch.tensor([source_seed(x.seed, i) for i in range(k)], dtype=torch.int64, device=dev)
             for i, d in enumerate(dens):
                 hi[i] = keep_threshold(d)
         result = out if out is not None and out.is_contiguous() else torch.empty_like(x.base)
+        lam = None if p.lam == 1 else torch.tensor(p.lam, dtype=work, device=dev)
         kernels.run(x.base.reshape(-1), deltas, keys, seeds, keep_prob, wq.to(dev), wsum, lo.to(dev), hi.to(dev),
-                    torch.tensor(p.lam, dtype=work, device=dev), self.consensus, normalize, result.view(-1),
-                    descending)
+                    lam, self.consensus, normalize, result.view(-1), descending, from_sources)
         return result if out is None or result is out else _into(result, out)
 
     def _rank_window(self, density: float, n: int, gamma: float) -> tuple[int, int]:

@@ -24,8 +24,8 @@ COMPILE_MIN = 1 << 18  # tensors at least this large use the compiled kernel
 
 def combine(base, deltas: list[torch.Tensor], keys: tuple | None, seeds: torch.Tensor | None,
             offset: torch.Tensor, keep_prob: torch.Tensor | None, weights: torch.Tensor, wsum: torch.Tensor,
-            lo: torch.Tensor, hi: torch.Tensor, lam: torch.Tensor, consensus: bool, normalize: bool,
-            descending: bool = True) -> torch.Tensor:
+            lo: torch.Tensor, hi: torch.Tensor, lam: torch.Tensor | None, consensus: bool, normalize: bool,
+            descending: bool = True, from_sources: bool = False) -> torch.Tensor:
     """θ₀ + λ·Σ agreeing tᵢ / Σ agreeing wᵢ with tᵢ = wᵢ·(τᵢ·keepᵢ / dᵢ), in mergekit's order of operations.
 
     keepᵢ, for magnitude and outlier trims (`keys` = (t_lo, j_lo, t_hi, j_hi), one entry per source): the entry's
@@ -49,6 +49,8 @@ def combine(base, deltas: list[torch.Tensor], keys: tuple | None, seeds: torch.T
     if seeds is not None or keys is not None:
         index = torch.arange(base.numel(), dtype=torch.int64, device=base.device) + offset
     for i, d in enumerate(deltas):
+        if from_sources:  # d is source i itself: its task vector as the pool stores it (the difference, rounded)
+            d = (d.to(work) - base.to(work)).to(dtype)
         t = d.to(work)
         if keys is not None and index is not None:
             a = d.abs()
@@ -79,7 +81,15 @@ def combine(base, deltas: list[torch.Tensor], keys: tuple | None, seeds: torch.T
         mixed = low(total)
         if normalize:
             mixed = low(mixed / torch.where(wsum.abs() < 1e-8, 1.0, wsum))
-    return (base.to(work) + low(mixed * lam)).to(dtype)
+    if lam is not None:  # None: λ = 1, whose multiply and rounding change nothing (and cost ~10% in bf16)
+        mixed = low(mixed * lam)
+    return (base.to(work) + mixed).to(dtype)
+
+
+def combine_into(out: torch.Tensor, *args) -> None:
+    """combine(*args) written into `out`. Compiled, the loop stores straight into `out`: returning a new tensor
+    and copying it cost a model-sized allocation (page faults) and a second pass — 3x the kernel's time here."""
+    out.copy_(combine(*args))
 
 
 _compiled = None
@@ -91,7 +101,7 @@ def _compile_enabled() -> bool:
 
 
 def run(base: torch.Tensor, deltas, keys, seeds, keep_prob, weights, wsum, lo, hi, lam, consensus, normalize,
-        out: torch.Tensor, descending: bool = True) -> torch.Tensor:
+        out: torch.Tensor, descending: bool = True, from_sources: bool = False) -> torch.Tensor:
     """Write combine(...) for the flat tensors into `out` (flat), compiled when large, else chunk by chunk."""
     global _compiled, _compile_failed
     n = base.numel()
@@ -100,9 +110,9 @@ def run(base: torch.Tensor, deltas, keys, seeds, keep_prob, weights, wsum, lo, h
         try:
             if _compiled is None:
                 # without emulate_precision_casts Inductor drops the bf16/fp16 roundings `combine` makes on purpose
-                _compiled = torch.compile(combine, dynamic=True, options={"emulate_precision_casts": True})
+                _compiled = torch.compile(combine_into, dynamic=True, options={"emulate_precision_casts": True})
             zero = torch.zeros((), dtype=torch.int64, device=base.device)
-            out.copy_(_compiled(base, deltas, keys, seeds, zero, *args, descending))
+            _compiled(out, base, deltas, keys, seeds, zero, *args, descending, from_sources)
             return out
         except Exception as e:  # noqa: BLE001 — no C++ compiler, unsupported device…: fall back, say so once
             _compile_failed = True
@@ -110,5 +120,6 @@ def run(base: torch.Tensor, deltas, keys, seeds, keep_prob, weights, wsum, lo, h
     for s in range(0, n, CHUNK):
         end = min(s + CHUNK, n)
         offset = torch.tensor(s, dtype=torch.int64, device=base.device)
-        out[s:end] = combine(base[s:end], [d[s:end] for d in deltas], keys, seeds, offset, *args, descending)
+        out[s:end] = combine(base[s:end], [d[s:end] for d in deltas], keys, seeds, offset, *args, descending,
+                             from_sources)
     return out

@@ -68,12 +68,13 @@ class Merger:
         pool = self.pool
         inputs = TensorInputs(
             base=pool.base[name],
-            deltas=pool.stacked[name],
+            task_vectors=lambda: pool.stacked[name],
             order=lambda kind: self.magnitude_index(name, kind),
             ranks=lambda kind: self.magnitude_ranks(name, kind),
             seed=tensor_seed(recipe.seed, name),
             generator=self._generator(recipe.seed, name) if op.sparsify == "della" else None,
             sources=lambda i: pool.source(name, i),
+            streaming=pool.streaming,
         )
         params = MergeParams(weights=group_params.weights, densities=group_params.densities,
                              lam=recipe.lam * group_params.scale,
@@ -95,7 +96,7 @@ class Merger:
             if a != covered:
                 break
             params = MergeParams(weights=gp.weights, lam=recipe.lam * gp.scale, normalize=recipe.normalize)
-            op.merge(TensorInputs(base=base[a:b], deltas=deltas[:, a:b]), params, out=target[a:b])
+            op.merge(TensorInputs(base=base[a:b], task_vectors=deltas[:, a:b]), params, out=target[a:b])
             covered = b
         if covered != base.shape[0]:
             raise MergeError(f"recipe's row groups of tensor {name} do not cover its rows 0:{base.shape[0]} "

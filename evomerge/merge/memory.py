@@ -119,11 +119,25 @@ class MemoryPlan:
                 + (", or fewer/smaller fitness batches" if largest.name == "activations" else ""))
 
 
-def runtime_bytes() -> int:
+# The resident set of a CPU run grows by about this much per scoring thread once scoring starts, whatever the
+# model's size: glibc's per-thread arenas and torch's caches (measured 2026-11-30: the quickstart, 2 threads, grew
+# 0.466 -> 0.544 GB with activations of 0.02 GB; a tiny-zoo run with 1 thread about half as much).
+HEAP_GROWTH_PER_THREAD = 30 * 2**20
+
+
+def runtime_bytes(model_dir: Path | None = None) -> int:
     """This process's resident memory once a run's modules are imported (the fixed cost of any worker; with the
-    local executor the run's own process is its worker)."""
+    local executor the run's own process is its worker). With `model_dir`, its architecture is first built on the
+    meta device (no memory for weights), which imports its modeling code as a worker will: ~90 MB that the plan
+    missed before (the quickstart measured 18% above its plan)."""
     import psutil
 
+    if model_dir is not None:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        with torch.device("meta"):
+            AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
 
     return psutil.Process().memory_info().rss
 
@@ -147,7 +161,9 @@ def activation_bytes(model_dir: Path, batch: int, seq: int, dtype_bytes: int, ge
     head_dim = c.get("head_dim") or (h // heads if heads else 0)
     tokens = batch * (seq + generate_tokens)
     logits = tokens * vocab * (dtype_bytes + 4 + 1)  # the model's logits, a float copy, the finite check
-    layer = tokens * (4 * h + 3 * inter) * dtype_bytes + batch * heads * (seq + generate_tokens) ** 2 * 4
+    # one decoder layer's peak in an eager forward: residual, norm, q/k/v with their rotary copies, attention output
+    # and projection (~8 × hidden), gate, up, activation and product (4 × intermediate), scores and softmax
+    layer = tokens * (8 * h + 4 * inter) * dtype_bytes + 2 * batch * heads * (seq + generate_tokens) ** 2 * 4
     kv_cache = 2 * layers * tokens * kv * head_dim * dtype_bytes if generate_tokens else 0
     return logits + layer + kv_cache
 
@@ -168,7 +184,7 @@ def rank_cache_bytes(operators: set[str], params: int, sources: int) -> tuple[in
 
 def plan_memory(base: Path, sources: list[Path], *, operators: set[str], batch: int, seq: int,
                 generate_tokens: int = 0, device: str = "cpu", capacity: int | None = None, workers: int = 1,
-                stream: bool | None = None, runtime: int | None = None) -> MemoryPlan:
+                stream: bool | None = None, runtime: int | None = None, threads: int = 1) -> MemoryPlan:
     """The plan for one worker merging `sources` onto `base` (sizes from headers, nothing loaded)."""
     b = CheckpointSize.of(base)
     k = len(sources)
@@ -178,7 +194,7 @@ def plan_memory(base: Path, sources: list[Path], *, operators: set[str], batch: 
                               f"{b.params} (not mergeable)")
     if capacity is None:
         capacity = device_capacity(device) // workers
-    runtime = runtime_bytes() if runtime is None else runtime
+    runtime = runtime_bytes(base) if runtime is None else runtime
     ranks, ranks_why = rank_cache_bytes(operators, b.params, k)
     act = activation_bytes(base, batch, seq, b.dtype_bytes, generate_tokens)
     big = b.largest
@@ -191,6 +207,8 @@ def plan_memory(base: Path, sources: list[Path], *, operators: set[str], batch: 
         Term("live model", b.bytes, f"{b.params / 1e6:.1f}M parameters, {b.dtype_bytes} B each"),
         Term("rank cache", ranks, ranks_why),
         Term("activations", act, f"fitness batch {batch} × {seq + generate_tokens} tokens"),
+        Term("heap growth", HEAP_GROWTH_PER_THREAD * threads if device == "cpu" else 0,
+             f"what a CPU process's heap keeps once scoring starts, {threads} thread(s) (arenas, caches; measured)"),
     ]
     # One source's state dict is resident while the pool loads, before the live model exists (same size): not
     # counted twice. While merging: the largest tensor's temporaries — its magnitude sort when a sample is built

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 BUCKETS = 256  # one byte per entry
@@ -49,12 +50,32 @@ class MagnitudeIndex:
             return (-1.0, 0) if self.descending else (float("inf"), self.n)
         b = rank * BUCKETS // self.n
         first = -(-b * self.n // BUCKETS)  # the bucket's first rank
-        members = (self.codes == b).nonzero().view(-1)  # index order
+        members = _members(self.codes, b)  # index order
         mv = delta.reshape(-1)[members].abs()
-        order = torch.sort(mv.float() if mv.dtype != torch.float64 else mv, descending=self.descending,
-                           stable=True).indices
-        at = order[rank - first]
+        at = _kth(mv.float() if mv.dtype != torch.float64 else mv, rank - first, self.descending)
         return mv[at].item(), int(members[at])
+
+
+def _members(codes: torch.Tensor, b: int) -> torch.Tensor:
+    """Flat indices of the entries in bucket b, ascending. On CPU through NumPy: its byte compare and flatnonzero
+    run ~4x faster than torch's `(codes == b).nonzero()` here, and this scan is most of a TIES candidate's cost."""
+    if codes.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(codes.numpy() == b))
+    return (codes == b).nonzero().view(-1)
+
+
+def _kth(values: torch.Tensor, r: int, descending: bool) -> int:
+    """Position of the r-th entry of `values` in the stable order (by value, ties by position): a selection, not
+    a sort — the value by partition, then its place among the entries equal to it."""
+    if values.device.type != "cpu":
+        return int(torch.sort(values, descending=descending, stable=True).indices[r])
+    v = values.numpy()
+    m = v.size
+    t = np.partition(v, m - 1 - r if descending else r)[m - 1 - r if descending else r]
+    if np.isnan(t):  # NaN magnitudes: keep the sort's order for them
+        return int(torch.sort(values, descending=descending, stable=True).indices[r])
+    before = int(np.count_nonzero(v > t if descending else v < t))
+    return int(np.flatnonzero(v == t)[r - before])
 
 
 def precedes(a: torch.Tensor, index: torch.Tensor, t, j, descending: bool) -> torch.Tensor:
