@@ -56,7 +56,13 @@ class ZooSpec(BaseModel):
         # the family fields count only when set, so that the Llama zoo's fingerprint (its cache) stays the same
         dump = self.model_dump(exclude={k for k in ("family", "convention")
                                         if getattr(self, k) == type(self).model_fields[k].default})
-        blob = json.dumps({"format": ZOO_FORMAT, **dump}, sort_keys=True)
+        if self.family != type(self).model_fields["family"].default:
+            # the family's architecture config too: a change to it (say, GPT-2's dropout) must not reuse a zoo built
+            # before it
+            tok = build_char_tokenizer(self.convention or FAMILIES[self.family].convention)
+            arch = FAMILIES[self.family].config(self, tok).to_diff_dict()
+            dump["architecture"] = {k: v for k, v in arch.items() if k != "transformers_version"}
+        blob = json.dumps({"format": ZOO_FORMAT, **dump}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
