@@ -195,3 +195,25 @@ def test_every_optimizer_takes_known_candidates_and_resumes_exactly(name):
     twin = OPTIMIZERS[name](cfg, 5, seed=99)
     twin.load_state(opt.state())
     assert all(np.array_equal(a, b) for a, b in zip(opt.ask(), twin.ask(), strict=True))
+
+
+def test_a_family_zoo_is_rebuilt_when_its_architecture_changes(monkeypatch):
+    """The cache key of a family's zoo covers its transformers config: a zoo built before a change to it (GPT-2's
+    dropout was one) is not reused; the Llama zoos' keys stay as they were."""
+    import dataclasses
+
+    from evomerge.zoo import families
+    from evomerge.zoo.build import PROFILES, family_spec
+
+    before = family_spec("gpt2", "ci").fingerprint()
+    assert family_spec("gpt2", "ci").fingerprint() == before  # stable
+    old = families.FAMILIES["gpt2"]
+
+    def dropout(spec, tok):
+        cfg = old.config(spec, tok)
+        cfg.resid_pdrop = 0.1
+        return cfg
+
+    monkeypatch.setitem(families.FAMILIES, "gpt2", dataclasses.replace(old, config=dropout))
+    assert family_spec("gpt2", "ci").fingerprint() != before
+    assert PROFILES["default"].fingerprint() == "46d984cac6f5" and PROFILES["tiny"].fingerprint() == "57acb8129c38"

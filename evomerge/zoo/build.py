@@ -74,7 +74,13 @@ class ZooSpec(BaseModel):
         # fields added later count only when set, so that the zoos built before them keep their fingerprint (cache)
         dump = self.model_dump(exclude={k for k in _LATER_FIELDS
                                         if getattr(self, k) == type(self).model_fields[k].default})
-        blob = json.dumps({"format": ZOO_FORMAT, **dump}, sort_keys=True)
+        if self.family != type(self).model_fields["family"].default:
+            # the family's architecture config too: a change to it (say, GPT-2's dropout) must not reuse a zoo built
+            # before it
+            tok = build_char_tokenizer(self.convention or FAMILIES[self.family].convention)
+            arch = FAMILIES[self.family].config(self, tok).to_diff_dict()
+            dump["architecture"] = {k: v for k, v in arch.items() if k != "transformers_version"}
+        blob = json.dumps({"format": ZOO_FORMAT, **dump}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def expert_tasks(self) -> dict[str, tuple[str, ...]]:
@@ -286,15 +292,17 @@ def _save(model, tok, path: Path) -> None:
 
 
 def family_spec(family: str, profile: str = "ci"):
-    """A zoo spec for `family`: 'ci' (seconds: tiny, few steps, near-chance models; checks the pipeline) or 'bench'
-    (minutes: models that learn the tasks, for benchmarks/families.py). Two skills, so a base and two experts."""
-    common = {"family": family, "tasks": ("add", "reverse"), "mixture_weights": (2.0, 1.0)}
+    """A zoo spec for `family`: 'ci' (seconds: tiny, few steps, near-chance models; checks the pipeline; a base and
+    two experts, add and reverse) or 'bench' (a minute or two: the quickstart zoo's recipe at a smaller width — a
+    base stopped early on the three skills, then one expert per skill that masters it and forgets the others, so
+    that a merge has skills to compose; for benchmarks/families.py)."""
     if profile == "ci":
-        return ZooSpec(**common, hidden=32, intermediate=64, layers=2, heads=4, batch=32, base_lr=3e-3,
-                       base_max_steps=60, base_target=1.1, check_every=1000, expert_lr=3e-3, expert_steps=30,
+        return ZooSpec(family=family, tasks=("add", "reverse"), mixture_weights=(2.0, 1.0), hidden=32,
+                       intermediate=64, layers=2, heads=4, batch=32, base_lr=3e-3, base_max_steps=60, base_target=1.1,
+                       check_every=1000, expert_lr=3e-3, expert_steps=30,
                        sizes={"train": 400, "search": 20, "heldout": 20})
     if profile == "bench":
-        return ZooSpec(**common, hidden=64, intermediate=128, layers=2, heads=4, batch=64, base_lr=3e-3,
-                       base_max_steps=600, base_target=0.3, check_every=50, expert_lr=1e-3, expert_steps=120,
-                       sizes={"train": 2000, "search": 60, "heldout": 100})
+        return ZooSpec(family=family, hidden=96, intermediate=192, layers=4, heads=4, batch=64, base_lr=2e-3,
+                       base_max_steps=1000, base_target=0.35, check_every=50, expert_lr=3e-4, expert_steps=200,
+                       sizes={"train": 3000, "search": 150, "heldout": 300})
     raise ValueError(f"unknown family profile {profile!r}; expected 'ci' or 'bench'")

@@ -10,6 +10,8 @@ What each family brings that the others do not (why it is in the matrix):
 - `gemma2`: tied embeddings, RMSNorm with a +1 offset (a zero weight is the identity), soft-capped logits, scaled
   embeddings, four norms per block.
 - `gpt2`: tied embeddings, learned positions (`wpe`), Conv1D (transposed) weights, LayerNorm with bias, fused c_attn.
+  Dropout off, as the other families' configs have it: at these sizes GPT-2's default 0.1 kept the models near
+  chance in the time the others take to learn the tasks.
 - `phi3`: fused `qkv_proj` and `gate_up_proj`.
 """
 
@@ -71,7 +73,7 @@ def _gemma2(spec, tok):
 def _gpt2(spec, tok):
     return transformers.GPT2Config(
         vocab_size=len(tok), n_embd=spec.hidden, n_inner=spec.intermediate, n_layer=spec.layers, n_head=spec.heads,
-        n_positions=64, tie_word_embeddings=True, **_ids(tok))
+        n_positions=64, tie_word_embeddings=True, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **_ids(tok))
 
 
 def _phi3(spec, tok):
