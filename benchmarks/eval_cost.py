@@ -21,16 +21,13 @@ the method's held-out gain over uniform task arithmetic divided by full evaluati
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import os
-
+import common  # benchmarks/common.py (scripts run from benchmarks/)
 import numpy as np
 import yaml
 from rich.console import Console
@@ -164,28 +161,7 @@ def main() -> None:
 
 
 def store_record(rec: dict) -> dict:
-    """Add a record to the results file (replacing the same method and seed), recompute the summary over all."""
-    RESULTS.parent.mkdir(exist_ok=True)
-    with open(RESULTS.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-        records = [r for r in old.get("records", []) if (r["method"], r["seed"]) != (rec["method"], rec["seed"])]
-        records = sorted([*records, rec], key=lambda r: (r["seed"], list(METHODS).index(r["method"])))
-        summary = summarize(records)
-        out = {"machine": (_cpu() + f", {os.cpu_count()} cores"), "date": time.strftime("%Y-%m-%d"),
-               "command": "python benchmarks/eval_cost.py", "records": records, "summary": summary}
-        RESULTS.write_text(json.dumps(out, indent=2) + "\n")
-    return summary
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return common.store_record(RESULTS, rec, list(METHODS), summarize, "python benchmarks/eval_cost.py")
 
 
 def summarize(records: list[dict]) -> dict:

@@ -16,15 +16,13 @@ line {"summary": {...}} (one value per seed in each list), also written to the r
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import common  # benchmarks/common.py (scripts run from benchmarks/)
 import yaml
 from rich.console import Console
 
@@ -83,28 +81,7 @@ def summarize(records: list[dict]) -> dict:
 
 
 def store_record(rec: dict, command: str) -> dict:
-    """Add a record to the results file (replacing the same method and seed), recompute the summary over all."""
-    RESULTS.parent.mkdir(exist_ok=True)
-    with open(RESULTS.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-        records = [r for r in old.get("records", []) if (r["method"], r["seed"]) != (rec["method"], rec["seed"])]
-        records = sorted([*records, rec], key=lambda r: (r["seed"], list(METHODS).index(r["method"])))
-        summary = summarize(records)
-        RESULTS.write_text(json.dumps({"machine": f"{_cpu()}, {os.cpu_count()} cores",
-                                       "date": time.strftime("%Y-%m-%d"), "command": command, "records": records,
-                                       "summary": summary}, indent=2) + "\n")
-    return summary
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return common.store_record(RESULTS, rec, list(METHODS), summarize, command)
 
 
 def main() -> None:
