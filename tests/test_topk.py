@@ -42,3 +42,12 @@ def test_small_tensors_keep_exact_ranks():
     idx = MagnitudeIndex.build(delta, True)
     assert [int(window_mask(delta, idx, 0, k).sum()) for k in range(6)] == list(range(6))
     assert window_mask(delta, idx, 0, 2).tolist() == [True, False, True, False, False]  # ties: lower index first
+
+
+@pytest.mark.parametrize("descending", [True, False])
+def test_selection_with_nan_magnitudes_keeps_the_sorts_order(descending):
+    from evomerge.merge.topk import _kth
+
+    v = torch.tensor([0.5, float("nan"), 0.2, 0.5, 0.9, float("nan"), 0.1])
+    order = torch.sort(v, descending=descending, stable=True).indices
+    assert [_kth(v, r, descending) for r in range(len(v))] == order.tolist()

@@ -70,10 +70,10 @@ def _kth(values: torch.Tensor, r: int, descending: bool) -> int:
     if values.device.type != "cpu":
         return int(torch.sort(values, descending=descending, stable=True).indices[r])
     v = values.numpy()
+    if np.isnan(v).any():  # NaN magnitudes: NumPy and torch order them differently; keep the sort's order
+        return int(torch.sort(values, descending=descending, stable=True).indices[r])
     m = v.size
     t = np.partition(v, m - 1 - r if descending else r)[m - 1 - r if descending else r]
-    if np.isnan(t):  # NaN magnitudes: keep the sort's order for them
-        return int(torch.sort(values, descending=descending, stable=True).indices[r])
     before = int(np.count_nonzero(v > t if descending else v < t))
     return int(np.flatnonzero(v == t)[r - before])
 
