@@ -31,6 +31,21 @@ def print_markdown_table(header: list[str], rows: list[list[str]]) -> None:
         print("| " + " | ".join(row) + " |")
 
 
+def spelled_out(experiment: Path) -> dict:
+    """An experiment file as a dict with its presets (space, fitness) named by path read in and every task path made
+    absolute, so that it can be changed and written anywhere."""
+    import yaml
+
+    cfg = yaml.safe_load(experiment.read_text())
+    for key in ("space", "fitness"):
+        if isinstance(cfg[key], str):
+            preset = (experiment.parent / cfg[key]).resolve()
+            cfg[key] = yaml.safe_load(preset.read_text())
+            if key == "fitness":
+                cfg[key]["tasks"] = {t: str((preset.parent / p).resolve()) for t, p in cfg[key]["tasks"].items()}
+    return cfg
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

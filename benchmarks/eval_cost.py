@@ -48,17 +48,10 @@ SEARCH_KINDS = ("seed", "search", "rescore", "checkpoint")  # evaluations on the
 
 
 def experiment(method: str, seed: int, out: Path, threads: int | None = None) -> Path:
-    cfg = yaml.safe_load(QUICKSTART.read_text())
+    cfg = common.spelled_out(QUICKSTART)  # the file is written elsewhere
     cfg["name"], cfg["seed"] = f"eval_cost_{method}_{seed}", seed
     if threads:
         cfg["threads"] = threads
-    # presets (space, fitness) named by path are spelled out, their paths made absolute: the file is written elsewhere
-    for key in ("space", "fitness"):
-        if isinstance(cfg[key], str):
-            preset = (QUICKSTART.parent / cfg[key]).resolve()
-            cfg[key] = yaml.safe_load(preset.read_text())
-            if key == "fitness":
-                cfg[key]["tasks"] = {t: str((preset.parent / p).resolve()) for t, p in cfg[key]["tasks"].items()}
     fitness = cfg["fitness"]
     fitness.update(METHODS[method])
     cfg["baselines"] = {"tuned_weights": []}  # the uniform merges only: the gain is measured against TA uniform

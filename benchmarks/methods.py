@@ -40,17 +40,10 @@ SUMMARY_KEYS = ("ps_minus_best_source", "psdfs_minus_ps", "psdfs_minus_ps_se", "
 
 def experiment(method: str, seed: int, out: Path, threads: int | None) -> Path:
     """The method's experiment with this seed, written to `out` with its presets spelled out (absolute paths)."""
-    path = METHODS[method][0]
-    cfg = yaml.safe_load(path.read_text())
+    cfg = common.spelled_out(METHODS[method][0])
     cfg["name"], cfg["seed"] = f"methods_{method}_{seed}", seed
     if threads:
         cfg["threads"] = threads
-    for key in ("space", "fitness"):
-        if isinstance(cfg[key], str):
-            preset = (path.parent / cfg[key]).resolve()
-            cfg[key] = yaml.safe_load(preset.read_text())
-            if key == "fitness":
-                cfg[key]["tasks"] = {t: str((preset.parent / p).resolve()) for t, p in cfg[key]["tasks"].items()}
     written = out / f"{method}_{seed}.yaml"
     written.write_text(yaml.safe_dump(cfg))
     return written

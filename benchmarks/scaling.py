@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 import yaml
-from common import print_markdown_table  # benchmarks/common.py (scripts run from benchmarks/)
+from common import print_markdown_table, spelled_out  # benchmarks/common.py (scripts run from benchmarks/)
 from rich.console import Console
 
 from evomerge.runner import Runner
@@ -75,10 +75,7 @@ def timed_run(workdir: Path, name: str, exp: dict) -> dict:
 
 # -- real scoring: the local executor against Ray on the same cores -------------------------------------------------
 def quickstart(executor: dict, threads: int, generations: int, zoo: str) -> dict:
-    exp = {**yaml.safe_load(QUICKSTART.read_text()), "zoo": zoo}
-    for key in ("space", "fitness"):  # the quickstart composes these from files named relative to itself
-        if isinstance(exp[key], str):
-            exp[key] = str((QUICKSTART.parent / exp[key]).resolve())
+    exp = {**spelled_out(QUICKSTART), "zoo": zoo}  # written elsewhere: presets and task paths made absolute
     exp["optimizer"]["generations"] = generations
     return {**exp, "threads": threads, "baselines": {"enabled": False}, "executor": executor}
 
