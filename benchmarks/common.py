@@ -33,10 +33,13 @@ def print_markdown_table(header: list[str], rows: list[list[str]]) -> None:
 
 def spelled_out(experiment: Path) -> dict:
     """An experiment file as a dict with its presets (space, fitness) named by path read in and every task path made
-    absolute, so that it can be changed and written anywhere."""
+    absolute (a black-box experiment's data.tasks too), so that it can be changed and written anywhere."""
     import yaml
 
     cfg = yaml.safe_load(experiment.read_text())
+    if cfg.get("kind") == "blackbox":  # no presets; its data's task directories
+        cfg["data"]["tasks"] = {t: str((experiment.parent / p).resolve()) for t, p in cfg["data"]["tasks"].items()}
+        return cfg
     for key in ("space", "fitness"):
         if isinstance(cfg[key], str):
             preset = (experiment.parent / cfg[key]).resolve()

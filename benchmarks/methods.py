@@ -1,22 +1,34 @@
 """Every merge method on zoo v2, at equal evaluation budgets, over seeds: the held-out score of each run's winner on
 the composed task (addition posed and answered in the language) and its paired margin over a named reference row.
 
-    EVOMERGE_HOME=/tmp/methods-home python benchmarks/methods.py                 # every method here, seeds 0,1,2
-    EVOMERGE_HOME=/tmp/methods-home python benchmarks/methods.py --methods ps --seeds 0
+    EVOMERGE_HOME=/tmp/methods-home python benchmarks/methods.py                 # every method, seeds 0,1,2
+    EVOMERGE_HOME=/tmp/methods-home python benchmarks/methods.py --methods ps,m2n2 --seeds 0
 
-Methods so far: `ps` (CMA-ES over one task-arithmetic weight per source and layer: experiments/zoo2_ps.yaml), its
-reference row the best source (the base, the language expert or the math expert, whichever scores highest on the
-held-out split). DFS, PS+DFS, M2N2 and black-box merging are not measured here yet: their summary lists stay empty.
+Methods (each an experiment file; 195 search evaluations each, black-box: 195 queries for its two stages):
+  ps        CMA-ES over one task-arithmetic weight per source and layer (experiments/zoo2_ps.yaml);
+            reference: the best source (base, language expert or math expert, best on the held-out split)
+  dfs       data-flow merge of the language expert (A) and the math expert (B) (experiments/zoo2_dfs.yaml);
+            reference: the better of A and B on their own
+  psdfs     data-flow merge of the same seed's PS result (A) and the math expert (experiments/zoo2_ps_dfs.yaml);
+            reference: the same seed's ps record
+  m2n2      M2N2 over mosaics of the two experts (experiments/zoo2_m2n2.yaml); reference: the same seed's ps record
+            (CMA-ES PS at the same budget)
+  blackbox  two-stage black-box Evo-Merging over LoRA versions of the experts (experiments/zoo2_blackbox.yaml);
+            reference: the best single adapter (chosen on the validation examples); its ablations recorded beside
 
-Each (method, seed) record replaces its earlier one in benchmarks/results/methods.json, and the summary is
-recomputed over all records there. The zoo is built once (seed 0); the seed is the search's. Ends with one JSON
-line {"summary": {...}} (one value per seed in each list), also written to the results file under "summary".
+Margins are paired over the held-out examples (each record keeps its winner's per-example correctness, so margins
+against another method's record are recomputed whenever either changes). Each (method, seed) record replaces its
+earlier one in benchmarks/results/methods.json and the summary is recomputed over all records there. psdfs needs the
+same seed's PS run: run with ps in the same call, or give --runs-dir where an earlier call kept it. The zoo is built
+once (seed 0); the seed is the search's. Ends with one JSON line {"summary": {...}} (one value per seed in each
+list), also written to the results file under "summary".
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -28,48 +40,142 @@ from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evomerge.runner import Runner
+from evomerge.heldout import flat_per_example, paired_margin
+from evomerge.runner import open_run
+from evomerge.store import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "methods.json"
 # method -> (its experiment file, the reference its margin is measured against)
-METHODS = {"ps": (REPO / "experiments" / "zoo2_ps.yaml", "best_source")}
+METHODS = {
+    "ps": (REPO / "experiments" / "zoo2_ps.yaml", "best_source"),
+    "dfs": (REPO / "experiments" / "zoo2_dfs.yaml", "best_source"),
+    "psdfs": (REPO / "experiments" / "zoo2_ps_dfs.yaml", "ps"),
+    "m2n2": (REPO / "experiments" / "zoo2_m2n2.yaml", "ps"),
+    "blackbox": (REPO / "experiments" / "zoo2_blackbox.yaml", "best_adapter"),
+}
 SUMMARY_KEYS = ("ps_minus_best_source", "psdfs_minus_ps", "psdfs_minus_ps_se", "m2n2_minus_cma", "m2n2_minus_cma_se",
                 "blackbox_minus_best_adapter", "blackbox_minus_best_adapter_se")
+BLACKBOX_WINNER, BEST_ADAPTER = "Evo-Merging (denoise + scale)", "best single adapter"
 
 
-def experiment(method: str, seed: int, out: Path, threads: int | None) -> Path:
-    """The method's experiment with this seed, written to `out` with its presets spelled out (absolute paths)."""
+def experiment(method: str, seed: int, out: Path, runs: Path, threads: int | None) -> Path:
+    """The method's experiment with this seed, written to `out` with its presets spelled out (absolute paths); PS+DFS's
+    model A is this seed's PS run."""
     cfg = common.spelled_out(METHODS[method][0])
     cfg["name"], cfg["seed"] = f"methods_{method}_{seed}", seed
     if threads:
         cfg["threads"] = threads
+    if method == "psdfs":
+        ps_run = runs / f"ps_{seed}"
+        if not (ps_run / "results.json").is_file():
+            raise SystemExit(f"--methods psdfs: no finished PS run of seed {seed} in {runs}; run ps with it "
+                             f"(--methods ps,psdfs) or give the --runs-dir of an earlier call")
+        cfg["sources"]["models"][0] = f"run:{ps_run}"
     written = out / f"{method}_{seed}.yaml"
-    written.write_text(yaml.safe_dump(cfg))
+    written.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return written
 
 
-def run_one(method: str, seed: int, tmp: Path, threads: int | None) -> dict:
-    exp = experiment(method, seed, tmp, threads)
-    t = time.perf_counter()
-    results = Runner(exp, tmp / f"run_{method}_{seed}", console=Console(quiet=True)).run()
-    seconds = time.perf_counter() - t
+def correct_of(run_dir: Path, label: str) -> list[int]:
+    """The per-example held-out correctness (0/1) of the row `label` of a run's table, from the run's store."""
+    store = RunDir.open(run_dir).store()
+    try:
+        ev = next(e for e in store.evaluations("heldout") if e.label == label)
+    finally:
+        store.close()
+    return [int(v) for v in flat_per_example(ev)]
+
+
+def _bits(correct: list[int]) -> str:
+    return "".join(str(v) for v in correct)
+
+
+def _versus(a: list[int], b: list[int]) -> dict:
+    d, se = paired_margin(a, b)
+    return {"margin": d, "margin_se": se}
+
+
+def search_record(method: str, results: dict, run_dir: Path) -> dict:
+    """A merge search's winner and, for a best_source reference, its margin over the best source on its own."""
     rows = results["rows"]
     evolved = rows[0]
-    # the sources the merge starts from: the base and the experts
-    reference = max((r for r in rows if r["kind"] in ("base", "source")), key=lambda r: r["average"])
-    return {"method": method, "seed": seed, "heldout_examples": results["examples"],
-            "heldout": evolved["average"], "winner": evolved["label"],
-            "reference": {"name": METHODS[method][1], "label": reference["label"], "heldout": reference["average"]},
-            "margin": reference["evolved_minus_this"], "margin_se": reference["evolved_minus_this_stderr"],
-            "sources": {r["label"]: r["average"] for r in rows if r["kind"] in ("base", "source")},
-            "search_evaluations": results["search"]["evaluations"], "seconds": round(seconds, 1)}
+    rec = {"heldout_examples": results["examples"], "heldout": evolved["average"], "winner": evolved["label"],
+           "heldout_correct": _bits(correct_of(run_dir, evolved["label"])),
+           "sources": {r["label"]: r["average"] for r in rows if r["kind"] in ("base", "source")},
+           "search_evaluations": results["search"]["evaluations"]}
+    best = max((r for r in rows if r["kind"] in ("base", "source")), key=lambda r: r["average"])
+    within = {"label": best["label"], "heldout": best["average"], "margin": best["evolved_minus_this"],
+              "margin_se": best["evolved_minus_this_stderr"]}
+    if METHODS[method][1] == "best_source":
+        rec.update(reference={"name": "best_source", **within}, margin=within["margin"],
+                   margin_se=within["margin_se"])
+    else:  # measured against the ps record in summarize(); here the best of this run's own sources (PS+DFS: A)
+        rec.update(reference={"name": METHODS[method][1]}, margin=None, margin_se=None, best_own_source=within)
+    return rec
+
+
+def blackbox_record(results: dict, run_dir: Path) -> dict:
+    """The two-stage search's merge against the best single adapter, and every other row (ablations, white-box
+    baselines) with its paired margin where the row was scored through the API (white-box rows: score only)."""
+    rows = {r["label"]: r for r in results["rows"]}
+    single = next(label for label in rows if label.startswith(BEST_ADAPTER))
+    won = correct_of(run_dir, BLACKBOX_WINNER)
+    ref = correct_of(run_dir, single)
+    others = {}
+    for label, r in rows.items():
+        if label in (BLACKBOX_WINNER, single):
+            continue
+        others[label] = {"heldout": r.get("average")}
+        if not label.startswith("white-box"):
+            others[label].update(_versus(won, correct_of(run_dir, label)))
+    return {"heldout_examples": len(won), "heldout": rows[BLACKBOX_WINNER]["average"], "winner": BLACKBOX_WINNER,
+            "heldout_correct": _bits(won),
+            "reference": {"name": "best_adapter", "label": single, "heldout": rows[single]["average"]},
+            **_versus(won, ref), "others": others, "adapters": len(results["adapters"]),
+            "search_evaluations": results["queries"]["search"]}
+
+
+def run_one(method: str, seed: int, tmp: Path, runs: Path, threads: int | None) -> dict:
+    exp = experiment(method, seed, tmp, runs, threads)
+    run_dir = runs / f"{method}_{seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never a resumed one
+    t = time.perf_counter()
+    results = open_run(exp, run_dir, console=Console(quiet=True)).run()
+    seconds = round(time.perf_counter() - t, 1)
+    body = blackbox_record(results, run_dir) if method == "blackbox" else search_record(method, results, run_dir)
+    return {"method": method, "seed": seed, **body, "seconds": seconds}
+
+
+def link(records: list[dict]) -> None:
+    """Margins against another method's record of the same seed (psdfs and m2n2 against ps), paired over the
+    held-out examples; None where that record is missing."""
+    ps = {r["seed"]: r for r in records if r["method"] == "ps"}
+    for r in records:
+        if r["reference"]["name"] != "ps":
+            continue
+        ref = ps.get(r["seed"])
+        if ref is None or "heldout_correct" not in ref:  # (records written before the per-example scores were)
+            r["reference"] = {"name": "ps"}
+            r["margin"] = r["margin_se"] = None
+            continue
+        bits = [[int(c) for c in x["heldout_correct"]] for x in (r, ref)]
+        r["reference"] = {"name": "ps", "label": ref["winner"], "heldout": ref["heldout"]}
+        r.update(_versus(*bits))
 
 
 def summarize(records: list[dict]) -> dict:
-    by = {m: sorted((r for r in records if r["method"] == m), key=lambda r: r["seed"]) for m in METHODS}
-    out: dict[str, list[float]] = {k: [] for k in SUMMARY_KEYS}
-    out["ps_minus_best_source"] = [round(r["margin"], 4) for r in by["ps"]]
+    link(records)  # before the file is written: the records carry these margins too
+    by = {m: sorted((r for r in records if r["method"] == m and r["margin"] is not None), key=lambda r: r["seed"])
+          for m in METHODS}
+    out: dict[str, list[float]] = {}
+    for key, method, field in (("ps_minus_best_source", "ps", "margin"), ("psdfs_minus_ps", "psdfs", "margin"),
+                               ("psdfs_minus_ps_se", "psdfs", "margin_se"), ("m2n2_minus_cma", "m2n2", "margin"),
+                               ("m2n2_minus_cma_se", "m2n2", "margin_se"),
+                               ("blackbox_minus_best_adapter", "blackbox", "margin"),
+                               ("blackbox_minus_best_adapter_se", "blackbox", "margin_se")):
+        out[key] = [round(r[field], 4) for r in by[method]]
+    assert tuple(out) == SUMMARY_KEYS
     return out
 
 
@@ -79,21 +185,27 @@ def store_record(rec: dict, command: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {sorted(METHODS)}")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {list(METHODS)}")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of each run (default: the experiment's)")
+    ap.add_argument("--runs-dir", type=Path, default=None,
+                    help="keep the runs here (default: a temporary directory, removed at the end)")
     args = ap.parse_args()
     methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
-        ap.error(f"--methods: unknown {unknown}; expected some of {sorted(METHODS)}")
+        ap.error(f"--methods: unknown {unknown}; expected some of {list(METHODS)}")
+    methods = [m for m in METHODS if m in methods]  # ps before the methods measured against it
+    command = "python benchmarks/methods.py " + " ".join(sys.argv[1:])
     summary: dict = {}
     with tempfile.TemporaryDirectory() as d:
+        runs = (args.runs_dir or Path(d) / "runs").resolve()
+        runs.mkdir(parents=True, exist_ok=True)
         for seed in seeds:
             for method in methods:
-                rec = run_one(method, seed, Path(d), args.threads)
-                print(json.dumps(rec), flush=True)
-                summary = store_record(rec, "python benchmarks/methods.py " + " ".join(sys.argv[1:]))
+                rec = run_one(method, seed, Path(d), runs, args.threads)
+                print(json.dumps({k: v for k, v in rec.items() if k != "heldout_correct"}), flush=True)
+                summary = store_record(rec, command)
     print(json.dumps({"summary": summary}))
 
 

@@ -188,24 +188,31 @@ def _checkpoints(store: RunStore) -> list[dict]:
     return [{"evaluations": n, "top": rows} for n, rows in sorted(out.items())]
 
 
-def _flat(ev: Evaluation) -> list[int]:
+def flat_per_example(ev: Evaluation) -> list[int]:
+    """An evaluation's per-example scores, task by task in name order (the order every row of a table shares)."""
     return [v for task in sorted(ev.per_example) for v in ev.per_example[task]]
 
 
+def paired_margin(a: list[int], b: list[int]) -> tuple[float, float]:
+    """mean(a − b) over the same examples and that mean's standard error (a paired comparison of two models)."""
+    diff = [x - y for x, y in zip(a, b, strict=True)]
+    n = len(diff)
+    mean_d = sum(diff) / n
+    var_d = sum((d - mean_d) ** 2 for d in diff) / max(n - 1, 1)
+    return mean_d, math.sqrt(var_d / n)
+
+
 def _results(cfg, split, rows, evals, store) -> dict:
-    evolved = _flat(evals[0])
+    evolved = flat_per_example(evals[0])
     n = len(evolved)
     out_rows = []
     for (kind, label, recipe), ev in zip(rows, evals, strict=True):
-        flat = _flat(ev)
-        diff = [a - b for a, b in zip(evolved, flat, strict=True)]
-        mean_d = sum(diff) / n
-        var_d = sum((d - mean_d) ** 2 for d in diff) / max(n - 1, 1)
+        mean_d, se_d = paired_margin(evolved, flat_per_example(ev))
         out_rows.append({
             "kind": kind, "label": label, "average": ev.objective, "per_task": ev.per_task,
             "stderr": math.sqrt(ev.objective * (1 - ev.objective) / n),
             # paired over the same examples: how far the evolved merge is above this row, and that gap's stderr
-            "evolved_minus_this": mean_d, "evolved_minus_this_stderr": math.sqrt(var_d / n),
+            "evolved_minus_this": mean_d, "evolved_minus_this_stderr": se_d,
             "recipe": json.loads(recipe.to_json()),
         })
     search = store.evaluations(EvalKind.SEARCH)

@@ -73,7 +73,7 @@ class BlackboxExperiment(_Strict):
     kind: Literal["blackbox"]
     name: RunName
     seed: int = Field(42, ge=0, le=SEED_MAX)
-    zoo: Literal["default", "tiny"] = "default"
+    zoo: Literal["default", "tiny", "zoo2"] = "default"
     threads: PositiveInt = 1
     service: ServiceConfig = ServiceConfig()
     data: DataConfig

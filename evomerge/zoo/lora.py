@@ -57,7 +57,9 @@ VARIANTS: dict[str, Callable[[dict[str, str]], bool]] = {
 
 class AdapterPlan(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-    task: str  # a zoo task (add/cipher/reverse) or a distractor name
+    # a zoo task (add/cipher/reverse), a distractor name, or one of the zoo's experts (zoo v2's lang, math): its
+    # tasks, with the expert's own KL term to the base on the other experts' tasks (a LoRA version of the expert)
+    task: str
     variant: str = "full"  # zoo tasks: full | easy | hard
     seed: int = 0
 
@@ -93,6 +95,12 @@ LORA_PROFILES = {
     "tiny": LoraSpec(zoo="tiny", steps=25, eval_examples=60,
                      adapters=(AdapterPlan(task="add"), AdapterPlan(task="cipher"), AdapterPlan(task="reverse"),
                                AdapterPlan(task="copy"))),
+    # zoo v2: LoRA versions of its two experts (two seeds each: the language expert's encode + decode, the math
+    # expert's add, each with the expert's KL term) and two distractors whose prompts differ from zoo v2's (`k:` is
+    # its decode prompt, so not `copy`), for black-box merging on the composed task (benchmarks/methods.py)
+    "zoo2": LoraSpec(zoo="zoo2", rank=16, alpha=32, lr=5e-3, steps=500,
+                     adapters=(AdapterPlan(task="lang"), AdapterPlan(task="lang", seed=1), AdapterPlan(task="math"),
+                               AdapterPlan(task="math", seed=1), AdapterPlan(task="sort"), AdapterPlan(task="shift"))),
 }
 
 
@@ -115,13 +123,20 @@ def distractor_rows(task: str, seed: int, n: int) -> list[dict[str, str]]:
     return rows
 
 
-def _rows_for(plan: AdapterPlan, spec: LoraSpec, data: dict) -> list[dict[str, str]]:
+def _pools_for(plan: AdapterPlan, spec: LoraSpec, data: dict) -> tuple[list[list[dict[str, str]]], list[str]]:
+    """The training rows of an adapter, one list per task (sampled equally), and the tasks whose answers it is to
+    keep near the base's (an expert's KL term; none for a task or a distractor)."""
     if plan.task in DISTRACTORS:
-        return distractor_rows(plan.task, plan.seed, spec.distractor_train)
+        return [distractor_rows(plan.task, plan.seed, spec.distractor_train)], []
+    experts = PROFILES[spec.zoo].expert_tasks() if PROFILES[spec.zoo].experts is not None else {}
+    if plan.task in experts:
+        own = experts[plan.task]
+        keep = [t for e, ts in experts.items() if e != plan.task for t in ts if t not in own]
+        return [[ex for ex in data[t]["train"] if VARIANTS[plan.variant](ex)] for t in own], keep
     if plan.task not in data:
-        raise ValueError(f"adapter task {plan.task!r}: expected a zoo task {sorted(data)} or a distractor "
-                         f"{sorted(DISTRACTORS)}")
-    return [ex for ex in data[plan.task]["train"] if VARIANTS[plan.variant](ex)]
+        raise ValueError(f"adapter task {plan.task!r}: expected a zoo task {sorted(data)}, an expert "
+                         f"{sorted(experts)} or a distractor {sorted(DISTRACTORS)}")
+    return [[ex for ex in data[plan.task]["train"] if VARIANTS[plan.variant](ex)]], []
 
 
 def build_lora_repo(spec: LoraSpec, out: Path | None = None, log=print, force: bool = False) -> Path:
@@ -156,8 +171,13 @@ def build_lora_repo(spec: LoraSpec, out: Path | None = None, log=print, force: b
             cfg = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, target_modules=list(TARGET_MODULES),
                              lora_dropout=0.0, bias="none")
             pm = get_peft_model(model, cfg)
-            pool = _encode_train(tok, _rows_for(plan, spec, data))
-            _train(pm, [pool], [1.0], spec.steps, spec.lr, zspec, 7919 * (i + 1) + plan.seed)
+            rows, kept = _pools_for(plan, spec, data)
+            pools = [_encode_train(tok, r) for r in rows]
+            keep = None
+            if kept and zspec.expert_keep:  # the expert's recipe: KL to the base on the other experts' tasks
+                teacher = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+                keep = (teacher, [_encode_train(tok, data[t]["train"]) for t in kept], zspec.expert_keep)
+            _train(pm, pools, [1.0] * len(pools), spec.steps, spec.lr, zspec, 7919 * (i + 1) + plan.seed, keep=keep)
             checks = dict(heldout)
             if plan.task in DISTRACTORS:  # its own skill, on fresh examples
                 checks[plan.task] = encode_teacher_forced(tok, distractor_rows(plan.task, 10_000 + plan.seed,
