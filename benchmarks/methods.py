@@ -87,6 +87,17 @@ def correct_of(run_dir: Path, label: str) -> list[int]:
     return [int(v) for v in flat_per_example(ev)]
 
 
+def search_scores(run_dir: Path) -> dict:
+    """How much the search had to go on: its candidates' scores on the search split (the best, and the share above
+    zero: exact match on a task no candidate can do is a flat landscape)."""
+    store = RunDir.open(run_dir).store()
+    try:
+        scores = [e.objective for e in store.evaluations("search") if e.status == "ok"]
+    finally:
+        store.close()
+    return {"best": max(scores), "above_zero": round(sum(v > 0 for v in scores) / len(scores), 4)}
+
+
 def _bits(correct: list[int]) -> str:
     return "".join(str(v) for v in correct)
 
@@ -103,7 +114,7 @@ def search_record(method: str, results: dict, run_dir: Path) -> dict:
     rec = {"heldout_examples": results["examples"], "heldout": evolved["average"], "winner": evolved["label"],
            "heldout_correct": _bits(correct_of(run_dir, evolved["label"])),
            "sources": {r["label"]: r["average"] for r in rows if r["kind"] in ("base", "source")},
-           "search_evaluations": results["search"]["evaluations"]}
+           "search_evaluations": results["search"]["evaluations"], "search_scores": search_scores(run_dir)}
     best = max((r for r in rows if r["kind"] in ("base", "source")), key=lambda r: r["average"])
     within = {"label": best["label"], "heldout": best["average"], "margin": best["evolved_minus_this"],
               "margin_se": best["evolved_minus_this_stderr"]}
@@ -126,14 +137,16 @@ def blackbox_record(results: dict, run_dir: Path) -> dict:
     for label, r in rows.items():
         if label in (BLACKBOX_WINNER, single):
             continue
-        others[label] = {"heldout": r.get("average")}
+        others[label] = {"heldout": r.get("average"), "validation_loss": r.get("validation_loss")}
         if not label.startswith("white-box"):
             others[label].update(_versus(won, correct_of(run_dir, label)))
     return {"heldout_examples": len(won), "heldout": rows[BLACKBOX_WINNER]["average"], "winner": BLACKBOX_WINNER,
-            "heldout_correct": _bits(won),
-            "reference": {"name": "best_adapter", "label": single, "heldout": rows[single]["average"]},
+            "heldout_correct": _bits(won), "validation_loss": rows[BLACKBOX_WINNER]["validation_loss"],
+            "reference": {"name": "best_adapter", "label": single, "heldout": rows[single]["average"],
+                          "validation_loss": rows[single]["validation_loss"]},
             **_versus(won, ref), "others": others, "adapters": len(results["adapters"]),
-            "search_evaluations": results["queries"]["search"]}
+            # the winner's two stages (the ablations' stages come on top: queries_all_stages)
+            "search_evaluations": rows[BLACKBOX_WINNER]["queries"], "queries_all_stages": results["queries"]["search"]}
 
 
 def run_one(method: str, seed: int, tmp: Path, runs: Path, threads: int | None) -> dict:
@@ -204,8 +217,8 @@ def main() -> None:
         for seed in seeds:
             for method in methods:
                 rec = run_one(method, seed, Path(d), runs, args.threads)
+                summary = store_record(rec, command)  # fills in margins against other records (link)
                 print(json.dumps({k: v for k, v in rec.items() if k != "heldout_correct"}), flush=True)
-                summary = store_record(rec, command)
     print(json.dumps({"summary": summary}))
 
 

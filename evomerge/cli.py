@@ -429,6 +429,9 @@ def _build_lora(profile: str, force: bool) -> None:
 
     from evomerge.zoo.lora import LORA_PROFILES, build_lora_repo
 
+    if profile not in LORA_PROFILES:
+        _fail(EvomergeError(f"--lora: the {profile!r} zoo has no LoRA repository; expected a profile of "
+                            f"{sorted(LORA_PROFILES)}"))
     try:
         out = build_lora_repo(LORA_PROFILES[profile], force=force, log=console.print)
     except EvomergeError as e:

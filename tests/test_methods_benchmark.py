@@ -105,3 +105,13 @@ def test_lora_versions_of_zoo2_experts_train_on_the_experts_tasks(evomerge_home,
     assert set(manifest["adapters"]["lora-00"]["accuracy"]) == set(PROFILES["zoo2-tiny"].tasks)
     assert (out / "lora-00" / "adapter_model.safetensors").is_file()
     assert LORA_PROFILES["zoo2"].zoo == "zoo2"  # the profile the black-box experiment uses
+
+
+def test_lora_of_a_zoo_without_a_repository_is_one_line_and_exit_2(tmp_path):
+    import os
+
+    proc = subprocess.run([sys.executable, "-m", "evomerge.cli", "zoo", "build", "--profile", "zoo2-tiny", "--lora"],
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "EVOMERGE_HOME": str(tmp_path)})
+    assert proc.returncode == 2 and "'zoo2-tiny' zoo has no LoRA repository" in proc.stderr
+    assert not any(tmp_path.iterdir())  # refused before anything was built
