@@ -56,6 +56,7 @@ METHODS = {
 }
 SUMMARY_KEYS = ("ps_minus_best_source", "psdfs_minus_ps", "psdfs_minus_ps_se", "m2n2_minus_cma", "m2n2_minus_cma_se",
                 "blackbox_minus_best_adapter", "blackbox_minus_best_adapter_se")
+SKILLS = ("add", "encode", "decode")  # the steps of the composed task, each a task of zoo v2 on its own prompt
 BLACKBOX_WINNER, BEST_ADAPTER = "Evo-Merging (denoise + scale)", "best single adapter"
 
 
@@ -98,6 +99,22 @@ def search_scores(run_dir: Path) -> dict:
     return {"best": max(scores), "above_zero": round(sum(v > 0 for v in scores) / len(scores), 4)}
 
 
+def winner_skills(run_dir: Path) -> dict[str, float]:
+    """The winner's held-out accuracy on the composed task's steps, each on its own prompt (add, encode, decode):
+    whether a merge that fails the composed task kept the skills it is made of."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evomerge.fitness.native import encode_teacher_forced
+    from evomerge.runner import run_best_model
+    from evomerge.zoo.build import PROFILES, accuracy_per_task, task_splits
+
+    path = run_best_model("winner", run_dir, Console(quiet=True))  # exported once into the run directory
+    model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    data = task_splits(PROFILES["zoo2"])
+    enc = {t: encode_teacher_forced(tok, data[t]["heldout"]) for t in SKILLS}
+    return {t: round(v, 4) for t, v in accuracy_per_task(model, enc).items()}
+
+
 def _bits(correct: list[int]) -> str:
     return "".join(str(v) for v in correct)
 
@@ -114,7 +131,8 @@ def search_record(method: str, results: dict, run_dir: Path) -> dict:
     rec = {"heldout_examples": results["examples"], "heldout": evolved["average"], "winner": evolved["label"],
            "heldout_correct": _bits(correct_of(run_dir, evolved["label"])),
            "sources": {r["label"]: r["average"] for r in rows if r["kind"] in ("base", "source")},
-           "search_evaluations": results["search"]["evaluations"], "search_scores": search_scores(run_dir)}
+           "search_evaluations": results["search"]["evaluations"], "search_scores": search_scores(run_dir),
+           "winner_skills": winner_skills(run_dir)}
     best = max((r for r in rows if r["kind"] in ("base", "source")), key=lambda r: r["average"])
     within = {"label": best["label"], "heldout": best["average"], "margin": best["evolved_minus_this"],
               "margin_se": best["evolved_minus_this_stderr"]}
