@@ -214,6 +214,61 @@ def store_record(rec: dict, command: str) -> dict:
     return common.store_record(RESULTS, rec, list(METHODS), summarize, command)
 
 
+def _cell(heldout: float | None, margin: float | None = None, se: float | None = None) -> str:
+    score = "—" if heldout is None else f"{heldout:.3f}"
+    return score if margin is None else f"{score} ({margin:+.3f} ± {se:.3f})"
+
+
+def _loss(loss: float | None) -> str:
+    return "" if loss is None else f", loss {loss:.3f}"
+
+
+def print_tables(results: dict) -> None:
+    """benchmarks/README.md's tables from a results file: each method's held-out score and margin per seed; what
+    its search had to go on and what its winner kept; the black-box rows."""
+    records = results["records"]
+    seeds = sorted({r["seed"] for r in records})
+    rec = {(r["method"], r["seed"]): r for r in records}
+    rows = []
+    for m in METHODS:
+        ref = next((rec[m, s]["reference"] for s in seeds if (m, s) in rec), {"name": METHODS[m][1]})
+        rows.append([m, ref["name"], *(_cell(rec[m, s]["heldout"], rec[m, s]["margin"], rec[m, s]["margin_se"])
+                                       if (m, s) in rec else "—" for s in seeds)])
+    common.print_markdown_table(["method", "reference", *(f"seed {s}: held-out (− reference ± SE)" for s in seeds)],
+                                rows)
+    rows = []
+    for m in METHODS:
+        for s in seeds:
+            r = rec.get((m, s))
+            if r and "winner_skills" in r:
+                k = r["winner_skills"]
+                rows.append([m, str(s), r["winner"], f"{r['search_scores']['best']:.3f}",
+                             f"{r['search_scores']['above_zero']:.2f}", *(f"{k[t]:.3f}" for t in SKILLS)])
+    common.print_markdown_table(["method", "seed", "winner", "best search score", "share of candidates > 0",
+                                 *SKILLS], rows)
+    bb = [rec["blackbox", s] for s in seeds if ("blackbox", s) in rec]
+    if bb:
+        labels = [bb[0]["winner"], bb[0]["reference"]["label"].split(" (")[0], *bb[0]["others"]]
+        rows = []
+        for label in labels:
+            cells = []
+            for r in bb:
+                if label == r["winner"]:
+                    cells.append(_cell(r["heldout"]) + _loss(r.get("validation_loss")))
+                elif r["reference"]["label"].startswith(label):
+                    cells.append(f"{_cell(r['reference']['heldout'])}{_loss(r['reference'].get('validation_loss'))} "
+                                 f"({r['reference']['label'].split('(')[1].rstrip(')')}; Evo-Merging − it: "
+                                 f"{r['margin']:+.3f} ± {r['margin_se']:.3f})")
+                else:
+                    o = r["others"].get(label, {})
+                    cell = _cell(o.get("heldout")) + _loss(o.get("validation_loss"))
+                    if o.get("margin") is not None:
+                        cell += f" (Evo-Merging − it: {o['margin']:+.3f} ± {o['margin_se']:.3f})"
+                    cells.append(cell)
+            rows.append([label, *cells])
+        common.print_markdown_table(["black-box row", *(f"seed {r['seed']}" for r in bb)], rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {list(METHODS)}")
@@ -221,7 +276,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads of each run (default: the experiment's)")
     ap.add_argument("--runs-dir", type=Path, default=None,
                     help="keep the runs here (default: a temporary directory, removed at the end)")
+    ap.add_argument("--table", action="store_true", help="print README's tables from the results file and stop")
     args = ap.parse_args()
+    if args.table:
+        print_tables(json.loads(RESULTS.read_text()))
+        return
     methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:

@@ -115,3 +115,20 @@ def test_lora_of_a_zoo_without_a_repository_is_one_line_and_exit_2(tmp_path):
                           env={**os.environ, "EVOMERGE_HOME": str(tmp_path)})
     assert proc.returncode == 2 and "'zoo2-tiny' zoo has no LoRA repository" in proc.stderr
     assert not any(tmp_path.iterdir())  # refused before anything was built
+
+
+def test_the_readme_tables_come_from_the_records(capsys):
+    ps = {**_record("ps", 0, [1, 0, 0, 0], margin=-0.25), "search_scores": {"best": 0.015, "above_zero": 0.5},
+          "winner_skills": {"add": 0.5, "encode": 0.25, "decode": 1.0}}
+    bb = {**_record("blackbox", 0, [1, 1, 0, 0], margin=0.25), "winner": methods.BLACKBOX_WINNER,
+          "validation_loss": 1.5,
+          "reference": {"name": "best_adapter", "label": "best single adapter (lora-02)", "heldout": 0.25,
+                        "validation_loss": 2.0},
+          "others": {"ablation: without sign flips": {"heldout": 0.0, "validation_loss": 1.75, "margin": 0.5,
+                                                      "margin_se": 0.29}}}
+    methods.print_tables({"records": [ps, bb]})
+    out = capsys.readouterr().out
+    assert "| ps | best_source | 0.250 (-0.250 ± 0.010) |" in out
+    assert "| ps | 0 | ps winner | 0.015 | 0.50 | 0.500 | 0.250 | 1.000 |" in out
+    assert "| best single adapter | 0.250, loss 2.000 (lora-02; Evo-Merging − it: +0.250 ± 0.010) |" in out
+    assert "| ablation: without sign flips | 0.000, loss 1.750 (Evo-Merging − it: +0.500 ± 0.290) |" in out
