@@ -3,8 +3,11 @@ the composed task (addition posed and answered in the language) and its paired m
 
     EVOMERGE_HOME=/tmp/methods-home python benchmarks/methods.py                 # every method, seeds 0,1,2
     EVOMERGE_HOME=/tmp/methods-home python benchmarks/methods.py --methods ps,m2n2 --seeds 0
+    python benchmarks/methods.py --table          # benchmarks/README.md's tables, from the results file
 
-Methods (each an experiment file; 195 search evaluations each, black-box: 195 queries for its two stages):
+Methods (each an experiment file; each search scores 195 candidates — populations of 13, 15 generations — on the
+composed task's 200 search examples, exact match; black-box: 65 + 130 queries, population 13, the service's loss on
+64 of them; each black-box ablation 130 more; all methods x 3 seeds take ~40 CPU-minutes on 1 thread):
   ps        CMA-ES over one task-arithmetic weight per source and layer (experiments/zoo2_ps.yaml);
             reference: the best source (base, language expert or math expert, best on the held-out split)
   dfs       data-flow merge of the language expert (A) and the math expert (B) (experiments/zoo2_dfs.yaml);
