@@ -43,6 +43,7 @@ METHODS = {
     "subset": {"search_subset": 30},
     "race": {"estimator": "race"},
     "irt": {"estimator": "irt"},
+    "sample": {"estimator": "sample"},
 }
 SEARCH_KINDS = ("seed", "search", "rescore", "checkpoint")  # evaluations on the search split (seed: the warm start)
 
@@ -166,7 +167,7 @@ def summarize(records: list[dict]) -> dict:
     full_examples = statistics.mean(r["examples"] for r in by["full"])
     full_gain = statistics.mean(r["gain"] for r in by["full"])
     out = {}
-    for method, name in (("race", "racing"), ("irt", "irt"), ("subset", "subset")):
+    for method, name in (("race", "racing"), ("irt", "irt"), ("subset", "subset"), ("sample", "sample")):
         if method in by:
             out[f"{name}_ratio"] = round(full_examples / statistics.mean(r["examples"] for r in by[method]), 2)
             out[f"{name}_gain_share"] = round(statistics.mean(r["gain"] for r in by[method]) / full_gain, 3)

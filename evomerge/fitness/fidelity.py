@@ -10,6 +10,9 @@
   earlier generations (full and anchor rows alike) and of the known candidates scored before the search (sources,
   baselines: the warm start). The first `warmup` generations (default 0) are scored on every example, and so is the
   first generation when nothing has been scored in full yet.
+- sample: `sample.size` random examples per task, drawn anew each generation and the same for all of a generation's
+  candidates (the known candidates of the warm start get a draw of their own); the score is their plain mean. A
+  generation's ranking compares like with like, and over the run no few examples are fitted.
 
 Everything depends only on the evaluations of earlier generations, so a resumed run makes the same choices.
 """
@@ -25,8 +28,9 @@ from evomerge.store import EvalKind
 
 
 class Fidelity:
-    def __init__(self, cfg, store) -> None:
-        self.cfg, self.f, self.store = cfg, cfg.fitness, store
+    def __init__(self, cfg, store, sizes: dict[str, int] | None = None) -> None:
+        """`sizes`: each task's number of search examples (None: read from the first evaluation scored in full)."""
+        self.cfg, self.f, self.store, self.sizes = cfg, cfg.fitness, store, sizes
         self.kind = self.f.estimator
         self.weights = self.f.task_weights()
         # per generation, read or computed once (everything rests on the generations before it, complete by then)
@@ -36,12 +40,17 @@ class Fidelity:
 
     # -- which examples --------------------------------------------------------------------------------------------
     def job(self, job):
-        """A search job as this estimator issues it: unchanged (full), with a race, or with the anchors."""
+        """A search job (or a known candidate's, kind seed) as this estimator issues it: unchanged (full), with a
+        race, with the anchors, or with the generation's sample."""
+        if self.kind == "sample":
+            return dataclasses.replace(job, examples=self.draw(job.generation, self.f.sample.size))
+        if job.kind != EvalKind.SEARCH:  # the known candidates: in full, the first references of race and IRT
+            return job
         if self.kind == "race":
             ref = self._race_reference(job.generation)
-            return job if ref is None else dataclasses.replace(job, race=self._race_spec(ref))
+            return job if ref is None else dataclasses.replace(job, race=self.race_spec(ref))
         if self.kind == "irt" and job.generation >= self.f.irt.warmup and self._full(job.generation):
-            return dataclasses.replace(job, examples=self.anchors(job.generation))
+            return dataclasses.replace(job, examples=self.draw(job.generation, self.f.irt.anchors))
         return job
 
     def _rows(self, before: int) -> list:
@@ -62,22 +71,22 @@ class Fidelity:
             self._reference[generation] = max(full, key=lambda e: e.objective, default=None)
         return self._reference[generation]
 
-    def _race_spec(self, ref) -> RaceSpec:
+    def race_spec(self, ref) -> RaceSpec:
+        """The race against `ref`, an evaluation scored on every example (fitness.race's delta, batch, bound)."""
         sizes = {t: len(v) for t, v in ref.per_example.items()}
         r = self.f.race
         return RaceSpec(order=tuple(race_order(sizes, self.cfg.seed)), reference=ref.per_example,
                         reference_per_task=ref.per_task, reference_objective=ref.objective, weights=self.weights,
                         delta=r.delta, batch=r.batch, bound=r.bound, per_task=self.cfg.n_objectives > 1)
 
-    def anchors(self, generation: int) -> dict[str, list[int]]:
-        """A generation's anchors: `irt.anchors` random examples per task, the same for every candidate of the
-        generation (so that its ranking compares like with like), a new draw each generation (so that, over the
-        run, every example is seen by some candidates and the IRT model learns every item, not only a fixed few).
-        Deterministic in the run's seed and the generation."""
-        sizes = {t: len(v) for t, v in self._full(generation)[0].per_example.items()}
-        rng = np.random.default_rng([self.cfg.seed, generation])
-        return {t: sorted(int(i) for i in rng.choice(n, min(self.f.irt.anchors, n), replace=False))
-                for t, n in sizes.items()}
+    def draw(self, generation: int, size: int) -> dict[str, list[int]]:
+        """A generation's examples (IRT's anchors, sample's sample): `size` random examples per task, the same for
+        every candidate of the generation (so that its ranking compares like with like), a new draw each generation
+        (so that, over the run, every example is seen by some candidates: the search fits no fixed few, and the IRT
+        model learns every item). Deterministic in the run's seed and the generation (-1: the known candidates)."""
+        sizes = self.sizes or {t: len(v) for t, v in self._full(generation)[0].per_example.items()}
+        rng = np.random.default_rng([self.cfg.seed, generation + 1])
+        return {t: sorted(int(i) for i in rng.choice(n, min(size, n), replace=False)) for t, n in sizes.items()}
 
     # -- what a result is worth ------------------------------------------------------------------------------------
     def finish(self, ev):

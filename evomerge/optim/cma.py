@@ -55,6 +55,9 @@ class CMAOptimizer(Optimizer):
         values = self._check_told(genomes, values)
         self._es.tell([(np.asarray(x, dtype=float), -v) for x, v in zip(genomes, values, strict=True)])
 
+    def recommendation(self) -> np.ndarray:
+        return np.clip(np.asarray(self._es.mean, dtype=float), 0.0, 1.0)
+
     def state(self) -> bytes:
         # cmaes' attributes are numbers and arrays, its RNG a RandomState: all data, kept bit-exact. Nothing is
         # kept between ask and tell (tell takes the genomes themselves), so a state taken in between works.
