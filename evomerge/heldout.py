@@ -112,6 +112,12 @@ class FinalReport:
         if f.estimator == "irt":  # estimates and exact scores are not on one scale: the best exact, the best estimated
             exact = [e for e in top if e.examples is None][:1]
             top = exact + [e for e in top if e.examples is not None][: f.rescore_top - len(exact)]
+        elif f.estimator == "sample":  # each generation has its own draw, and scores compare within one only: the
+            # best of each generation, the latest (where the search has come furthest) first
+            best_of = {}
+            for e in top:
+                best_of.setdefault(e.generation, e)
+            top = [best_of[g] for g in sorted(best_of, reverse=True)]
         top = top[: f.rescore_top]
         items = [(e.label, parse_recipe(e.recipe)) for e in top]
         rec = store.get_meta(RECOMMENDATION_META) if f.rescore_mean else None
