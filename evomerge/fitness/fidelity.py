@@ -11,8 +11,11 @@
   baselines: the warm start). The first `warmup` generations (default 0) are scored on every example, and so is the
   first generation when nothing has been scored in full yet.
 - sample: `sample.size` random examples per task, drawn anew each generation and the same for all of a generation's
-  candidates (the known candidates of the warm start get a draw of their own); the score is their plain mean. A
-  generation's ranking compares like with like, and over the run no few examples are fitted.
+  candidates (the known candidates of the warm start get a draw of their own). A generation's ranking compares like
+  with like, and over the run no few examples are fitted. The draw is stratified: examples that every candidate of
+  the last `sample.window` generations answered alike are settled (they add nothing to a difference between
+  candidates) and get only `sample.settled_share` of the sample; the score is the stratified estimate of the
+  whole-split accuracy (each stratum's mean weighted by its size).
 
 Everything depends only on the evaluations of earlier generations, so a resumed run makes the same choices.
 """
@@ -37,13 +40,14 @@ class Fidelity:
         self._rows_before: dict[int, list] = {}  # the scores a generation's choices rest on
         self._reference: dict[int, object] = {}  # the race reference (an Evaluation) or None
         self._irt: dict[int, tuple[IrtModel, dict[str, tuple[int, int]]]] = {}  # the fitted model, item ranges
+        self._samples: dict[int, tuple[dict, dict]] = {}  # sample: the examples, the strata
 
     # -- which examples --------------------------------------------------------------------------------------------
     def job(self, job):
         """A search job (or a known candidate's, kind seed) as this estimator issues it: unchanged (full), with a
         race, with the anchors, or with the generation's sample."""
         if self.kind == "sample":
-            return dataclasses.replace(job, examples=self.draw(job.generation, self.f.sample.size))
+            return dataclasses.replace(job, examples=self._sample(job.generation)[0])
         if job.kind != EvalKind.SEARCH:  # the known candidates: in full, the first references of race and IRT
             return job
         if self.kind == "race":
@@ -84,14 +88,57 @@ class Fidelity:
         every candidate of the generation (so that its ranking compares like with like), a new draw each generation
         (so that, over the run, every example is seen by some candidates: the search fits no fixed few, and the IRT
         model learns every item). Deterministic in the run's seed and the generation (-1: the known candidates)."""
-        sizes = self.sizes or {t: len(v) for t, v in self._full(generation)[0].per_example.items()}
+        sizes = self._sizes(generation)
         rng = np.random.default_rng([self.cfg.seed, generation + 1])
         return {t: sorted(int(i) for i in rng.choice(n, min(size, n), replace=False)) for t, n in sizes.items()}
 
+    def _sample(self, generation: int) -> tuple[dict[str, list[int]], dict[str, list[tuple[list[int], int]]]]:
+        """sample: a generation's examples per task, and its strata per task as (drawn indices, stratum size)."""
+        if generation in self._samples:
+            return self._samples[generation]
+        cfg, sizes = self.f.sample, self._sizes(generation)
+        settled = self._settled(generation)
+        rng = np.random.default_rng([self.cfg.seed, generation + 1])
+        examples, strata = {}, {}
+        for t, n in sizes.items():
+            calm = sorted(settled.get(t, ()))
+            open_ = sorted(set(range(n)) - set(calm))
+            k_calm = min(len(calm), max(1, round(cfg.settled_share * cfg.size))) if calm else 0
+            k_calm = len(calm) if not open_ else k_calm  # everything settled: the sample is all settled
+            k_open = min(len(open_), cfg.size - k_calm)
+            groups = [(pool, k) for pool, k in ((open_, k_open), (calm, k_calm)) if k]
+            strata[t] = [(sorted(int(i) for i in rng.choice(pool, k, replace=False)), len(pool)) for pool, k in groups]
+            examples[t] = sorted(i for drawn, _ in strata[t] for i in drawn)
+        self._samples[generation] = (examples, strata)
+        return self._samples[generation]
+
+    def _settled(self, generation: int) -> dict[str, set[int]]:
+        """Per task, the examples that every candidate of the last `sample.window` generations scored alike (seen by
+        at least two of them): none before the search has scored anything."""
+        scores: dict[str, dict[int, set[float]]] = {}
+        counts: dict[str, dict[int, int]] = {}
+        for e in self._rows(generation):
+            if e.kind != EvalKind.SEARCH or e.generation < generation - self.f.sample.window:
+                continue
+            for t, vals in e.per_example.items():
+                idx = range(len(vals)) if e.examples is None else e.examples[t]
+                for i, v in zip(idx, vals, strict=True):
+                    scores.setdefault(t, {}).setdefault(i, set()).add(v)
+                    counts.setdefault(t, {})[i] = counts.get(t, {}).get(i, 0) + 1
+        return {t: {i for i, seen in by.items() if len(seen) == 1 and counts[t][i] >= 2} for t, by in scores.items()}
+
+    def _sizes(self, generation: int) -> dict[str, int]:
+        return self.sizes or {t: len(v) for t, v in self._full(generation)[0].per_example.items()}
+
     # -- what a result is worth ------------------------------------------------------------------------------------
     def finish(self, ev):
-        """An anchor-only result gets its IRT estimate of the whole split (objective and per task)."""
-        if self.kind != "irt" or ev.kind != EvalKind.SEARCH or ev.status != "ok" or ev.examples is None:
+        """An anchor-only result gets its IRT estimate of the whole split (objective and per task), a sample's its
+        stratified estimate."""
+        if ev.status != "ok" or ev.examples is None:
+            return ev
+        if self.kind == "sample" and ev.kind in (EvalKind.SEARCH, EvalKind.SEED):
+            return self._stratified(ev)
+        if self.kind != "irt" or ev.kind != EvalKind.SEARCH:
             return ev
         model, items = self._fit(ev.generation)
         per_task, seen, correct = {}, [], []
@@ -103,6 +150,18 @@ class Fidelity:
         for t, (lo, hi) in items.items():
             observed = dict(zip(ev.examples[t], ev.per_example[t], strict=True))
             per_task[t] = float(sum(observed.get(i, p[lo + i]) for i in range(hi - lo)) / (hi - lo))
+        wsum = sum(self.weights[t] for t in per_task)
+        objective = sum(self.weights[t] * v for t, v in per_task.items()) / wsum
+        return dataclasses.replace(ev, objective=objective, per_task=per_task)
+
+    def _stratified(self, ev):
+        """Each task's accuracy as the strata's means weighted by the strata's sizes."""
+        _, strata = self._sample(ev.generation)
+        per_task = {}
+        for t, groups in strata.items():
+            score = dict(zip(ev.examples[t], ev.per_example[t], strict=True))
+            total = sum(size for _, size in groups)
+            per_task[t] = float(sum(size * np.mean([score[i] for i in drawn]) for drawn, size in groups) / total)
         wsum = sum(self.weights[t] for t in per_task)
         objective = sum(self.weights[t] * v for t, v in per_task.items()) / wsum
         return dataclasses.replace(ev, objective=objective, per_task=per_task)
