@@ -1,21 +1,24 @@
 """What a cheaper fitness costs and what it keeps: the quickstart's search with every candidate scored on every
-example (full), on today's fixed random subset, with racing, and with IRT-estimated accuracy — same zoo, same
-candidate count, 3 seeds each.
+example (full), on a fixed random subset, with racing, with IRT-estimated accuracy, and on a stratified sample
+redrawn each generation — same zoo, same candidate count, 3 seeds each, each estimator with its defaults (the end's
+re-scoring raced and led by CMA-ES's final mean).
 
 For each run: the held-out score of its winner, the gain over uniform task arithmetic (held-out), and the examples
-scored on the search split (search candidates and the end's re-scoring of the best; held-out scoring, identical for
-every method, is not counted). Then, from the full runs' stored scores, the IRT estimator's error on candidates it
-was not fitted on (fitted on the generations before, estimated from the anchors alone).
+scored on the search split (the warm start's known candidates, the search, and the end's re-scoring, raced or not;
+held-out scoring, the same few rows for every method, is not counted). Then, from the full runs' stored scores,
+the IRT estimator's error on candidates it was not fitted on (fitted on the generations before, estimated from the
+anchors alone).
 
-    python benchmarks/eval_cost.py                      # everything: 4 methods x 3 seeds (~30 min on 2 cores)
+    python benchmarks/eval_cost.py                      # everything: 5 methods x 3 seeds (~15 min on 2 cores)
     python benchmarks/eval_cost.py --methods full,irt --seeds 0   # some; the file keeps the others' records
 
 Each (method, seed) record replaces its earlier one in the results file, and the summary is recomputed over all
 records there, so seeds can run in separate processes (one per core, with threads: 1).
 
-Ends with one JSON line {"summary": {"racing_ratio", "racing_gain_share", "irt_ratio", "irt_gain_share", ...}}, also
-written to benchmarks/results/eval_cost.json (a ratio: full evaluation's examples over the method's; a gain share:
-the method's held-out gain over uniform task arithmetic divided by full evaluation's; means over seeds).
+Ends with one JSON line {"summary": {"racing_ratio", "racing_gain_share", "irt_ratio", "irt_gain_share",
+"sample_ratio", "sample_gain_share", "subset_ratio", ...}}, also written to benchmarks/results/eval_cost.json (a
+ratio: full evaluation's examples over the method's; a gain share: the method's held-out gain over uniform task
+arithmetic divided by full evaluation's; means over seeds).
 """
 
 from __future__ import annotations

@@ -287,7 +287,7 @@ class SampleConfig(_Strict):
     # candidate's score is the stratified estimate of its whole-split accuracy (each stratum's mean weighted by its
     # size), unbiased, with far less noise in the differences than a plain random sample of the same size
     settled_share: float = Field(0.1, gt=0, lt=1)
-    window: PositiveInt = 3  # generations
+    window: int = Field(3, ge=0)  # generations (0: nothing is ever settled; plain random draws)
 
 
 class FitnessConfig(_Strict):

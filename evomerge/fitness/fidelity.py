@@ -26,7 +26,15 @@ import dataclasses
 
 import numpy as np
 
-from evomerge.fitness.estimators import IrtModel, RaceSpec, fit_irt, race_order
+from evomerge.fitness.estimators import (
+    IrtModel,
+    RaceSpec,
+    fit_irt,
+    race_order,
+    settled_examples,
+    stratified_draw,
+    stratified_mean,
+)
 from evomerge.store import EvalKind
 
 
@@ -94,38 +102,19 @@ class Fidelity:
 
     def _sample(self, generation: int) -> tuple[dict[str, list[int]], dict[str, list[tuple[list[int], int]]]]:
         """sample: a generation's examples per task, and its strata per task as (drawn indices, stratum size)."""
-        if generation in self._samples:
-            return self._samples[generation]
-        cfg, sizes = self.f.sample, self._sizes(generation)
-        settled = self._settled(generation)
-        rng = np.random.default_rng([self.cfg.seed, generation + 1])
-        examples, strata = {}, {}
-        for t, n in sizes.items():
-            calm = sorted(settled.get(t, ()))
-            open_ = sorted(set(range(n)) - set(calm))
-            k_calm = min(len(calm), max(1, round(cfg.settled_share * cfg.size))) if calm else 0
-            k_calm = len(calm) if not open_ else k_calm  # everything settled: the sample is all settled
-            k_open = min(len(open_), cfg.size - k_calm)
-            groups = [(pool, k) for pool, k in ((open_, k_open), (calm, k_calm)) if k]
-            strata[t] = [(sorted(int(i) for i in rng.choice(pool, k, replace=False)), len(pool)) for pool, k in groups]
-            examples[t] = sorted(i for drawn, _ in strata[t] for i in drawn)
-        self._samples[generation] = (examples, strata)
+        if generation not in self._samples:
+            cfg = self.f.sample
+            rows = [e for e in self._rows(generation)
+                    if cfg.window and e.kind == EvalKind.SEARCH and e.generation >= generation - cfg.window]
+            rng = np.random.default_rng([self.cfg.seed, generation + 1])
+            strata = {}
+            for t, n in self._sizes(generation).items():
+                settled = settled_examples([(range(n) if e.examples is None else e.examples[t], e.per_example[t])
+                                            for e in rows])
+                strata[t] = stratified_draw(n, settled, cfg.size, cfg.settled_share, rng)
+            examples = {t: sorted(i for drawn, _ in groups for i in drawn) for t, groups in strata.items()}
+            self._samples[generation] = (examples, strata)
         return self._samples[generation]
-
-    def _settled(self, generation: int) -> dict[str, set[int]]:
-        """Per task, the examples that every candidate of the last `sample.window` generations scored alike (seen by
-        at least two of them): none before the search has scored anything."""
-        scores: dict[str, dict[int, set[float]]] = {}
-        counts: dict[str, dict[int, int]] = {}
-        for e in self._rows(generation):
-            if e.kind != EvalKind.SEARCH or e.generation < generation - self.f.sample.window:
-                continue
-            for t, vals in e.per_example.items():
-                idx = range(len(vals)) if e.examples is None else e.examples[t]
-                for i, v in zip(idx, vals, strict=True):
-                    scores.setdefault(t, {}).setdefault(i, set()).add(v)
-                    counts.setdefault(t, {})[i] = counts.get(t, {}).get(i, 0) + 1
-        return {t: {i for i, seen in by.items() if len(seen) == 1 and counts[t][i] >= 2} for t, by in scores.items()}
 
     def _sizes(self, generation: int) -> dict[str, int]:
         return self.sizes or {t: len(v) for t, v in self._full(generation)[0].per_example.items()}
@@ -157,11 +146,8 @@ class Fidelity:
     def _stratified(self, ev):
         """Each task's accuracy as the strata's means weighted by the strata's sizes."""
         _, strata = self._sample(ev.generation)
-        per_task = {}
-        for t, groups in strata.items():
-            score = dict(zip(ev.examples[t], ev.per_example[t], strict=True))
-            total = sum(size for _, size in groups)
-            per_task[t] = float(sum(size * np.mean([score[i] for i in drawn]) for drawn, size in groups) / total)
+        per_task = {t: stratified_mean(dict(zip(ev.examples[t], ev.per_example[t], strict=True)), groups)
+                    for t, groups in strata.items()}
         wsum = sum(self.weights[t] for t in per_task)
         objective = sum(self.weights[t] * v for t, v in per_task.items()) / wsum
         return dataclasses.replace(ev, objective=objective, per_task=per_task)
