@@ -212,8 +212,10 @@ class Search:
         self.total = oc.generations * self.opt.popsize
         steady = oc.steady_state
         if steady is None:
-            # an IRT estimate is refitted between generations: whole generations keep it the same on resume
-            steady = self.opt.steady_state and evaluator.executor.n_workers > 1 and cfg.fitness.estimator != "irt"
+            # an IRT estimate is refitted, a sample's strata drawn, between generations, from the generations before:
+            # whole generations keep them the same on resume
+            steady = (self.opt.steady_state and evaluator.executor.n_workers > 1
+                      and cfg.fitness.estimator not in ("irt", "sample"))
         self.steady = steady
         if steady and cfg.fitness.rescore_every:
             console.print("[yellow]fitness.rescore_every: a steady-state search re-scores its best candidates at "
