@@ -287,6 +287,18 @@ def test_sample_scores_one_draw_per_generation_and_races_the_rescoring(tmp_path,
     # the candidates re-scored are the best of the last generations, latest first, after the mean
     gens = [int(e.label[1:].split("-")[0]) for e in by_idx[1:]]
     assert gens == sorted(gens, reverse=True) == list(range(3, 3 - len(gens), -1))
+    # every draw rests on the stored evaluations alone: a resumed run (a fresh Fidelity on the store) draws the same
+    from evomerge.config import load_experiment
+    from evomerge.fitness.fidelity import Fidelity
+    from evomerge.store import RunDir
+
+    cfg, _ = load_experiment(tmp_path / "exp.yaml")
+    store = RunDir.open(tmp_path / "run").store()
+    try:
+        fresh = Fidelity(cfg, store, {t: 60 for t in ("add", "cipher", "reverse")})
+        assert all(fresh._sample(g)[0] == d for g, d in draws.items())
+    finally:
+        store.close()
     board = read_board(tmp_path / "run")  # a stopped re-scoring is never shown as a whole-split score
     stopped = {e.label for e in rescored if e.examples is not None}
     assert stopped, "the re-scoring's race stopped no candidate"
