@@ -274,6 +274,22 @@ class IrtConfig(_Strict):
     dim: PositiveInt = Field(2, le=8)  # abilities per model
 
 
+class SampleConfig(_Strict):
+    """A random sample of the search split per generation: every candidate of a generation is scored on the same
+    `size` examples per task (its ranking compares like with like), drawn anew each generation (so that, over the
+    run, the search does not fit a few examples), and the known candidates of the warm start on a draw of their own.
+    The draw favours the examples still in contention (see `settled_share`)."""
+
+    size: PositiveInt = 20  # per task
+    # Examples that every candidate of the last `window` generations scored alike (at least two did) are settled:
+    # they add nothing to the differences a ranking rests on. A generation's sample is drawn in two strata, this
+    # share of it from the settled examples and the rest from the open ones (unseen or disagreed on), and a
+    # candidate's score is the stratified estimate of its whole-split accuracy (each stratum's mean weighted by its
+    # size), unbiased, with far less noise in the differences than a plain random sample of the same size
+    settled_share: float = Field(0.1, gt=0, lt=1)
+    window: int = Field(3, ge=0)  # generations (0: nothing is ever settled; plain random draws)
+
+
 class FitnessConfig(_Strict):
     # a scorer of evomerge.fitness.SCORERS — native: exact match of the answer; python: a per-example scorer of
     # yours, `scorer: module:function`; lm_eval: lm-evaluation-harness tasks from task YAML files, run on the
@@ -294,15 +310,23 @@ class FitnessConfig(_Strict):
     # end the `rescore_top` best candidates are scored on the whole search split and on the held-out split
     search_subset: PositiveInt | None = None
     rescore_top: int = Field(5, ge=1)
+    # the end's re-scoring raced: candidates are re-scored best first, each in the race order against the best
+    # re-scored in full so far, and stopped once it cannot beat it (fitness.race's delta, batch, bound)
+    rescore_race: bool = True
+    # also re-score the optimizer's own recommendation (CMA-ES: its final mean, which averages every generation's
+    # ranking and so is less fooled by noisy scores than the best-scored candidate), first, as the race's incumbent
+    rescore_mean: bool = True
     # also every N search evaluations (whole generations): the `rescore_top` best so far on the whole search split
     # (with search_subset) and on the held-out split, kept in results.json as `checkpoints`
     rescore_every: PositiveInt | None = None
     # how a search candidate's score is obtained: full (every example of the search split), race (stopped early
-    # once it cannot beat the incumbent), irt (a few anchor examples per task, the rest predicted); with race and
-    # irt the `rescore_top` best are scored on every example at the end, and the winner is chosen on those scores
-    estimator: Literal["full", "race", "irt"] = "full"
+    # once it cannot beat the incumbent), irt (a few anchor examples per task, the rest predicted), sample (a few
+    # random examples per task, redrawn each generation); with race, irt and sample the `rescore_top` best are
+    # scored on every example at the end, and the winner is chosen on those scores
+    estimator: Literal["full", "race", "irt", "sample"] = "full"
     race: RaceConfig = RaceConfig()
     irt: IrtConfig = IrtConfig()
+    sample: SampleConfig = SampleConfig()
     mode: Literal["teacher_forced", "generate"] = "teacher_forced"
     # native: a prompt is the user turn of the tokenizer's chat template, with the generation prompt (lm_eval has
     # its own switch, lm_eval.apply_chat_template)

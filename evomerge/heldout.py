@@ -4,6 +4,7 @@ returned as the body of results.json (written by the run lifecycle)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -17,7 +18,7 @@ from evomerge.errors import RunError
 from evomerge.executors import Job
 from evomerge.optim.pareto import pareto_front
 from evomerge.recipe import FlowRecipe, Recipe, parse_recipe
-from evomerge.search import CHECKPOINT_KINDS, SEED_KIND, Evaluator
+from evomerge.search import CHECKPOINT_KINDS, RECOMMENDATION_META, RECOMMENDED_LABEL, SEED_KIND, Evaluator
 from evomerge.store import EvalKind, Evaluation, RunStore
 
 FRONT_HELDOUT = 20  # Pareto-front members re-scored on held-out data
@@ -101,9 +102,9 @@ class FinalReport:
                 for e, h in itertools.zip_longest(front, held)]
 
     def _rescore(self, store: RunStore) -> list[dict] | None:
-        """After a search on fewer examples (a subset, racing, IRT): its best candidates on the whole search split
-        and on the held-out split, so that a lucky draw or an estimate does not pick the winner. Best on the whole
-        search split first."""
+        """After a search on fewer examples (a subset, racing, IRT, a sample): its best candidates on the whole
+        search split, so that a lucky draw or an estimate does not pick the winner, and those scored in full on the
+        held-out split. Best on the whole search split first; candidates stopped by the re-scoring's race last."""
         f = self.cfg.fitness
         if not f.cheap:
             return None
@@ -111,13 +112,57 @@ class FinalReport:
         if f.estimator == "irt":  # estimates and exact scores are not on one scale: the best exact, the best estimated
             exact = [e for e in top if e.examples is None][:1]
             top = exact + [e for e in top if e.examples is not None][: f.rescore_top - len(exact)]
-        items = [(e.label, parse_recipe(e.recipe)) for e in top[: f.rescore_top]]
-        full = self._score_all(store, EvalKind.RESCORE, items, split=f.rescore_split)
-        held = self._score_all(store, EvalKind.RESCORE_HELDOUT, items)
-        rows = [{"label": e.label, "subset": e.objective, "full_search": a.objective, "heldout": h.objective,
-                 "subset_per_task": e.per_task, "full_search_per_task": a.per_task, "heldout_per_task": h.per_task}
-                for e, a, h in zip(top, full, held, strict=False)]
-        return sorted(rows, key=lambda r: -r["full_search"])
+        elif f.estimator == "sample":  # each generation has its own draw, and scores compare within one only: the
+            # best of each generation, the latest (where the search has come furthest) first
+            best_of = {}
+            for e in top:
+                best_of.setdefault(e.generation, e)
+            top = [best_of[g] for g in sorted(best_of, reverse=True)]
+        top = top[: f.rescore_top]
+        items = [(e.label, parse_recipe(e.recipe)) for e in top]
+        rec = store.get_meta(RECOMMENDATION_META) if f.rescore_mean else None
+        if rec is not None:  # the optimizer's recommendation first: likely the best, the race's first incumbent
+            items.insert(0, (RECOMMENDED_LABEL, parse_recipe(json.dumps(json.loads(rec)["recipe"]))))
+            top.insert(0, None)
+        if f.rescore_race:
+            full = self._race_all(store, items)
+        else:
+            full = self._score_all(store, EvalKind.RESCORE, items, split=f.rescore_split)
+        complete = [a for a in full if a.examples is None]
+        held = self._score_all(store, EvalKind.RESCORE_HELDOUT, [(a.label, parse_recipe(a.recipe)) for a in complete])
+        held_by = {a.label: h for a, h in zip(complete, held, strict=True)}
+        rows = []
+        for e, a in zip(top, full, strict=True):
+            h = held_by.get(a.label)
+            rows.append({"label": a.label, "subset": e and e.objective, "full_search": a.objective,
+                         "heldout": h.objective if h else None, "subset_per_task": e and e.per_task,
+                         "full_search_per_task": a.per_task, "heldout_per_task": h.per_task if h else None,
+                         # None: every example; else how many the race scored before it stopped the candidate
+                         "rescore_examples": None if a.examples is None else sum(map(len, a.examples.values()))})
+        return sorted(rows, key=lambda r: (r["rescore_examples"] is not None, -r["full_search"]))
+
+    def _race_all(self, store: RunStore, items: list[tuple[str, Recipe | FlowRecipe]]) -> list[Evaluation]:
+        """The re-scoring raced: `items` (best first) a wave of as many as there are workers at a time, each raced
+        against the best of the earlier waves scored on every example (the first wave in full), stopped once it is
+        shown not to beat it (fitness.race). Once each across restarts, like `_score_all`: a resumed run races the
+        rest against the same incumbent."""
+        kind, split = EvalKind.RESCORE, self.cfg.fitness.rescore_split
+        wave = max(1, self.evaluator.executor.n_workers)
+        out: list[Evaluation] = []
+        with self.console.status(f"re-scoring {len(items)} models on the {split!r} split (raced)"):
+            for start in range(0, len(items), wave):
+                ref = max((e for e in out if e.examples is None), key=lambda e: e.objective, default=None)
+                race = None if ref is None else self.evaluator.fidelity.race_spec(ref)
+                batch = list(enumerate(items[start : start + wave], start))
+                jobs = [dataclasses.replace(Job(kind, -1, i, label, split, recipe), race=race)
+                        for i, (label, recipe) in batch if store.get(kind, -1, i, label) is None]
+                for _ in self.evaluator.evaluate(jobs):
+                    pass
+                out += [store.get(kind, -1, i, label) for i, (label, _) in batch]
+        failed = [e for e in out if e.status != "ok"]
+        if failed:
+            raise RunError(f"re-scoring failed for {failed[0].label}: {failed[0].error.splitlines()[0]}")
+        return out
 
     def _best(self, store: RunStore) -> tuple[Evaluation, list[str]]:
         """The best on the search split of everything scored there: the search's candidates and the known ones it
@@ -136,7 +181,9 @@ class FinalReport:
         best, warnings = self._best(store)
         rescored = self._rescore(store)
         if rescored:  # the winner is chosen on the whole search split, never on held-out data
-            best = next(e for e in _scored(store) if e.label == rescored[0]["label"])
+            label = rescored[0]["label"]
+            best = next((e for e in _scored(store) if e.label == label), None) or next(
+                e for e in store.evaluations(EvalKind.RESCORE) if e.label == label)  # the optimizer's recommendation
         rows = self._rows(store, best)
         evals = self._score_all(store, EvalKind.HELDOUT, [(label, recipe) for _, label, recipe in rows])
         results = _results(self.cfg, self.cfg.fitness.heldout_split, rows, evals, store)
@@ -265,5 +312,8 @@ def render_rescored(results: dict) -> Table:
     for col in ("candidate", "search score", "whole search split", "held-out"):
         table.add_column(col, justify="left" if col == "candidate" else "right", no_wrap=True)
     for r in results["rescored"]:
-        table.add_row(r["label"], f"{r['subset']:.3f}", f"{r['full_search']:.3f}", f"{r['heldout']:.3f}")
+        whole = f"{r['full_search']:.3f}" if r.get("rescore_examples") is None else (
+            f"< best, stopped after {r['rescore_examples']}")  # the race's paired estimate is not a score to show
+        held = "–" if r["heldout"] is None else f"{r['heldout']:.3f}"
+        table.add_row(r["label"], "–" if r["subset"] is None else f"{r['subset']:.3f}", whole, held)
     return table

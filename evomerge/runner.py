@@ -155,6 +155,20 @@ def resolve_tasks(cfg: ExperimentConfig, base_dir: Path) -> dict[str, dict[str, 
     return out
 
 
+def search_sizes(cfg: ExperimentConfig, tasks: dict) -> dict[str, int] | None:
+    """Each task's number of search examples, for an estimator that draws examples before anything is scored in
+    full (sample; None for the others, which read it from their first full evaluation)."""
+    f = cfg.fitness
+    if f.estimator != "sample":
+        return None
+    if f.type == "lm_eval":
+        from evomerge.fitness.lm_eval_scorer import doc_count
+
+        counts = {t: doc_count(c) for t, c in tasks[f.search_split].items()}
+        return {t: min(n, f.max_examples) if f.max_examples else n for t, n in counts.items()}
+    return {t: len(v) for t, v in tasks[f.search_split].items()}
+
+
 def subset_indices(n: int, size: int, seed: int, task: str) -> list[int]:
     """A fixed random subset of a task's n examples (all of them when size >= n), the same for every candidate."""
     rng = random.Random(f"{seed}:{task}")  # per task: each task contributes its own `size` (stratified)
@@ -223,7 +237,7 @@ class Runner(RunLifecycle):
         with self.console.status(f"starting the {self.executor_cfg.type} executor (workers load the sources)"):
             executor = make_executor(self.executor_cfg, worker_args)
         try:
-            self.evaluator = Evaluator(cfg, store, executor, self.events)
+            self.evaluator = Evaluator(cfg, store, executor, self.events, search_sizes(cfg, tasks))
             if executor.streaming:
                 self.console.print("[yellow]task vectors do not fit in memory: reading sources from memory-mapped "
                                    "files for every merge (slower)[/]")

@@ -30,6 +30,8 @@ from evomerge.store import EvalKind, Evaluation, EventLog, RunStore, Snapshot
 SEED_KIND = EvalKind.SEED  # known candidates (start point, sources, baselines) scored before the search
 # periodic re-scores: whole search split, held-out split
 CHECKPOINT_KINDS = (EvalKind.CHECKPOINT, EvalKind.CHECKPOINT_HELDOUT)
+RECOMMENDATION_META = "recommendation"  # the optimizer's last recommendation (Search._recommend)
+RECOMMENDED_LABEL = "final-mean"  # its label when the end re-scores it
 LEADERS = 5  # how many of the best search candidates idle workers re-score on held-out data
 TELEMETRY_EVERY_S = 10.0
 
@@ -59,14 +61,16 @@ class Evaluator:
     """Issues jobs (a recipe scored before with the same fitness settings is copied, not scored again), records
     every evaluation before anyone hears of it, and keeps idle workers busy with leaders."""
 
-    def __init__(self, cfg: ExperimentConfig, store: RunStore, executor: Executor, events: EventLog):
+    def __init__(self, cfg: ExperimentConfig, store: RunStore, executor: Executor, events: EventLog,
+                 sizes: dict[str, int] | None = None):
+        """`sizes`: each task's number of search examples, where the fidelity needs it before any full score."""
         self.cfg, self.store, self.executor, self.events = cfg, store, executor, events
         self._fillers: set[str] = set()  # cache keys of leader jobs in flight
         self._announced: set[str] = set()
         # the best search candidates so far, kept here: the store is not re-read on every result
         self.leaders: list[Evaluation] = []
         self._seconds: dict[str, tuple[int, float]] = {}  # split -> (evaluations, seconds): how long one takes
-        self.fidelity = Fidelity(cfg, store)  # how many examples a search candidate is scored on
+        self.fidelity = Fidelity(cfg, store, sizes)  # how many examples a search candidate is scored on
         for ev in store.evaluations(EvalKind.SEARCH):
             self._rank(ev)
         self._telemetry_at = 0.0
@@ -208,8 +212,10 @@ class Search:
         self.total = oc.generations * self.opt.popsize
         steady = oc.steady_state
         if steady is None:
-            # an IRT estimate is refitted between generations: whole generations keep it the same on resume
-            steady = self.opt.steady_state and evaluator.executor.n_workers > 1 and cfg.fitness.estimator != "irt"
+            # an IRT estimate is refitted, a sample's strata drawn, between generations, from the generations before:
+            # whole generations keep them the same on resume
+            steady = (self.opt.steady_state and evaluator.executor.n_workers > 1
+                      and cfg.fitness.estimator not in ("irt", "sample"))
         self.steady = steady
         if steady and cfg.fitness.rescore_every:
             console.print("[yellow]fitness.rescore_every: a steady-state search re-scores its best candidates at "
@@ -310,8 +316,9 @@ class Search:
         known = self.seeds()
         if not known:
             return
-        jobs = [Job(SEED_KIND, -1, i, name, self.cfg.fitness.search_split,
-                    self.space.decode(x, seed=self.cfg.seed * 1_000_003 + 999_999 - i), [float(v) for v in x])
+        jobs = [self.evaluator.fidelity.job(
+                    Job(SEED_KIND, -1, i, name, self.cfg.fitness.search_split,
+                        self.space.decode(x, seed=self.cfg.seed * 1_000_003 + 999_999 - i), [float(v) for v in x]))
                 for i, (name, x) in enumerate(known) if self.store.get(SEED_KIND, -1, i, name) is None]
         with self.console.status(f"scoring {len(known)} known candidates (start, sources, baselines) first"):
             for _ in self.evaluator.evaluate(jobs):
@@ -392,9 +399,22 @@ class Search:
             told = [evals[i] for i in range(len(genomes))]
             self.opt.tell(genomes, self._values(told), [self._example_row(e) for e in told])
             self.store.save_snapshot(gen, "told", self.opt.state())
+            self._recommend(gen)
             self._record_archive((gen + 1) * self.opt.popsize)
             self.events.emit("generation_told", generation=gen, best=self.best.objective, best_label=self.best.label)
             self._checkpoint((gen + 1) * self.opt.popsize)
+
+    def _recommend(self, gen: int) -> None:
+        """After a generation of a cheaper fitness: the optimizer's recommendation (CMA-ES: its mean), as a recipe in
+        the run's meta (`recommendation`), for the end's re-scoring."""
+        if not self.cfg.fitness.cheap or not self.cfg.fitness.rescore_mean:
+            return
+        x = self.opt.recommendation()
+        if x is None:
+            return
+        recipe = self.space.decode(x, seed=self.cfg.seed * 1_000_003 + (gen + 1) * 1000 + 999)
+        self.store.set_meta(RECOMMENDATION_META, json.dumps({"generation": gen, "genome": [float(v) for v in x],
+                                                             "recipe": json.loads(recipe.to_json())}))
 
     def _checkpoint(self, done: int) -> None:
         """Every `fitness.rescore_every` evaluations: the best candidates so far on the whole search split (after a

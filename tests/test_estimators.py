@@ -1,10 +1,12 @@
 """Racing bounds and IRT estimates on synthetic candidates of known accuracy."""
 
+import json
+
 import numpy as np
 import pytest
 
 from evomerge.fitness.estimators import (Race, bayes_radius, bernstein_serfling_radius, choose_anchors, fit_irt, p_irt,
-                                         race_order)
+                                         race_order, settled_examples, stratified_draw, stratified_mean)
 
 
 def _pair(rng, n, p_ref, shift):
@@ -120,6 +122,75 @@ def test_irt_estimates_unseen_models_better_than_their_anchors_alone():
     assert np.mean(irt_err) < 0.85 * np.mean(plain_err)
 
 
+# -- the sample estimator's stratified draw ---------------------------------------------------------------------
+
+
+def test_settled_examples_are_those_every_row_scored_alike():
+    rows = [([0, 1, 2, 3], [1.0, 0.0, 1.0, 1.0]), ([1, 2, 3, 4], [0.0, 0.0, 1.0, 1.0]), ([3], [1.0])]
+    # 0 and 4: seen once; 1: 0 and 0; 2: 1 and 0; 3: three times 1
+    assert settled_examples(rows) == {1, 3}
+    assert settled_examples([]) == set()
+
+
+def test_stratified_draw_gives_the_settled_their_share():
+    rng = np.random.default_rng(0)
+    strata = stratified_draw(300, set(range(200)), 20, 0.1, rng)
+    assert [(len(d), n) for d, n in strata] == [(18, 100), (2, 200)]
+    assert all(i >= 200 for i in strata[0][0]) and all(i < 200 for i in strata[1][0])
+    assert [(len(d), n) for d, n in stratified_draw(300, set(), 20, 0.1, rng)] == [(20, 300)]  # nothing settled
+    assert [(len(d), n) for d, n in stratified_draw(30, set(range(30)), 20, 0.1, rng)] == [(20, 30)]  # all settled
+    assert [(len(d), n) for d, n in stratified_draw(30, set(range(25)), 20, 0.1, rng)] == [(5, 5), (2, 25)]
+
+
+def test_a_stratified_sample_is_unbiased_and_ranks_with_less_noise():
+    """Two candidates that answer 80% of 300 examples alike (settled) and differ on the rest, one ahead by 9
+    examples: over 2,000 draws of 20, the stratified estimate's mean is each candidate's accuracy, and its paired
+    difference is far less noisy than a plain random sample's (so a generation's ranking is right more often)."""
+    rng = np.random.default_rng(5)
+    n, settled = 300, set(range(240))
+    base = (rng.random(n) < 0.8).astype(float)
+    a, b = base.copy(), base.copy()
+    a[240:] = (rng.random(60) < 0.5).astype(float)
+    b[240:] = a[240:]
+    flip = [i for i in range(240, 300) if a[i] == 1][:9]
+    b[flip] = 0.0  # b is 9 examples (0.03) behind a
+    strat, plain = [], []
+    for _ in range(2000):
+        strata = stratified_draw(n, settled, 20, 0.1, rng)
+        strat.append((stratified_mean(dict(enumerate(a)), strata), stratified_mean(dict(enumerate(b)), strata)))
+        idx = rng.choice(n, 20, replace=False)
+        plain.append((a[idx].mean(), b[idx].mean()))
+    strat, plain = np.array(strat), np.array(plain)
+    se = strat.std(0) / np.sqrt(len(strat))
+    assert np.all(np.abs(strat.mean(0) - [a.mean(), b.mean()]) < 4 * se)
+    d_strat, d_plain = strat[:, 0] - strat[:, 1], plain[:, 0] - plain[:, 1]
+    assert d_strat.std() < d_plain.std() / 1.5
+    assert np.mean(d_strat > 0) > np.mean(d_plain > 0) + 0.1  # a ranked first more often
+
+
+def test_cma_recommends_its_mean_and_other_optimizers_nothing():
+    from evomerge.config import OptimizerConfig
+    from evomerge.optim import OPTIMIZERS
+
+    cma = OPTIMIZERS["cma"](OptimizerConfig(type="cma"), 4, seed=0)
+    xs = cma.ask()
+    cma.tell(xs, [float(-np.sum((x - 0.9) ** 2)) for x in xs])
+    assert np.allclose(cma.recommendation(), np.clip(cma._es.mean, 0, 1))
+    assert np.all((cma.recommendation() >= 0) & (cma.recommendation() <= 1))
+    assert OPTIMIZERS["random"](OptimizerConfig(type="random"), 4, seed=0).recommendation() is None
+
+
+@pytest.mark.parametrize("bad", [{"settled_share": 0}, {"settled_share": 1.0}, {"size": 0}, {"window": -1}])
+def test_sample_settings_are_validated(tiny_task_dir, bad):
+    from pydantic import ValidationError
+
+    from evomerge.config import FitnessConfig
+
+    with pytest.raises(ValidationError, match=f"sample.{next(iter(bad))}"):
+        FitnessConfig.model_validate({"tasks": {"add": str(tiny_task_dir / "add")}, "estimator": "sample",
+                                      "sample": bad})
+
+
 # -- in a real search on the tiny zoo ----------------------------------------------------------------------------
 
 
@@ -185,6 +256,55 @@ def test_irt_scores_anchors_and_estimates_the_rest(tmp_path, tiny_zoo, tiny_task
 
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("fitness_type", ["native", "lm_eval"])
+def test_sample_scores_one_draw_per_generation_and_races_the_rescoring(tmp_path, tiny_zoo, tiny_task_dir,
+                                                                       fitness_type):
+    """estimator: sample — every candidate of a generation is scored on the same draw of `size` examples per task,
+    a new draw each generation (the known candidates on one of their own); the end re-scores CMA-ES's final mean
+    first and each generation's best, raced against the best re-scored in full, and the winner is a full score."""
+    from evomerge.reporting.leaderboard import read_board
+
+    results, search, rescored, known = _cheap_run(
+        tmp_path, tiny_task_dir, {"estimator": "sample", "sample": {"size": 8}, "rescore_top": 4,
+                                  "race": {"batch": 30, "delta": 0.2}}, fitness_type=fitness_type)
+    draws = {}
+    for e in [*known, *search]:
+        assert sorted(map(len, e.examples.values())) == [8, 8, 8] and 0 <= e.objective <= 1
+        assert draws.setdefault(e.generation, e.examples) == e.examples  # one draw per generation
+    assert len({json.dumps(d, sort_keys=True) for d in draws.values()}) == len(draws)  # a new one each
+    # settled examples: from the second generation on, the draw leans on the open examples (stratified estimate)
+    assert any(e.objective != pytest.approx(sum(map(sum, e.per_example.values())) / 24) for e in search)
+    rows = results["rescored"]
+    by_idx = sorted(rescored, key=lambda e: e.idx)
+    assert by_idx[0].label == "final-mean" and by_idx[0].examples is None  # the recommendation first, in full
+    complete = [e for e in rescored if e.examples is None]
+    assert all(len(v) == 60 for e in complete for v in e.per_example.values())
+    assert results["best_candidate"] == rows[0]["label"] and rows[0]["rescore_examples"] is None
+    assert rows[0]["full_search"] == max(e.objective for e in complete)
+    for r, e in ((r, next(e for e in rescored if e.label == r["label"])) for r in rows):
+        assert (r["heldout"] is None) == (e.examples is not None)  # only candidates scored in full go to held-out
+    # the candidates re-scored are the best of the last generations, latest first, after the mean
+    gens = [int(e.label[1:].split("-")[0]) for e in by_idx[1:]]
+    assert gens == sorted(gens, reverse=True) == list(range(3, 3 - len(gens), -1))
+    # every draw rests on the stored evaluations alone: a resumed run (a fresh Fidelity on the store) draws the same
+    from evomerge.config import load_experiment
+    from evomerge.fitness.fidelity import Fidelity
+    from evomerge.store import RunDir
+
+    cfg, _ = load_experiment(tmp_path / "exp.yaml")
+    store = RunDir.open(tmp_path / "run").store()
+    try:
+        fresh = Fidelity(cfg, store, {t: 60 for t in ("add", "cipher", "reverse")})
+        assert all(fresh._sample(g)[0] == d for g, d in draws.items())
+    finally:
+        store.close()
+    board = read_board(tmp_path / "run")  # a stopped re-scoring is never shown as a whole-split score
+    stopped = {e.label for e in rescored if e.examples is not None}
+    assert stopped, "the re-scoring's race stopped no candidate"
+    assert all(c.full_search is None for c in board.candidates if c.id in stopped)
+
+
 def test_an_optimizer_that_learns_from_every_example_refuses_a_cheaper_estimator(tmp_path, tiny_task_dir):
     """M2N2 needs every example's score: estimator race/irt is refused when the file is validated (before any run
     directory exists), naming the field."""
@@ -192,7 +312,7 @@ def test_an_optimizer_that_learns_from_every_example_refuses_a_cheaper_estimator
 
     from evomerge.config import ExperimentConfig
 
-    for estimator in ("race", "irt"):
+    for estimator in ("race", "irt", "sample"):
         with pytest.raises(ValidationError, match="fitness.estimator: m2n2 learns from every example"):
             ExperimentConfig.model_validate({
                 "name": "t", "zoo": "tiny", "sources": {"base": "zoo:base", "models": ["zoo:add", "zoo:cipher"]},
@@ -200,30 +320,35 @@ def test_an_optimizer_that_learns_from_every_example_refuses_a_cheaper_estimator
                 "fitness": {"tasks": {"add": str(tiny_task_dir / "add")}, "estimator": estimator}})
 
 
+def _settings(estimator: str) -> dict:
+    """Each estimator's settings for the tiny zoo's 60-example tasks."""
+    return {"race": {"race": {"batch": 30}}, "irt": {"irt": {"anchors": 8, "warmup": 1}},
+            "sample": {"sample": {"size": 8}}}[estimator]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("estimator", ["race", "irt"])
+@pytest.mark.parametrize("estimator", ["race", "irt", "sample"])
 def test_estimators_with_one_objective_per_task(tmp_path, tiny_zoo, tiny_task_dir, estimator):
     """Multi-objective (fitness.objective: per_task, NSGA-II): each estimated result carries a score per task, and
     the run ends with a leaderboard re-scored on full splits. (A race stops a candidate only when it is worse
-    than the reference on every task — dominated — which on these 60-example tasks rarely happens: IRT is the
-    estimator that must score fewer examples here.)"""
-    fitness = {"estimator": estimator, "objective": "per_task",
-               **({"race": {"batch": 30}} if estimator == "race" else {"irt": {"anchors": 8, "warmup": 1}})}
+    than the reference on every task — dominated — which on these 60-example tasks rarely happens: IRT and sample
+    are the estimators that must score fewer examples here.)"""
+    fitness = {"estimator": estimator, "objective": "per_task", **_settings(estimator)}
     results, search, rescored, _ = _cheap_run(tmp_path, tiny_task_dir, fitness,
                                               optimizer={"type": "nsga2", "generations": 4, "popsize": 6})
     partial = [e for e in search if e.examples is not None]
-    assert partial or estimator == "race", "IRT scored every candidate on every example"
+    assert partial or estimator == "race", f"{estimator} scored every candidate on every example"
     for e in search:
         assert set(e.per_task) == {"add", "cipher", "reverse"} and all(0 <= v <= 1 for v in e.per_task.values())
-    assert results["rescored"] and all(len(v) == 60 for r in rescored for v in r.per_example.values())
+    full = [r for r in rescored if r.examples is None]  # the re-scoring's race may stop a dominated candidate
+    assert results["rescored"] and full and all(len(v) == 60 for r in full for v in r.per_example.values())
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("estimator", ["race", "irt"])
+@pytest.mark.parametrize("estimator", ["race", "irt", "sample"])
 def test_estimators_on_ray_workers(tmp_path, tiny_zoo, tiny_task_dir, estimator):
     """The estimators run the same on Ray workers: the examples each evaluation used come back and are stored."""
-    fitness = {"estimator": estimator,
-               **({"race": {"batch": 30}} if estimator == "race" else {"irt": {"anchors": 8, "warmup": 1}})}
+    fitness = {"estimator": estimator, **_settings(estimator)}
     results, search, rescored, _ = _cheap_run(tmp_path, tiny_task_dir, fitness, generations=3,
                                               executor={"type": "ray", "workers": 2})
     partial = [e for e in search if e.examples is not None]

@@ -373,3 +373,19 @@ def test_pareto_front_ties_single_and_empty():
     assert pareto_front(np.array([[0.0, 1.0], [1.0, 0.0], [-1.0, -1.0]])) == [0, 1]
     with pytest.raises(ValueError):
         pareto_front([(1, 2), (1, 2, 3)])
+
+
+@pytest.mark.parametrize("name", ["cma", "sep_cma", "cma_wm"])
+@pytest.mark.parametrize("popsize", [2, 3])
+def test_a_small_cma_population_runs_without_warnings(name, popsize):
+    """Under 4 the population has one parent; cmaes divides by a zero learning rate there (harmless, a min() over
+    finite terms), which used to reach the user as a RuntimeWarning at every run's start and resume."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt = OPTIMIZERS[name](OptimizerConfig(type=name, popsize=popsize), dim=3, seed=0)
+        for _ in range(3):
+            _generation(opt)
+        opt.load_state(opt.state())
+    assert opt.popsize == popsize

@@ -224,6 +224,40 @@ def p_irt(model: IrtModel, items: np.ndarray, anchors: np.ndarray, correct_on_an
     return float((np.sum(correct_on_anchors) + p[rest].sum()) / len(items))
 
 
+# -- a stratified sample --------------------------------------------------------------------------------------------
+
+
+def settled_examples(rows: list[tuple[list[int], list[float]]]) -> set[int]:
+    """The examples of one task that every row scored alike, among those seen by at least two rows. A row: (the
+    indices it scored, its scores in that order)."""
+    seen: dict[int, list[float]] = {}
+    for idx, vals in rows:
+        for i, v in zip(idx, vals, strict=True):
+            seen.setdefault(i, []).append(v)
+    return {i for i, vals in seen.items() if len(vals) >= 2 and min(vals) == max(vals)}
+
+
+def stratified_draw(n: int, settled: set[int], size: int, settled_share: float,
+                    rng: np.random.Generator) -> list[tuple[list[int], int]]:
+    """`size` of a task's n examples in two strata, the open ones and the settled ones, the settled getting
+    `settled_share` of the draw (at least one, when there are any; all of it, when nothing is open). Returns the
+    strata as (drawn indices, stratum size); without settled examples, one plain random sample."""
+    calm = sorted(settled)
+    open_ = sorted(set(range(n)) - settled)
+    k_calm = 0 if not calm else len(calm) if not open_ else min(len(calm), max(1, round(settled_share * size)))
+    k_calm = min(k_calm, size)
+    k_open = min(len(open_), size - k_calm)
+    return [(sorted(int(i) for i in rng.choice(pool, k, replace=False)), len(pool))
+            for pool, k in ((open_, k_open), (calm, k_calm)) if k]
+
+
+def stratified_mean(scores: dict[int, float], strata: list[tuple[list[int], int]]) -> float:
+    """The whole task's mean from the strata's samples: each stratum's sample mean weighted by the stratum's size
+    (unbiased for the task's mean)."""
+    total = sum(size for _, size in strata)
+    return float(sum(size * np.mean([scores[i] for i in drawn]) for drawn, size in strata) / total)
+
+
 # -- racing a candidate inside its evaluation ----------------------------------------------------------------------
 
 

@@ -10,6 +10,12 @@
   earlier generations (full and anchor rows alike) and of the known candidates scored before the search (sources,
   baselines: the warm start). The first `warmup` generations (default 0) are scored on every example, and so is the
   first generation when nothing has been scored in full yet.
+- sample: `sample.size` random examples per task, drawn anew each generation and the same for all of a generation's
+  candidates (the known candidates of the warm start get a draw of their own). A generation's ranking compares like
+  with like, and over the run no few examples are fitted. The draw is stratified: examples that every candidate of
+  the last `sample.window` generations answered alike are settled (they add nothing to a difference between
+  candidates) and get only `sample.settled_share` of the sample; the score is the stratified estimate of the
+  whole-split accuracy (each stratum's mean weighted by its size).
 
 Everything depends only on the evaluations of earlier generations, so a resumed run makes the same choices.
 """
@@ -20,28 +26,43 @@ import dataclasses
 
 import numpy as np
 
-from evomerge.fitness.estimators import IrtModel, RaceSpec, fit_irt, race_order
+from evomerge.fitness.estimators import (
+    IrtModel,
+    RaceSpec,
+    fit_irt,
+    race_order,
+    settled_examples,
+    stratified_draw,
+    stratified_mean,
+)
 from evomerge.store import EvalKind
 
 
 class Fidelity:
-    def __init__(self, cfg, store) -> None:
-        self.cfg, self.f, self.store = cfg, cfg.fitness, store
+    def __init__(self, cfg, store, sizes: dict[str, int] | None = None) -> None:
+        """`sizes`: each task's number of search examples (None: read from the first evaluation scored in full)."""
+        self.cfg, self.f, self.store, self.sizes = cfg, cfg.fitness, store, sizes
         self.kind = self.f.estimator
         self.weights = self.f.task_weights()
         # per generation, read or computed once (everything rests on the generations before it, complete by then)
         self._rows_before: dict[int, list] = {}  # the scores a generation's choices rest on
         self._reference: dict[int, object] = {}  # the race reference (an Evaluation) or None
         self._irt: dict[int, tuple[IrtModel, dict[str, tuple[int, int]]]] = {}  # the fitted model, item ranges
+        self._samples: dict[int, tuple[dict, dict]] = {}  # sample: the examples, the strata
 
     # -- which examples --------------------------------------------------------------------------------------------
     def job(self, job):
-        """A search job as this estimator issues it: unchanged (full), with a race, or with the anchors."""
+        """A search job (or a known candidate's, kind seed) as this estimator issues it: unchanged (full), with a
+        race, with the anchors, or with the generation's sample."""
+        if self.kind == "sample":
+            return dataclasses.replace(job, examples=self._sample(job.generation)[0])
+        if job.kind != EvalKind.SEARCH:  # the known candidates: in full, the first references of race and IRT
+            return job
         if self.kind == "race":
             ref = self._race_reference(job.generation)
-            return job if ref is None else dataclasses.replace(job, race=self._race_spec(ref))
+            return job if ref is None else dataclasses.replace(job, race=self.race_spec(ref))
         if self.kind == "irt" and job.generation >= self.f.irt.warmup and self._full(job.generation):
-            return dataclasses.replace(job, examples=self.anchors(job.generation))
+            return dataclasses.replace(job, examples=self.draw(job.generation, self.f.irt.anchors))
         return job
 
     def _rows(self, before: int) -> list:
@@ -62,27 +83,51 @@ class Fidelity:
             self._reference[generation] = max(full, key=lambda e: e.objective, default=None)
         return self._reference[generation]
 
-    def _race_spec(self, ref) -> RaceSpec:
+    def race_spec(self, ref) -> RaceSpec:
+        """The race against `ref`, an evaluation scored on every example (fitness.race's delta, batch, bound)."""
         sizes = {t: len(v) for t, v in ref.per_example.items()}
         r = self.f.race
         return RaceSpec(order=tuple(race_order(sizes, self.cfg.seed)), reference=ref.per_example,
                         reference_per_task=ref.per_task, reference_objective=ref.objective, weights=self.weights,
                         delta=r.delta, batch=r.batch, bound=r.bound, per_task=self.cfg.n_objectives > 1)
 
-    def anchors(self, generation: int) -> dict[str, list[int]]:
-        """A generation's anchors: `irt.anchors` random examples per task, the same for every candidate of the
-        generation (so that its ranking compares like with like), a new draw each generation (so that, over the
-        run, every example is seen by some candidates and the IRT model learns every item, not only a fixed few).
-        Deterministic in the run's seed and the generation."""
-        sizes = {t: len(v) for t, v in self._full(generation)[0].per_example.items()}
-        rng = np.random.default_rng([self.cfg.seed, generation])
-        return {t: sorted(int(i) for i in rng.choice(n, min(self.f.irt.anchors, n), replace=False))
-                for t, n in sizes.items()}
+    def draw(self, generation: int, size: int) -> dict[str, list[int]]:
+        """A generation's examples (IRT's anchors, sample's sample): `size` random examples per task, the same for
+        every candidate of the generation (so that its ranking compares like with like), a new draw each generation
+        (so that, over the run, every example is seen by some candidates: the search fits no fixed few, and the IRT
+        model learns every item). Deterministic in the run's seed and the generation (-1: the known candidates)."""
+        sizes = self._sizes(generation)
+        rng = np.random.default_rng([self.cfg.seed, generation + 1])
+        return {t: sorted(int(i) for i in rng.choice(n, min(size, n), replace=False)) for t, n in sizes.items()}
+
+    def _sample(self, generation: int) -> tuple[dict[str, list[int]], dict[str, list[tuple[list[int], int]]]]:
+        """sample: a generation's examples per task, and its strata per task as (drawn indices, stratum size)."""
+        if generation not in self._samples:
+            cfg = self.f.sample
+            rows = [e for e in self._rows(generation)
+                    if cfg.window and e.kind == EvalKind.SEARCH and e.generation >= generation - cfg.window]
+            rng = np.random.default_rng([self.cfg.seed, generation + 1])
+            strata = {}
+            for t, n in self._sizes(generation).items():
+                settled = settled_examples([(range(n) if e.examples is None else e.examples[t], e.per_example[t])
+                                            for e in rows])
+                strata[t] = stratified_draw(n, settled, cfg.size, cfg.settled_share, rng)
+            examples = {t: sorted(i for drawn, _ in groups for i in drawn) for t, groups in strata.items()}
+            self._samples[generation] = (examples, strata)
+        return self._samples[generation]
+
+    def _sizes(self, generation: int) -> dict[str, int]:
+        return self.sizes or {t: len(v) for t, v in self._full(generation)[0].per_example.items()}
 
     # -- what a result is worth ------------------------------------------------------------------------------------
     def finish(self, ev):
-        """An anchor-only result gets its IRT estimate of the whole split (objective and per task)."""
-        if self.kind != "irt" or ev.kind != EvalKind.SEARCH or ev.status != "ok" or ev.examples is None:
+        """An anchor-only result gets its IRT estimate of the whole split (objective and per task), a sample's its
+        stratified estimate."""
+        if ev.status != "ok" or ev.examples is None:
+            return ev
+        if self.kind == "sample" and ev.kind in (EvalKind.SEARCH, EvalKind.SEED):
+            return self._stratified(ev)
+        if self.kind != "irt" or ev.kind != EvalKind.SEARCH:
             return ev
         model, items = self._fit(ev.generation)
         per_task, seen, correct = {}, [], []
@@ -94,6 +139,15 @@ class Fidelity:
         for t, (lo, hi) in items.items():
             observed = dict(zip(ev.examples[t], ev.per_example[t], strict=True))
             per_task[t] = float(sum(observed.get(i, p[lo + i]) for i in range(hi - lo)) / (hi - lo))
+        wsum = sum(self.weights[t] for t in per_task)
+        objective = sum(self.weights[t] * v for t, v in per_task.items()) / wsum
+        return dataclasses.replace(ev, objective=objective, per_task=per_task)
+
+    def _stratified(self, ev):
+        """Each task's accuracy as the strata's means weighted by the strata's sizes."""
+        _, strata = self._sample(ev.generation)
+        per_task = {t: stratified_mean(dict(zip(ev.examples[t], ev.per_example[t], strict=True)), groups)
+                    for t, groups in strata.items()}
         wsum = sum(self.weights[t] for t in per_task)
         objective = sum(self.weights[t] * v for t, v in per_task.items()) / wsum
         return dataclasses.replace(ev, objective=objective, per_task=per_task)

@@ -141,6 +141,14 @@ def overlap(search: dict, heldout: dict) -> tuple[int, int]:
     return len(ours & hashes(tasks[other["task"]])), len(tasks[search["task"]].eval_docs)
 
 
+def doc_count(config: dict) -> int:
+    """How many documents a task config's split has (builds the task: seconds for a real benchmark)."""
+    from lm_eval.tasks import TaskManager
+
+    task = buildable({k: v for k, v in config.items() if k != SAMPLES_KEY})
+    return len(TaskManager(include_defaults=False).load([task])["tasks"][task["task"]].eval_docs)
+
+
 def _cache_templates() -> None:
     """lm-eval compiles a task's Jinja templates anew for every document on every call (`apply_template` calls
     `env.from_string`): two thirds of a zoo candidate's scoring time. Templates are immutable strings, so the

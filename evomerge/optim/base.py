@@ -186,6 +186,12 @@ class Optimizer:
         (`keeps_archive` optimizers; reporting only, not part of the state)."""
         return None
 
+    def recommendation(self) -> np.ndarray | None:
+        """The genome this optimizer bets on without scoring it (None: it has none but its best scored): CMA-ES's
+        distribution mean, an average over every generation's ranking, so less fooled by one noisy score than the
+        best-scored candidate is. A cheaper fitness re-scores it at the end with the best candidates."""
+        return None
+
     def state(self) -> bytes:
         raise NotImplementedError
 

@@ -34,8 +34,11 @@ class CMAOptimizer(Optimizer):
         self._es = self._make(self.x0)
 
     def _make(self, mean: np.ndarray):
-        return self.impl(mean=mean, sigma=self._cfg.sigma0, bounds=np.array([[0.0, 1.0]] * self.dim),
-                         seed=self._seed, population_size=self._cfg.popsize)
+        # a population under 4 has one parent and no rank-mu update: cmaes then divides by a zero learning rate in a
+        # min() whose other terms are finite, which is harmless but warns; the result is the same without the warning
+        with np.errstate(divide="ignore"):
+            return self.impl(mean=mean, sigma=self._cfg.sigma0, bounds=np.array([[0.0, 1.0]] * self.dim),
+                             seed=self._seed, population_size=self._cfg.popsize)
 
     def seed(self, genomes: list[np.ndarray], values: list[float], examples: list | None = None) -> None:
         """The search starts (its mean, before any ask) at the best of the known candidates."""
@@ -54,6 +57,9 @@ class CMAOptimizer(Optimizer):
     def tell(self, genomes: list[np.ndarray], values: list, examples: list | None = None) -> None:
         values = self._check_told(genomes, values)
         self._es.tell([(np.asarray(x, dtype=float), -v) for x, v in zip(genomes, values, strict=True)])
+
+    def recommendation(self) -> np.ndarray:
+        return np.clip(np.asarray(self._es.mean, dtype=float), 0.0, 1.0)
 
     def state(self) -> bytes:
         # cmaes' attributes are numbers and arrays, its RNG a RandomState: all data, kept bit-exact. Nothing is
@@ -85,9 +91,10 @@ class CMAwMOptimizer(Optimizer):
     def _make(self, mean: np.ndarray) -> CMAwM:
         # a discrete gene's range ends at its top level, so that CMAwM's levels are exactly ours (k·step ≤ 1)
         high = np.where(self.steps > 0, top_levels(self.steps) * self.steps, 1.0)
-        return CMAwM(mean=np.minimum(mean, high), sigma=self._cfg.sigma0,
-                     bounds=np.stack([np.zeros(self.dim), high], axis=1), steps=self.steps, seed=self._seed,
-                     population_size=self._cfg.popsize)
+        with np.errstate(divide="ignore"):  # as in CMAOptimizer._make
+            return CMAwM(mean=np.minimum(mean, high), sigma=self._cfg.sigma0,
+                         bounds=np.stack([np.zeros(self.dim), high], axis=1), steps=self.steps, seed=self._seed,
+                         population_size=self._cfg.popsize)
 
     def seed(self, genomes: list[np.ndarray], values: list[float], examples: list | None = None) -> None:
         """The search starts (its mean, before any ask) at the best of the known candidates."""

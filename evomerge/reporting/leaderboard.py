@@ -194,7 +194,9 @@ def read_board(path: Path) -> Board:
 def _candidates(f: RunSettings, search: list[Evaluation], evals: list[Evaluation],
                 parents: dict[str, list[str]]) -> list[Candidate]:
     tasks = list(f.tasks)
-    scored = {(e.recipe, e.split): e for e in evals if e.status == "ok" and e.kind != EvalKind.SEARCH}
+    # full scores only: a known candidate scored on a sample, a re-scoring stopped by its race are not
+    scored = {(e.recipe, e.split): e for e in evals
+              if e.status == "ok" and e.kind != EvalKind.SEARCH and e.examples is None}
     ok = [e for e in search if e.status == "ok"]
     order = sorted(range(len(ok)), key=lambda i: -ok[i].objective)  # stable: ties keep evaluation order
     rank = {id(ok[i]): r + 1 for r, i in enumerate(order)}

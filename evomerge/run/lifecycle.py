@@ -91,7 +91,7 @@ class RunSettings:
     n_objectives: int = 1
     search_subset: int | None = None
     full_search_split: str | None = None
-    estimator: str = "full"  # fitness.estimator: full, race or irt
+    estimator: str = "full"  # fitness.estimator: full, race, irt or sample
 
     @property
     def cheap(self) -> bool:

@@ -293,16 +293,18 @@ def _save(model, tok, path: Path) -> None:
 
 def family_spec(family: str, profile: str = "ci"):
     """A zoo spec for `family`: 'ci' (seconds: tiny, few steps, near-chance models; checks the pipeline; a base and
-    two experts, add and reverse) or 'bench' (a minute or two: the quickstart zoo's recipe at a smaller width — a
-    base stopped early on the three skills, then one expert per skill that masters it and forgets the others, so
-    that a merge has skills to compose; for benchmarks/families.py)."""
+    two experts, add and reverse) or 'bench' (a minute or two: a base stopped early on the three skills, then one
+    expert per skill, fine-tuned until it masters its skill (or 400 steps) while a KL term to the base keeps its
+    predictions on the other skills — so that each task vector holds one skill and a merge has skills to compose;
+    for benchmarks/families.py)."""
     if profile == "ci":
         return ZooSpec(family=family, tasks=("add", "reverse"), mixture_weights=(2.0, 1.0), hidden=32,
                        intermediate=64, layers=2, heads=4, batch=32, base_lr=3e-3, base_max_steps=60, base_target=1.1,
                        check_every=1000, expert_lr=3e-3, expert_steps=30,
                        sizes={"train": 400, "search": 20, "heldout": 20})
     if profile == "bench":
-        return ZooSpec(family=family, hidden=96, intermediate=192, layers=4, heads=4, batch=64, base_lr=2e-3,
-                       base_max_steps=1000, base_target=0.35, check_every=50, expert_lr=3e-4, expert_steps=200,
-                       sizes={"train": 3000, "search": 150, "heldout": 300})
+        mixture = FAMILIES[family].mixture or ZooSpec.model_fields["mixture_weights"].default
+        return ZooSpec(family=family, mixture_weights=mixture, hidden=96, intermediate=192, layers=4, heads=4, batch=64, base_lr=2e-3,
+                       base_max_steps=1500, base_target=0.35, check_every=50, expert_lr=1e-3, expert_steps=400,
+                       expert_target=0.95, expert_keep=1.0, sizes={"train": 3000, "search": 150, "heldout": 300})
     raise ValueError(f"unknown family profile {profile!r}; expected 'ci' or 'bench'")
