@@ -50,14 +50,23 @@ def test_the_written_experiment_points_psdfs_at_the_seeds_ps_run(tmp_path):
     assert cfg["sources"]["models"] == [f"run:{runs / 'ps_1'}", "zoo:math"]
     assert all(p.startswith("/") for p in cfg["fitness"]["tasks"].values())
     bb = yaml.safe_load(methods.experiment("blackbox", 2, tmp_path, runs, None).read_text())
-    assert bb["seed"] == 2 and (REPO / "fitness" / "data" / "zoo2" / "word_add").samefile(bb["data"]["tasks"]["word_add"])
+    assert bb["seed"] == 2 and (REPO / "fitness" / "data" / "zoo2" / "word_add").samefile(
+        bb["data"]["tasks"]["word_add"]
+    )
 
 
 def _record(method, seed, bits, margin=None):
     ref = {"ps": "best_source", "blackbox": "best_adapter"}.get(method, "ps")
-    return {"method": method, "seed": seed, "winner": f"{method} winner", "heldout": sum(bits) / len(bits),
-            "heldout_correct": "".join(map(str, bits)), "reference": {"name": ref}, "margin": margin,
-            "margin_se": None if margin is None else 0.01}
+    return {
+        "method": method,
+        "seed": seed,
+        "winner": f"{method} winner",
+        "heldout": sum(bits) / len(bits),
+        "heldout_correct": "".join(map(str, bits)),
+        "reference": {"name": ref},
+        "margin": margin,
+        "margin_se": None if margin is None else 0.01,
+    }
 
 
 def test_margins_against_the_ps_record_are_paired_and_follow_it():
@@ -79,19 +88,29 @@ def test_margins_against_the_ps_record_are_paired_and_follow_it():
 
 
 def test_an_unknown_method_is_one_line_and_exit_2():
-    proc = subprocess.run([sys.executable, "methods.py", "--methods", "ps,nope"], cwd=REPO / "benchmarks",
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "methods.py", "--methods", "ps,nope"],
+        cwd=REPO / "benchmarks",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 2 and "--methods: unknown ['nope']" in proc.stderr
 
 
 def test_lora_versions_of_zoo2_experts_train_on_the_experts_tasks(evomerge_home, tmp_path):
     """At zoo v2's code path with tiny sizes: an adapter named for an expert trains on that expert's tasks with its
     KL term, and its manifest says so; a name that is no task, expert or distractor is refused."""
-    from evomerge.zoo.lora import LORA_PROFILES, AdapterPlan, LoraSpec, _pools_for, build_lora_repo
     from evomerge.zoo.build import PROFILES, task_splits
+    from evomerge.zoo.lora import LORA_PROFILES, AdapterPlan, LoraSpec, _pools_for, build_lora_repo
 
-    spec = LoraSpec(zoo="zoo2-tiny", steps=4, eval_examples=10,
-                    adapters=(AdapterPlan(task="lang"), AdapterPlan(task="math"), AdapterPlan(task="sort")))
+    spec = LoraSpec(
+        zoo="zoo2-tiny",
+        steps=4,
+        eval_examples=10,
+        adapters=(AdapterPlan(task="lang"), AdapterPlan(task="math"), AdapterPlan(task="sort")),
+    )
     data = task_splits(PROFILES["zoo2-tiny"])
     pools, keep = _pools_for(spec.adapters[0], spec, data)
     assert [p[0]["prompt"][:2] for p in pools] == ["e:", "k:"] and keep == ["add"]
@@ -110,22 +129,38 @@ def test_lora_versions_of_zoo2_experts_train_on_the_experts_tasks(evomerge_home,
 def test_lora_of_a_zoo_without_a_repository_is_one_line_and_exit_2(tmp_path):
     import os
 
-    proc = subprocess.run([sys.executable, "-m", "evomerge.cli", "zoo", "build", "--profile", "zoo2-tiny", "--lora"],
-                          capture_output=True, text=True, timeout=120, check=False,
-                          env={**os.environ, "EVOMERGE_HOME": str(tmp_path)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "evomerge.cli", "zoo", "build", "--profile", "zoo2-tiny", "--lora"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "EVOMERGE_HOME": str(tmp_path)},
+    )
     assert proc.returncode == 2 and "'zoo2-tiny' zoo has no LoRA repository" in proc.stderr
     assert not any(tmp_path.iterdir())  # refused before anything was built
 
 
 def test_the_readme_tables_come_from_the_records(capsys):
-    ps = {**_record("ps", 0, [1, 0, 0, 0], margin=-0.25), "search_scores": {"best": 0.015, "above_zero": 0.5},
-          "winner_skills": {"add": 0.5, "encode": 0.25, "decode": 1.0}}
-    bb = {**_record("blackbox", 0, [1, 1, 0, 0], margin=0.25), "winner": methods.BLACKBOX_WINNER,
-          "validation_loss": 1.5,
-          "reference": {"name": "best_adapter", "label": "best single adapter (lora-02)", "heldout": 0.25,
-                        "validation_loss": 2.0},
-          "others": {"ablation: without sign flips": {"heldout": 0.0, "validation_loss": 1.75, "margin": 0.5,
-                                                      "margin_se": 0.29}}}
+    ps = {
+        **_record("ps", 0, [1, 0, 0, 0], margin=-0.25),
+        "search_scores": {"best": 0.015, "above_zero": 0.5},
+        "winner_skills": {"add": 0.5, "encode": 0.25, "decode": 1.0},
+    }
+    bb = {
+        **_record("blackbox", 0, [1, 1, 0, 0], margin=0.25),
+        "winner": methods.BLACKBOX_WINNER,
+        "validation_loss": 1.5,
+        "reference": {
+            "name": "best_adapter",
+            "label": "best single adapter (lora-02)",
+            "heldout": 0.25,
+            "validation_loss": 2.0,
+        },
+        "others": {
+            "ablation: without sign flips": {"heldout": 0.0, "validation_loss": 1.75, "margin": 0.5, "margin_se": 0.29}
+        },
+    }
     methods.print_tables({"records": [ps, bb]})
     out = capsys.readouterr().out
     assert "| ps | best_source | 0.250 (-0.250 ± 0.010) |" in out
