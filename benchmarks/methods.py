@@ -7,7 +7,7 @@ the composed task (addition posed and answered in the language) and its paired m
 
 Methods (each an experiment file; each search scores 195 candidates — populations of 13, 15 generations — on the
 composed task's 200 search examples, exact match; black-box: 65 + 130 queries, population 13, the service's loss on
-64 of them; each black-box ablation 130 more; all methods x 3 seeds take ~40 CPU-minutes on 1 thread):
+64 of them; each black-box ablation 130 more; all methods x 3 seeds: 25 CPU-minutes on 1 thread, measured):
   ps        CMA-ES over one task-arithmetic weight per source and layer (experiments/zoo2_ps.yaml);
             reference: the best source (base, language expert or math expert, best on the held-out split)
   dfs       data-flow merge of the language expert (A) and the math expert (B) (experiments/zoo2_dfs.yaml);
