@@ -20,6 +20,7 @@ never saw (the p-IRT estimator: observed anchors plus predicted rest).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -227,7 +228,7 @@ def p_irt(model: IrtModel, items: np.ndarray, anchors: np.ndarray, correct_on_an
 # -- a stratified sample --------------------------------------------------------------------------------------------
 
 
-def settled_examples(rows: list[tuple[list[int], list[float]]]) -> set[int]:
+def settled_examples(rows: list[tuple[Sequence[int], Sequence[float]]]) -> set[int]:
     """The examples of one task that every row scored alike, among those seen by at least two rows. A row: (the
     indices it scored, its scores in that order)."""
     seen: dict[int, list[float]] = {}
