@@ -439,7 +439,7 @@ class ExperimentConfig(_Strict):
     name: RunName
     seed: int = Field(0, ge=0, le=SEED_MAX)
     # which zoo `zoo:NAME` references resolve to (evomerge.zoo.build.PROFILES)
-    zoo: Literal["default", "tiny", "zoo2", "zoo2-tiny"] = "default"
+    zoo: Literal["default", "portable", "tiny", "zoo2", "zoo2-tiny"] = "default"
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU when there is one
     # the dtype the sources are merged and scored in (they are cast to it when loaded); auto: their own
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"

@@ -1,7 +1,9 @@
 """The zoo: deterministic task data (the committed JSONL files), standard HF directories, real specialists."""
 
 import json
+import os
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -140,3 +142,53 @@ def test_a_zoo2_build_is_bit_identical_on_one_machine(tmp_path, monkeypatch):
         config = json.loads((first / name / "config.json").read_text())
         assert config["num_hidden_layers"] == spec.layers >= 12
         assert (again / name / "model.safetensors").read_bytes() == (first / name / "model.safetensors").read_bytes()
+
+
+# a zoo built in seconds (near-chance models): enough steps for rounding to show
+_MICRO = dict(hidden=32, intermediate=64, layers=2, heads=2, batch=16, base_max_steps=40, base_target=1.1,
+              check_every=1000, expert_steps=10, sizes={"train": 200, "search": 20, "heldout": 20})
+# what an AVX2-only CPU runs, on any newer x86-64 one: torch's, MKL's and oneDNN's AVX2 code paths
+_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def _bytes(zoo):
+    return [(zoo / n / "model.safetensors").read_bytes() for n in ("base", "add", "cipher", "reverse")]
+
+
+def test_a_portable_zoo_is_the_same_on_another_instruction_set(tmp_path, monkeypatch):
+    """`portable: true` builds in a process with portable kernels: the same bytes when this machine runs as an
+    AVX2-only CPU would (a build with the usual kernels differs there, on a CPU with AVX-512, as the zoo of the
+    README's table did on another CPU)."""
+    import subprocess
+    import sys
+
+    from evomerge.zoo.build import ZooSpec, build_zoo
+
+    spec = ZooSpec(portable=True, **_MICRO)
+    assert spec.fingerprint() != ZooSpec(**_MICRO).fingerprint()
+    native = build_zoo(spec, tmp_path / "native", log=lambda *_: None)
+    for k, v in _AVX2.items():
+        monkeypatch.setenv(k, v)
+    avx2 = build_zoo(spec, tmp_path / "avx2", log=lambda *_: None)
+    assert _bytes(native) == _bytes(avx2)
+    assert json.loads((native / "zoo.json").read_text())["spec"]["portable"] is True
+
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        return  # this CPU runs the AVX2 paths anyway: nothing to tell apart
+    code = ("import sys; from pathlib import Path; from evomerge.zoo.build import ZooSpec, build_zoo; "
+            "build_zoo(ZooSpec.model_validate_json(sys.argv[1]), Path(sys.argv[2]), log=lambda *_: None)")
+    plain = ZooSpec(**_MICRO).model_dump_json()
+    for name, env in (("plain-avx2", {**os.environ}), ("plain-native", {
+            k: v for k, v in os.environ.items() if k not in _AVX2})):
+        subprocess.run([sys.executable, "-c", code, plain, str(tmp_path / name)], env=env, check=True,
+                       capture_output=True)
+    assert _bytes(tmp_path / "plain-avx2") != _bytes(tmp_path / "plain-native")
+
+
+def test_a_failed_portable_build_says_why(tmp_path):
+    from evomerge.zoo.build import ZooSpec, build_zoo
+
+    out = tmp_path / "file"
+    out.write_text("not a directory")  # the build cannot make its .partial directory beside a file's child
+    with pytest.raises(RuntimeError, match="portable zoo build failed"):
+        build_zoo(ZooSpec(portable=True, **_MICRO), out / "zoo", log=lambda *_: None)

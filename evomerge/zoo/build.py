@@ -13,6 +13,8 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -62,6 +64,11 @@ class ZooSpec(BaseModel):
     # "learning without forgetting"): its task vector then holds its skill, not the forgetting of the others, so
     # that experts can be merged (0: plain fine-tuning)
     expert_keep: float = 0.0
+    # Build with kernels that give the same bits on every x86-64 CPU (PORTABLE_ENV, in a process of its own: the
+    # settings must be in place before torch and MKL start), at about twice the build time. Training is where CPUs
+    # part ways: the SIMD width (AVX2, AVX-512) changes the rounding of every step; a search on given weights is
+    # not affected (benchmarks/README.md, "Zoo seeds").
+    portable: bool = False
 
     @model_validator(mode="after")
     def _experts_train_on_zoo_tasks(self) -> ZooSpec:
@@ -88,7 +95,10 @@ class ZooSpec(BaseModel):
         return dict(self.experts) if self.experts is not None else {t: (t,) for t in self.tasks}
 
 
-_LATER_FIELDS = ("family", "convention", "experts", "expert_target", "expert_keep")
+_LATER_FIELDS = ("family", "convention", "experts", "expert_target", "expert_keep", "portable")
+
+# torch's kernels without SIMD dispatch, MKL's conditional numerical reproducibility, oneDNN at a common ISA
+PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41"}
 
 
 ZOO2_TASKS = ("add", "encode", "decode", "word_add")
@@ -110,6 +120,8 @@ PROFILES = {
                     base_max_steps=1500, base_target=0.18, check_every=50, mixture_weights=(3.0, 1.0, 1.0, 1.0),
                     expert_lr=1e-3, expert_steps=800, expert_target=0.97, expert_keep=1.0, experts=ZOO2_EXPERTS,
                     sizes={"train": 4000, "search": 200, "heldout": 300}),
+    # the default zoo built with portable kernels: the same models on any x86-64 CPU, at about twice the build time
+    "portable": ZooSpec(portable=True),
     # zoo v2's code path at tiny sizes, for tests (seconds; near-chance models)
     "zoo2-tiny": ZooSpec(tasks=ZOO2_TASKS, hidden=16, intermediate=32, layers=12, heads=2, batch=16, base_lr=3e-3,
                          base_max_steps=30, base_target=1.1, check_every=10, mixture_weights=(3.0, 1.0, 1.0, 1.0),
@@ -241,6 +253,8 @@ def build_zoo(spec: ZooSpec, out: Path | None = None, log=print, force: bool = F
     out = out or zoo_dir(spec)
     if (out / "zoo.json").exists() and not force:
         return out
+    if spec.portable and any(os.environ.get(k) != v for k, v in PORTABLE_ENV.items()):
+        return _build_portable(spec, out, log, force)
     t0 = time.time()
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -285,6 +299,26 @@ def build_zoo(spec: ZooSpec, out: Path | None = None, log=print, force: bool = F
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _build_portable(spec: ZooSpec, out: Path, log, force: bool) -> Path:
+    """`build_zoo` in a child process started with PORTABLE_ENV (and this process's torch threads), its log lines
+    passed on."""
+    code = ("import sys; from pathlib import Path; from evomerge.zoo.build import ZooSpec, build_zoo; "
+            "build_zoo(ZooSpec.model_validate_json(sys.argv[1]), Path(sys.argv[2]), force=sys.argv[3] == '1')")
+    env = {**os.environ, **PORTABLE_ENV, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    with subprocess.Popen([sys.executable, "-c", code, spec.model_dump_json(), str(out), "1" if force else "0"],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        tail: list[str] = []
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail = (tail + [line])[-20:]
+            if "Writing model shards" not in line:
+                log(line)
+    if proc.returncode:
+        raise RuntimeError(f"the portable zoo build failed (exit {proc.returncode}):\n" + "\n".join(tail))
+    return out
+
+
 def _save(model, tok, path: Path) -> None:
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(path, safe_serialization=True)
@@ -304,7 +338,8 @@ def family_spec(family: str, profile: str = "ci"):
                        sizes={"train": 400, "search": 20, "heldout": 20})
     if profile == "bench":
         mixture = FAMILIES[family].mixture or ZooSpec.model_fields["mixture_weights"].default
-        return ZooSpec(family=family, mixture_weights=mixture, hidden=96, intermediate=192, layers=4, heads=4, batch=64, base_lr=2e-3,
-                       base_max_steps=1500, base_target=0.35, check_every=50, expert_lr=1e-3, expert_steps=400,
-                       expert_target=0.95, expert_keep=1.0, sizes={"train": 3000, "search": 150, "heldout": 300})
+        return ZooSpec(family=family, mixture_weights=mixture, hidden=96, intermediate=192, layers=4, heads=4,
+                       batch=64, base_lr=2e-3, base_max_steps=1500, base_target=0.35, check_every=50,
+                       expert_lr=1e-3, expert_steps=400, expert_target=0.95, expert_keep=1.0,
+                       sizes={"train": 3000, "search": 150, "heldout": 300})
     raise ValueError(f"unknown family profile {profile!r}; expected 'ci' or 'bench'")
