@@ -15,6 +15,9 @@ What each family brings that the others do not (why it is in the matrix):
   the letter tasks (cipher, reverse) last — the reverse of the rotary families — so its base is pretrained on a
   mixture that favours the letters (`Family.mixture`); on the zoo's mixture the base stopped knowing addition alone.
 - `phi3`: fused `qkv_proj` and `gate_up_proj`.
+- `olmo2`: norms after attention and MLP (post-norm: no input norms), q/k RMSNorms over the whole projection. Its
+  base learns the cipher first and addition last; on the zoo's mixture it stopped at addition 0.09, reversal 0.13,
+  so its mixture gives reversal more weight too.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ class Family:
     convention: str  # the tokenizer convention (evomerge.zoo.tokenizer.CONVENTIONS)
     config: Callable  # (spec, tokenizer) -> a transformers config
     model: str  # the transformers class name
-    # the base's pretraining mixture over add, cipher and reverse where the zoo's (4, 1, 1) leaves it unbalanced
+    # the base's pretraining mixture over add, cipher and reverse where the zoo's (4, 1, 1) leaves it unbalanced:
+    # chosen by measurement (benchmarks/README.md, "Model families"), so that the base knows some of every skill
     mixture: tuple[float, ...] | None = None
 
 
@@ -87,6 +91,13 @@ def _phi3(spec, tok):
         max_position_embeddings=64, original_max_position_embeddings=64, tie_word_embeddings=False, **_ids(tok))
 
 
+def _olmo2(spec, tok):
+    return transformers.Olmo2Config(
+        vocab_size=len(tok), hidden_size=spec.hidden, intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.heads,
+        max_position_embeddings=64, tie_word_embeddings=False, **_ids(tok))
+
+
 FAMILIES: dict[str, Family] = {
     "llama": Family("zoo", _llama, "LlamaForCausalLM"),
     "mistral": Family("llama3", _mistral, "MistralForCausalLM"),
@@ -95,6 +106,7 @@ FAMILIES: dict[str, Family] = {
     "gemma2": Family("gemma", _gemma2, "Gemma2ForCausalLM"),
     "gpt2": Family("gpt2", _gpt2, "GPT2LMHeadModel", mixture=(1.5, 1.0, 1.0)),
     "phi3": Family("llama3", _phi3, "Phi3ForCausalLM"),
+    "olmo2": Family("gpt2", _olmo2, "Olmo2ForCausalLM", mixture=(4.0, 1.0, 2.0)),
 }
 
 
