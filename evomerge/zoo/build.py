@@ -8,6 +8,7 @@ recording the spec and every model's accuracy per task.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import math
@@ -64,10 +65,10 @@ class ZooSpec(BaseModel):
     # "learning without forgetting"): its task vector then holds its skill, not the forgetting of the others, so
     # that experts can be merged (0: plain fine-tuning)
     expert_keep: float = 0.0
-    # Build with kernels that give the same bits on every x86-64 CPU (PORTABLE_ENV, in a process of its own: the
-    # settings must be in place before torch and MKL start), at about twice the build time. Training is where CPUs
-    # part ways: the SIMD width (AVX2, AVX-512) changes the rounding of every step; a search on given weights is
-    # not affected (benchmarks/README.md, "Zoo seeds").
+    # Build with portable kernels (PORTABLE_ENV, in a process of its own: the settings must be in place before torch
+    # and MKL start), at about 1.6x the build time: the same bits on the AVX2 and AVX-512 code paths (measured).
+    # Training is where CPUs part ways: the SIMD width changes the rounding of every step; a search on given weights
+    # is not affected (benchmarks/README.md, "Across CPUs").
     portable: bool = False
 
     @model_validator(mode="after")
@@ -93,6 +94,13 @@ class ZooSpec(BaseModel):
     def expert_tasks(self) -> dict[str, tuple[str, ...]]:
         """Each expert's name and the tasks it is fine-tuned on."""
         return dict(self.experts) if self.experts is not None else {t: (t,) for t in self.tasks}
+
+    def kept_tasks(self, expert: str) -> list[str]:
+        """The tasks whose answers `expert` keeps near the base's (its KL term): the other experts' tasks, not its
+        own and not the composed task's, which a merge is to improve."""
+        own = self.expert_tasks()[expert]
+        return [t for t in dict.fromkeys(t for e, ts in self.expert_tasks().items() if e != expert for t in ts)
+                if t not in own]
 
 
 _LATER_FIELDS = ("family", "convention", "experts", "expert_target", "expert_keep", "portable")
@@ -120,7 +128,7 @@ PROFILES = {
                     base_max_steps=1500, base_target=0.18, check_every=50, mixture_weights=(3.0, 1.0, 1.0, 1.0),
                     expert_lr=1e-3, expert_steps=800, expert_target=0.97, expert_keep=1.0, experts=ZOO2_EXPERTS,
                     sizes={"train": 4000, "search": 200, "heldout": 300}),
-    # the default zoo built with portable kernels: the same models on any x86-64 CPU, at about twice the build time
+    # the default zoo built with portable kernels: the same models on AVX2 and AVX-512 CPUs, at ~1.6x the build time
     "portable": ZooSpec(portable=True),
     # zoo v2's code path at tiny sizes, for tests (seconds; near-chance models)
     "zoo2-tiny": ZooSpec(tasks=ZOO2_TASKS, hidden=16, intermediate=32, layers=12, heads=2, batch=16, base_lr=3e-3,
@@ -279,9 +287,7 @@ def build_zoo(spec: ZooSpec, out: Path | None = None, log=print, force: bool = F
             expert.load_state_dict(base.state_dict())
             stop = None if spec.expert_target is None else _target_reached(expert, {t: checks[t] for t in own},
                                                                            spec.expert_target, f"{name} step", log)
-            # kept: the other experts' skills (not the composed task's answers, which a merge is to improve)
-            others = [train[t] for t in dict.fromkeys(t for e, ts in spec.expert_tasks().items() if e != name
-                                                      for t in ts) if t not in own]
+            others = [train[t] for t in spec.kept_tasks(name)]
             keep = (base.eval(), others, spec.expert_keep) if spec.expert_keep and others else None
             steps = _train(expert, [train[t] for t in own], [1.0] * len(own), spec.expert_steps, spec.expert_lr,
                            spec, spec.seed * 1000 + i + 1, stop=stop, keep=keep)
@@ -308,10 +314,10 @@ def _build_portable(spec: ZooSpec, out: Path, log, force: bool) -> Path:
     with subprocess.Popen([sys.executable, "-c", code, spec.model_dump_json(), str(out), "1" if force else "0"],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         assert proc.stdout is not None
-        tail: list[str] = []
+        tail: collections.deque[str] = collections.deque(maxlen=20)  # the last lines, for the error
         for line in proc.stdout:
             line = line.rstrip()
-            tail = (tail + [line])[-20:]
+            tail.append(line)
             if "Writing model shards" not in line:
                 log(line)
     if proc.returncode:

@@ -128,11 +128,11 @@ def _pools_for(plan: AdapterPlan, spec: LoraSpec, data: dict) -> tuple[list[list
     keep near the base's (an expert's KL term; none for a task or a distractor)."""
     if plan.task in DISTRACTORS:
         return [distractor_rows(plan.task, plan.seed, spec.distractor_train)], []
-    experts = PROFILES[spec.zoo].expert_tasks() if PROFILES[spec.zoo].experts is not None else {}
+    zspec = PROFILES[spec.zoo]
+    experts = zspec.expert_tasks() if zspec.experts is not None else {}
     if plan.task in experts:
-        own = experts[plan.task]
-        keep = [t for e, ts in experts.items() if e != plan.task for t in ts if t not in own]
-        return [[ex for ex in data[t]["train"] if VARIANTS[plan.variant](ex)] for t in own], keep
+        return ([[ex for ex in data[t]["train"] if VARIANTS[plan.variant](ex)] for t in experts[plan.task]],
+                zspec.kept_tasks(plan.task))
     if plan.task not in data:
         raise ValueError(f"adapter task {plan.task!r}: expected a zoo task {sorted(data)}, an expert "
                          f"{sorted(experts)} or a distractor {sorted(DISTRACTORS)}")
