@@ -394,7 +394,8 @@ def report(
 
 @zoo_app.command("build")
 def zoo_build(
-    profile: Annotated[str, typer.Option(help="zoo profile: default | tiny | zoo2 (12 layers; a language expert, "
+    profile: Annotated[str, typer.Option(help="zoo profile: default | portable (the default zoo, the same on AVX2 "
+                                              "and AVX-512 CPUs) | tiny | zoo2 (12 layers; a language expert, "
                                               "a math expert, and addition in the language that neither knows) | "
                                               "zoo2-tiny | scale (untrained, ~1B parameters, bf16, 7.6 GB on disk) "
                                               "| scale-tiny")] = "default",
