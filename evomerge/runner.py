@@ -323,6 +323,7 @@ def dry_run(experiment: Path, console: Console) -> None:
     if f.type != "lm_eval":  # lm-eval task configs are capped by the scorer's limit below
         tasks = {split: {t: ex[:EXAMPLES] for t, ex in by_task.items()} for split, by_task in tasks.items()}
     base, models = resolve_models(cfg, base_dir, console)
+    preflight(base, models)  # what `run` checks before it writes anything, so that validate refuses it too
     flow = cfg.space.type == "data_flow"
     for line in render_grouping(grouping(models[0] if flow else base, "layer" if flow else cfg.space.granularity),
                                 models[0] if flow else base):
@@ -371,6 +372,7 @@ def plan_experiment(experiment: Path, *, capacity: int | None = None, workers: i
     base, models = resolve_models(cfg, base_dir, Console(quiet=True), build=False)
     if base is None:  # a parameter space names one (config validation); a clear line if it ever does not
         raise ConfigError("sources.base: the memory plan needs the base model")
+    preflight(base, models)  # headers and configs: a broken source is one line, not a traceback from the plan
     f = cfg.fitness
     if f.type == "lm_eval":
         batch = f.lm_eval.batch_size

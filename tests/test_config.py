@@ -70,6 +70,25 @@ def test_missing_model_path_is_named(tmp_path, tiny_task_dir):
     assert len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize("broken", ["base", "models"])
+def test_a_source_without_config_json_is_refused_by_validate_plan_and_run(tmp_path, tiny_zoo, tiny_task_dir, broken):
+    """`run` refused a source directory without config.json, but `validate` said ok (a source) or crashed with a
+    traceback from the memory plan (the base), and so did `plan`: all three now give run's one line."""
+    import shutil
+
+    shutil.copytree(tiny_zoo / "add", tmp_path / "noconfig")
+    (tmp_path / "noconfig" / "config.json").unlink()
+    sources = ({"base": str(tmp_path / "noconfig"), "models": [str(tiny_zoo / "add"), str(tiny_zoo / "cipher")]}
+               if broken == "base" else {"base": "zoo:base", "models": ["zoo:cipher", str(tmp_path / "noconfig")]})
+    exp = write_experiment(tmp_path / "e.yaml", tiny_task_dir, sources=sources)
+    for command in ("validate", "plan", "run"):
+        code, err = _cli(command, str(exp), *(["--run-dir", str(tmp_path / "r")] if command == "run" else []))
+        assert code == 2, (command, err)
+        assert err == f"error: {tmp_path / 'noconfig'}: no config.json (expected a Hugging Face model directory)", \
+            (command, err)
+    assert not (tmp_path / "r").exists()
+
+
 def test_unknown_zoo_model_and_missing_file(tmp_path, tiny_task_dir):
     exp = write_experiment(tmp_path / "e.yaml", tiny_task_dir, sources={"base": "zoo:bass", "models": ["zoo:add"]})
     code, err = _cli("run", str(exp), "--run-dir", str(tmp_path / "r"))
