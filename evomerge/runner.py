@@ -78,6 +78,18 @@ def model_name(path: Path) -> str:
     return f"{path.parent.parent.name} {path.name}" if path.parent.name == "exported" else path.name
 
 
+def model_names(paths: list[Path]) -> list[str]:
+    """Each source's name in tables, unique: where two directories share a name (`a/final`, `b/final`), as many of
+    their parent directories as tell them apart, else two rows called 'final' would not say which is which."""
+    names = [model_name(p) for p in paths]
+    for depth in range(2, max((len(p.parts) for p in paths), default=0) + 1):
+        clash = {n for n in names if names.count(n) > 1}
+        if not clash:
+            break
+        names = ["/".join(p.parts[-depth:]).lstrip("/") if n in clash else n for n, p in zip(names, paths, strict=True)]
+    return names
+
+
 def run_best_model(field: str, run_dir: Path, console: Console) -> Path:
     """The best model of a finished run (the winner of its results.json) as a model directory, exported into
     RUN_DIR/exported/<label> the first time it is asked for: a PS result can become a data flow's model A."""
@@ -241,7 +253,7 @@ class Runner(RunLifecycle):
             if executor.streaming:
                 self.console.print("[yellow]task vectors do not fit in memory: reading sources from memory-mapped "
                                    "files for every merge (slower)[/]")
-            self.names = [model_name(Path(m)) for m in models]
+            self.names = model_names([Path(m) for m in models])
             space_cls = SPACES[cfg.space.type]
             extra = {"sources": models} if getattr(space_cls, "needs_sources", False) else {}  # the mosaic space
             space = space_cls(cfg.space, *executor.shape, **extra)

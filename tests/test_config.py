@@ -89,6 +89,16 @@ def test_a_source_without_config_json_is_refused_by_validate_plan_and_run(tmp_pa
     assert not (tmp_path / "r").exists()
 
 
+def test_sources_with_the_same_directory_name_get_distinct_names():
+    from pathlib import Path
+
+    from evomerge.runner import model_names
+
+    assert model_names([Path("/m/a/final"), Path("/m/b/final"), Path("/m/add")]) == ["a/final", "b/final", "add"]
+    assert model_names([Path("/x/r/final"), Path("/y/r/final")]) == ["x/r/final", "y/r/final"]
+    assert model_names([Path("/runs/q/exported/g3-1"), Path("/z/add")]) == ["q g3-1", "add"]
+
+
 def test_unknown_zoo_model_and_missing_file(tmp_path, tiny_task_dir):
     exp = write_experiment(tmp_path / "e.yaml", tiny_task_dir, sources={"base": "zoo:bass", "models": ["zoo:add"]})
     code, err = _cli("run", str(exp), "--run-dir", str(tmp_path / "r"))
