@@ -68,6 +68,11 @@ def resolve_models(cfg: ExperimentConfig, base_dir: Path, console: Console,
                               f"`evomerge zoo build --profile {cfg.zoo}`)")
         zoo = build_zoo(spec, log=lambda msg: console.print(f"[dim]zoo: {msg}[/]"))
         paths = [zoo / p if isinstance(p, str) else p for p in paths]
+    if cfg.sources.base is not None:  # merging a model with itself, or the base with a zero task vector, says nothing
+        for i, p in enumerate(paths):
+            if p in paths[:i]:
+                raise ConfigError(f"{refs[i][0]}: {refs[i][1]!r} is the same model as {refs[paths.index(p)][0]}; "
+                                  "expected each source once, and none of them the base")
     if cfg.sources.base is None:
         return None, paths
     return paths[0], paths[1:]

@@ -89,6 +89,17 @@ def test_a_source_without_config_json_is_refused_by_validate_plan_and_run(tmp_pa
     assert not (tmp_path / "r").exists()
 
 
+def test_a_source_listed_twice_or_the_base_as_a_source_is_refused(tmp_path, tiny_zoo, tiny_task_dir):
+    for sources, field in [({"base": "zoo:base", "models": ["zoo:add", "zoo:cipher", "zoo:add"]}, "sources.models[2]"),
+                           ({"base": "zoo:base", "models": ["zoo:add", "zoo:base"]}, "sources.models[1]")]:
+        exp = write_experiment(tmp_path / "e.yaml", tiny_task_dir, sources=sources)
+        for command in ("validate", "run"):
+            code, err = _cli(command, str(exp), *(["--run-dir", str(tmp_path / "r")] if command == "run" else []))
+            assert code == 2 and err.startswith(f"error: {field}: ") and "is the same model as" in err, err
+            assert len(err.splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
 def test_sources_with_the_same_directory_name_get_distinct_names():
     from pathlib import Path
 
