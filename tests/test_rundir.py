@@ -93,6 +93,48 @@ def test_corrupted_run_directory_is_refused_and_untouched(tmp_path, finished_run
         assert _digest(run_dir) == before, command
 
 
+def _row(column, value):
+    return lambda d: _sql(d, f"UPDATE evomerge_evaluations SET {column} = ? WHERE kind = 'search' AND label = 'g1-1'",
+                          value)
+
+
+# a row of the store edited by hand: every reader gave a traceback (JSONDecodeError, TypeError, AttributeError)
+ROW_CORRUPTIONS = {
+    "recipe not JSON": (_row("recipe", "{garbage"), "evaluation search 'g1-1': recipe: expected JSON, got '{garbage'"),
+    "recipe not a recipe": (_row("recipe", '{"operator": 3}'), "the stored recipe of g1-1: operator: Input should be"),
+    "per_task not an object": (_row("per_task", '"str"'), "evaluation search 'g1-1': per_task: expected an object "
+                                                          "of task -> number, got 'str'"),
+    "genome not JSON": (_row("genome", "nan,"), "evaluation search 'g1-1': genome: expected JSON"),
+    "objective not a number": (_row("objective", "abc"), "evaluation search 'g1-1': objective: expected a number"),
+    "unknown status": (_row("status", "weird"), "evaluation search 'g1-1': status: expected 'ok' or 'failed'"),
+    "failed without a reason": (lambda d: (_row("status", "failed")(d), _row("error", None)(d)),
+                                "evaluation search 'g1-1': error: expected the reason a failed evaluation failed"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ROW_CORRUPTIONS))
+def test_a_hand_edited_store_row_is_one_line_for_every_reader(tmp_path, finished_run, case):
+    exp, original = finished_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(original, run_dir)
+    (run_dir / "report.html").unlink(missing_ok=True)
+    corrupt, expected = ROW_CORRUPTIONS[case]
+    corrupt(run_dir)
+    before = _digest(run_dir)
+    # the stored recipe is checked as JSON by every reader, and as a recipe where one is built from it (export)
+    export = ("export", run_dir, "--candidate", "g1-1", "--out", tmp_path / "out")
+    commands = [export] if case == "recipe not a recipe" else [
+        ("run", exp, "--run-dir", run_dir), ("resume", run_dir), ("status", run_dir), ("leaderboard", run_dir),
+        export, ("report", run_dir)]
+    for command in commands:
+        code, _, err = _cli(*command)
+        assert code == 2, (command, err)
+        assert expected in err, (command, err)
+        assert len(err.splitlines()) == 1, err
+        assert _digest(run_dir) == before, command
+    assert not (tmp_path / "out").exists()
+
+
 def test_not_a_run_directory(tmp_path, finished_run):
     exp, _ = finished_run
     (tmp_path / "notes").mkdir()

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 import yaml
+from pydantic import ValidationError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from evomerge.errors import MergeError
+from evomerge.errors import ConfigError, MergeError, format_validation_error
 from evomerge.merge import OPERATORS
 from evomerge.merge.materialize import Merger
 from evomerge.recipe import FlowRecipe, Recipe, parse_recipe
@@ -104,7 +105,6 @@ def export_recipe(recipe: Recipe, base: Path, sources: list[Path], out: Path, pr
 def export_from_run(run_dir: Path, out: Path, rank: int = 1, candidate: str | None = None) -> tuple[Path, str]:
     """Export a leaderboard entry of a run: the candidate of rank `rank` (by search objective, as `evomerge
     leaderboard` ranks them), or the one with id `candidate`; its scores go into the model card."""
-    from evomerge.errors import ConfigError
     from evomerge.reporting.leaderboard import read_board
     from evomerge.store import RunDir
 
@@ -147,7 +147,10 @@ def export_from_run(run_dir: Path, out: Path, rank: int = 1, candidate: str | No
                                         + ", ".join(f"{t} {v:.4f}" for t, v in c.heldout_per_task.items()))
     if c.parents:
         provenance["parents"] = ", ".join(c.parents)
-    recipe = parse_recipe(json.dumps(c.recipe))
+    try:
+        recipe = parse_recipe(json.dumps(c.recipe))
+    except ValidationError as e:  # a store edited by hand: one line, as for its other fields
+        raise ConfigError(format_validation_error(e, f"{run_dir}: the stored recipe of {c.id}")) from None
     if isinstance(recipe, FlowRecipe):
         return export_flow_recipe(recipe, [Path(m) for m in src["models"]], out, provenance), c.id
     path = export_recipe(recipe, Path(src["base"]), [Path(m) for m in src["models"]], out, provenance,
@@ -224,10 +227,6 @@ def _flow_card(recipe: FlowRecipe, models: list[Path], provenance: dict) -> str:
 
 def export_recipe_file(recipe_file: Path, base: Path | None, sources: list[Path], out: Path) -> Path:
     """Export a recipe saved as JSON (for example an exported model's evomerge_recipe.json) onto given models."""
-    from pydantic import ValidationError
-
-    from evomerge.errors import ConfigError
-
     if base is None or not sources:
         raise ConfigError("--base and at least one --source are needed to export a recipe file")
     for flag, path in [("--base", base), *(("--source", s) for s in sources)]:

@@ -265,6 +265,7 @@ class RunLifecycle:
             if check_config(stored, self.cfg, self.defining, where, self.force):
                 store.set_meta("config", self.cfg.model_dump_json())
         snapshot = self._load_snapshot(store, where)
+        store.evaluations()  # every stored row read and checked: a damaged one is refused before anything is written
         if self.experiment_text:
             (rundir.path / "experiment.yaml").write_text(self.experiment_text)
         store.set_meta("settings", json.dumps(asdict(self.settings())))

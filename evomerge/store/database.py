@@ -14,7 +14,7 @@ from enum import StrEnum
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
-from evomerge.errors import ConfigError
+from evomerge.errors import ConfigError, shown
 
 SCHEMA_VERSION = 2
 
@@ -119,6 +119,28 @@ class Snapshot:
 
 
 _JSON_FIELDS = ("genome", "per_task", "per_example", "examples")
+
+
+def _number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _map_of(check):
+    return lambda v: isinstance(v, dict) and all(isinstance(k, str) and check(x) for k, x in v.items())
+
+
+def _list_of(check):
+    return lambda v: isinstance(v, list) and all(check(x) for x in v)
+
+
+# what each JSON column of a stored evaluation must hold: (as said in an error, check)
+_ROW_CHECKS = {
+    "genome": ("a list of numbers", _list_of(_number)),
+    "per_task": ("an object of task -> number", _map_of(_number)),
+    "per_example": ("an object of task -> list of numbers", _map_of(_list_of(_number))),
+    "examples": ("an object of task -> list of example indices", _map_of(_list_of(lambda x: isinstance(x, int)))),
+    "recipe": ("a JSON object (a recipe)", lambda v: isinstance(v, dict)),
+}
 _FIELDS = tuple(Evaluation.__dataclass_fields__)
 
 
@@ -150,7 +172,7 @@ class RunStore:
 
     def __init__(self, url: str, run_id: str, name: str = "", create: bool = False, where: str = ""):
         self.url, self.run_id = url, run_id
-        where = where or _safe(url)
+        where = self.where = where or _safe(url)
         self.engine = make_engine(url)
         try:
             if create:
@@ -226,13 +248,34 @@ class RunStore:
         q = sa.select(*(EVALUATIONS.c[f] for f in _FIELDS)).where(EVALUATIONS.c.run_id == self.run_id, *where)
         with self.engine.connect() as c:
             rows = c.execute(q.order_by(EVALUATIONS.c.id)).all()
-        out = []
-        for row in rows:
-            d = dict(zip(_FIELDS, row, strict=True))
-            for k in _JSON_FIELDS:
-                d[k] = None if d[k] is None else json.loads(d[k])
-            out.append(Evaluation(**d))
-        return out
+        return [self._evaluation(dict(zip(_FIELDS, row, strict=True))) for row in rows]
+
+    def _evaluation(self, d: dict) -> Evaluation:
+        """A stored row as an Evaluation, each field checked: a row edited by hand or damaged is one line naming the
+        evaluation and the field, not a traceback from whichever reader meets it first."""
+        def bad(name: str, expected: str, value) -> ConfigError:
+            return ConfigError(f"{self.where}: evaluation {d['kind']} {d['label']!r}: {name}: expected {expected}, "
+                               f"got {shown(value)} (the run store was edited or damaged)")
+
+        for k in (*_JSON_FIELDS, "recipe"):
+            if d[k] is None:
+                continue
+            try:
+                value = json.loads(d[k])
+            except (TypeError, ValueError, RecursionError):
+                raise bad(k, "JSON", d[k]) from None
+            if not _ROW_CHECKS[k][1](value):
+                raise bad(k, _ROW_CHECKS[k][0], value)
+            if k != "recipe":  # the recipe stays text: readers parse it into the kind of recipe it is
+                d[k] = value
+        for k in ("objective", "merge_seconds", "eval_seconds"):
+            if d[k] is not None and not _number(d[k]):
+                raise bad(k, "a number", d[k])
+        if d["status"] not in ("ok", "failed"):
+            raise bad("status", "'ok' or 'failed'", d["status"])
+        if d["status"] == "failed" and not isinstance(d["error"], str):
+            raise bad("error", "the reason a failed evaluation failed", d["error"])
+        return Evaluation(**d)
 
     def get(self, kind: str, generation: int, idx: int, label: str) -> Evaluation | None:
         c = EVALUATIONS.c
