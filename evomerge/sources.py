@@ -287,12 +287,19 @@ def _vocab(path: Path) -> dict | None:
     return _json(path / "tokenizer.json").get("model", {}).get("vocab") or None
 
 
+# config.json fields that make the same tensor mean another thing (or that explain why the tensors differ): two
+# models that differ in one are not a base and its fine-tune (GPT-2 names them n_*)
+_ARCHITECTURE_KEYS = ("model_type", "vocab_size", "num_hidden_layers", "n_layer", "hidden_size", "n_embd",
+                      "intermediate_size", "num_attention_heads", "n_head", "num_key_value_heads", "head_dim",
+                      "hidden_act", "tie_word_embeddings")
+
+
 def check_compatible(base_path: Path, base: dict, path: Path, sd: dict) -> None:
     """Raise SourceError listing every difference that makes `path` unmergeable with the base: architecture,
     vocabulary and tokenizer, and per tensor name: missing, extra, shape, dtype."""
     problems = []
     bc, sc = _json(base_path / "config.json"), _json(path / "config.json")
-    for key in ("model_type", "vocab_size"):
+    for key in _ARCHITECTURE_KEYS:
         if key in bc and key in sc and bc[key] != sc[key]:
             problems.append(f"config {key} {sc[key]!r} != base {bc[key]!r}")
     bv, sv = _vocab(base_path), _vocab(path)

@@ -74,6 +74,18 @@ def test_architecture_and_dtype_mismatch(tmp_path):
         SourcePool(tmp_path / "base", [tmp_path / "half"])
 
 
+def test_a_source_with_other_attention_heads_is_refused_though_its_shapes_match(tmp_path):
+    """Same tensor shapes, another architecture: 8 heads of 4 are not 4 heads of 8, and merging them was silent."""
+    _make("llama", tmp_path / "base", 0)
+    torch.manual_seed(1)
+    cfg = AutoConfig.for_model("llama", vocab_size=50, num_hidden_layers=N_LAYERS,
+                               **{**ARCHS["llama"], "num_attention_heads": 8})
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "heads")
+    with pytest.raises(SourceError, match=r"heads is not compatible with base .*: config num_attention_heads 8 != "
+                                          r"base 4"):
+        SourcePool(tmp_path / "base", [tmp_path / "heads"])
+
+
 def test_pickle_checkpoints_are_refused_with_a_reason(tmp_path):
     _make("llama", tmp_path / "base", 0)
     d = tmp_path / "pickled"
