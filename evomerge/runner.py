@@ -227,7 +227,8 @@ class Runner(RunLifecycle):
         if self.cfg.fitness.type == "python":  # fails here, before the run directory exists, not in a worker
             load_scorer_function(self.cfg.fitness.scorer, self.base_dir)
         self.base, self.models = resolve_models(self.cfg, self.base_dir, self.console)
-        preflight(self.base, self.models)  # sources and tokenizer, before the run directory is created or touched
+        # sources and tokenizer, before the run directory is created or touched
+        preflight(self.base, self.models, self.cfg.dtype != "auto")
 
     def settings(self) -> RunSettings:
         return RunSettings.of_search(self.cfg)
@@ -340,13 +341,15 @@ def dry_run(experiment: Path, console: Console) -> None:
     if f.type != "lm_eval":  # lm-eval task configs are capped by the scorer's limit below
         tasks = {split: {t: ex[:EXAMPLES] for t, ex in by_task.items()} for split, by_task in tasks.items()}
     base, models = resolve_models(cfg, base_dir, console)
-    preflight(base, models)  # what `run` checks before it writes anything, so that validate refuses it too
+    # what `run` checks before it writes anything, so that validate refuses it too
+    preflight(base, models, cfg.dtype != "auto")
     flow = cfg.space.type == "data_flow"
     for line in render_grouping(grouping(models[0] if flow else base, "layer" if flow else cfg.space.granularity),
                                 models[0] if flow else base):
         console.print(line, highlight=False, soft_wrap=True)
     try:
-        worker = Worker(base, models, tasks, f, threads=cfg.threads, device="cpu", base_dir=base_dir, flow=flow)
+        worker = Worker(base, models, tasks, f, threads=cfg.threads, device="cpu", base_dir=base_dir, flow=flow,
+                        dtype=cfg.dtype)
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 — whatever stops a worker from starting stops a run: one line
@@ -389,7 +392,8 @@ def plan_experiment(experiment: Path, *, capacity: int | None = None, workers: i
     base, models = resolve_models(cfg, base_dir, Console(quiet=True), build=False)
     if base is None:  # a parameter space names one (config validation); a clear line if it ever does not
         raise ConfigError("sources.base: the memory plan needs the base model")
-    preflight(base, models)  # headers and configs: a broken source is one line, not a traceback from the plan
+    # headers and configs: a broken source is one line, not a traceback from the plan
+    preflight(base, models, cfg.dtype != "auto")
     f = cfg.fitness
     if f.type == "lm_eval":
         batch = f.lm_eval.batch_size

@@ -197,7 +197,7 @@ class SourcePool:
         k = len(self.source_paths)
         for i, src in enumerate(self.source_paths):
             sd = load_state_dict(src)
-            check_compatible(self.base_path, base_sd, src, sd)
+            check_compatible(self.base_path, base_sd, src, sd, self._cast is not None)
             for name, b in self.base.items():
                 if i == 0:
                     stacked[name] = torch.empty((k, *b.shape), dtype=b.dtype, device=self.device)
@@ -209,7 +209,7 @@ class SourcePool:
         base_ck = MappedCheckpoint(self.base_path)
         cks = [MappedCheckpoint(p) for p in self.source_paths]
         for p, ck in zip(self.source_paths, cks, strict=True):
-            check_compatible(self.base_path, base_ck.meta, p, ck.meta)
+            check_compatible(self.base_path, base_ck.meta, p, ck.meta, self._cast is not None)
         names = [n for n, m in base_ck.meta.items() if m.is_floating_point()]
         self.base = _Lazy(names, lambda n: base_ck[n].to(self.device, self._cast), keep_last=True)
 
@@ -255,10 +255,10 @@ def _json(path: Path) -> dict:
     return data
 
 
-def preflight(base: Path | None, sources: list[Path]) -> None:
+def preflight(base: Path | None, sources: list[Path], cast: bool = False) -> None:
     """Check the sources before a run writes anything: safetensors present (not pickle-only), config.json and
-    the tokenizer readable, and every source's tensors (read from the file headers only) matching the base's. A
-    data flow (no base) checks each model on its own."""
+    the tokenizer readable, and every source's tensors (read from the file headers only) matching the base's (in
+    dtype too, unless `cast`: the experiment sets one). A data flow (no base) checks each model on its own."""
     from transformers import AutoConfig, AutoTokenizer
 
     paths = [p for p in (base, *sources) if p is not None]
@@ -280,7 +280,7 @@ def preflight(base: Path | None, sources: list[Path]) -> None:
         raise SourceError(f"{paths[0]}: cannot load its tokenizer ({type(e).__name__}: {str(e)[:120]})") from None
     if base is not None:
         for p in sources:
-            check_compatible(base, metas[base], p, metas[p])
+            check_compatible(base, metas[base], p, metas[p], cast)
 
 
 def _vocab(path: Path) -> dict | None:
@@ -294,9 +294,10 @@ _ARCHITECTURE_KEYS = ("model_type", "vocab_size", "num_hidden_layers", "n_layer"
                       "hidden_act", "tie_word_embeddings")
 
 
-def check_compatible(base_path: Path, base: dict, path: Path, sd: dict) -> None:
+def check_compatible(base_path: Path, base: dict, path: Path, sd: dict, cast: bool = False) -> None:
     """Raise SourceError listing every difference that makes `path` unmergeable with the base: architecture,
-    vocabulary and tokenizer, and per tensor name: missing, extra, shape, dtype."""
+    vocabulary and tokenizer, and per tensor name: missing, extra, shape, dtype (not with `cast`: every model is
+    cast to the experiment's dtype when loaded)."""
     problems = []
     bc, sc = _json(base_path / "config.json"), _json(path / "config.json")
     for key in _ARCHITECTURE_KEYS:
@@ -310,10 +311,15 @@ def check_compatible(base_path: Path, base: dict, path: Path, sd: dict) -> None:
         problems.append(f"{k}: missing")
     for k in sorted(set(sd) - set(base)):
         problems.append(f"{k}: not in base")
+    dtypes: dict[tuple, list[str]] = {}  # (source dtype, base dtype) -> tensors: one entry per pair, not per tensor
     for k in sorted(set(base) & set(sd)):
         if base[k].shape != sd[k].shape:
             problems.append(f"{k}: shape {tuple(sd[k].shape)} != base {tuple(base[k].shape)}")
-        elif base[k].dtype != sd[k].dtype:
-            problems.append(f"{k}: dtype {sd[k].dtype} != base {base[k].dtype}")
+        elif base[k].dtype != sd[k].dtype and not cast:
+            dtypes.setdefault((sd[k].dtype, base[k].dtype), []).append(k)
+    for (theirs, ours), names in dtypes.items():
+        more = f" and {len(names) - 1} other tensors" if len(names) > 1 else ""
+        problems.append(f"{names[0]}{more}: dtype {theirs} != base {ours} (set the experiment's dtype: float32, "
+                        "bfloat16 or float16, to cast every model to one)")
     if problems:
         raise SourceError(f"{path} is not compatible with base {base_path}: " + "; ".join(problems))

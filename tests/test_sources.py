@@ -70,8 +70,14 @@ def test_architecture_and_dtype_mismatch(tmp_path):
         SourcePool(tmp_path / "base", [tmp_path / "mistral"])
     m = _make("llama", tmp_path / "half", 2)
     m.to(torch.bfloat16).save_pretrained(tmp_path / "half")
-    with pytest.raises(SourceError, match=r"lm_head.weight: dtype torch.bfloat16 != base torch.float32"):
+    # one entry for all the tensors of one dtype, with what to do about it
+    with pytest.raises(SourceError, match=r"lm_head.weight and \d+ other tensors: dtype torch.bfloat16 != base "
+                                          r"torch.float32 \(set the experiment's dtype"):
         SourcePool(tmp_path / "base", [tmp_path / "half"])
+    # with a dtype every model is cast to, a source stored in another one merges
+    pool = SourcePool(tmp_path / "base", [tmp_path / "half"], dtype=torch.float32)
+    assert pool.dtype == torch.float32
+    torch.testing.assert_close(pool.source("lm_head.weight", 0), m.lm_head.weight.float())
 
 
 def test_a_source_with_other_attention_heads_is_refused_though_its_shapes_match(tmp_path):
@@ -84,6 +90,30 @@ def test_a_source_with_other_attention_heads_is_refused_though_its_shapes_match(
     with pytest.raises(SourceError, match=r"heads is not compatible with base .*: config num_attention_heads 8 != "
                                           r"base 4"):
         SourcePool(tmp_path / "base", [tmp_path / "heads"])
+
+
+def test_validate_and_run_merge_sources_of_two_dtypes_cast_to_the_experiments(tmp_path, tiny_zoo, tiny_task_dir):
+    """The experiment's `dtype` casts every model when loaded, but run and validate refused sources stored in two
+    dtypes, and validate's dry run ignored the setting."""
+    from typer.testing import CliRunner
+
+    from evomerge.cli import app
+    from tests.conftest import write_experiment
+
+    AutoModelForCausalLM.from_pretrained(tiny_zoo / "add").to(torch.bfloat16).save_pretrained(tmp_path / "add16")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / "add16" / f).write_bytes((tiny_zoo / "add" / f).read_bytes())
+    sources = {"base": str(tiny_zoo / "base"), "models": [str(tmp_path / "add16"), str(tiny_zoo / "cipher")]}
+    exp = write_experiment(tmp_path / "e.yaml", tiny_task_dir, sources=sources)
+    refused = CliRunner().invoke(app, ["validate", str(exp)])
+    assert refused.exit_code == 2 and "set the experiment's dtype" in refused.stderr, refused.output
+    exp = write_experiment(tmp_path / "e.yaml", tiny_task_dir, sources=sources, dtype="float32",
+                           optimizer={"type": "cma", "generations": 1, "popsize": 2}, baselines={"enabled": False})
+    ok = CliRunner().invoke(app, ["validate", str(exp)])
+    assert ok.exit_code == 0, ok.output
+    done = CliRunner().invoke(app, ["run", str(exp), "--run-dir", str(tmp_path / "r")])
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "r" / "results.json").is_file()
 
 
 def test_pickle_checkpoints_are_refused_with_a_reason(tmp_path):
