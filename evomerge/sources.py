@@ -191,6 +191,7 @@ class SourcePool:
     def _init_in_memory(self) -> None:
         base_sd = load_state_dict(self.base_path)
         self.base = {k: v.to(self.device, self._cast) for k, v in base_sd.items() if v.is_floating_point()}
+        _check_finite(self.base_path, self.base)
         # Task vectors stacked per tensor, [K, *shape]: a weighted sum over sources is then one BLAS pass, and
         # source i's task vector is the contiguous view stacked[name][i].
         stacked: dict[str, torch.Tensor] = {}
@@ -198,6 +199,7 @@ class SourcePool:
         for i, src in enumerate(self.source_paths):
             sd = load_state_dict(src)
             check_compatible(self.base_path, base_sd, src, sd, self._cast is not None)
+            _check_finite(src, {name: sd[name] for name in self.base})
             for name, b in self.base.items():
                 if i == 0:
                     stacked[name] = torch.empty((k, *b.shape), dtype=b.dtype, device=self.device)
@@ -240,6 +242,14 @@ class SourcePool:
     @property
     def n_sources(self) -> int:
         return len(self.deltas)
+
+
+def _check_finite(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    """A model with NaN or Inf weights is refused by name: every merge with it would fail, each with a message
+    about the merged tensor that did not say which model was at fault."""
+    for name, t in tensors.items():
+        if not torch.isfinite(t).all():
+            raise SourceError(f"{path}: {name} holds NaN or Inf values (expected finite weights)")
 
 
 def _json(path: Path) -> dict:

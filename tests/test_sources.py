@@ -116,6 +116,22 @@ def test_validate_and_run_merge_sources_of_two_dtypes_cast_to_the_experiments(tm
     assert (tmp_path / "r" / "results.json").is_file()
 
 
+def test_a_source_with_nan_weights_is_refused_by_name(tmp_path):
+    """Every merge with it failed as 'merge produced NaN/Inf in tensor …' without naming the model at fault, until
+    the run stopped because a whole generation failed."""
+    from safetensors.torch import save_file
+
+    _make("llama", tmp_path / "base", 0)
+    _make("llama", tmp_path / "nan", 1)
+    sd = load_file(tmp_path / "nan" / "model.safetensors")
+    sd["model.layers.1.mlp.up_proj.weight"][0, 0] = float("nan")
+    save_file(sd, tmp_path / "nan" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(SourceError, match=r"nan: model.layers.1.mlp.up_proj.weight holds NaN or Inf values"):
+        SourcePool(tmp_path / "base", [tmp_path / "nan"])
+    with pytest.raises(SourceError, match=r"nan: model.layers.1.mlp.up_proj.weight holds NaN or Inf values"):
+        SourcePool(tmp_path / "nan", [tmp_path / "base"])
+
+
 def test_pickle_checkpoints_are_refused_with_a_reason(tmp_path):
     _make("llama", tmp_path / "base", 0)
     d = tmp_path / "pickled"
