@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from evomerge.errors import EvomergeError, RunError, Stopped
+from evomerge.errors import ConfigError, EvomergeError, RunError, Stopped
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Evolutionary search for model-merge recipes.")
 zoo_app = typer.Typer(no_args_is_help=True, help="The tiny model zoo built locally for demos and tests.")
@@ -27,6 +27,27 @@ def _fail(e: Exception) -> None:
 
     err_console.print(f"[red]error:[/] {escape(one_line(str(e)))}", highlight=False, soft_wrap=True)
     raise typer.Exit(1 if isinstance(e, RunError) else 2)
+
+
+def _out_file(out: Path | None, flag: str = "--out") -> None:
+    """A file the command will write: checked before any work, so that a wrong path is one line, not a traceback
+    after the work is done."""
+    if out is None:
+        return
+    if out.is_dir():
+        raise ConfigError(f"{flag}: {out} is a directory (expected the path of a file to write)")
+    if not out.parent.is_dir():
+        raise ConfigError(f"{flag}: the folder {out.parent} does not exist (expected a file in an existing folder)")
+
+
+def _out_model_dir(out: Path) -> None:
+    """The directory an export writes a model into: new, empty, or an earlier export it replaces. Not a folder of
+    other files: the model would be mixed with them (another checkpoint's shard index would even be loaded instead
+    of the export's weights)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {out} is a file (expected a directory to write the model into)")
+    if out.is_dir() and any(out.iterdir()) and not (out / "evomerge_recipe.json").is_file():
+        raise ConfigError(f"--out: {out} is not empty and not an earlier export (expected a new or empty directory)")
 
 
 WorkersOpt = Annotated[int | None, typer.Option(help="run on this many Ray workers (implies executor type ray)")]
@@ -274,7 +295,6 @@ def validate(
 def _memory_check(experiment: Path, cfg) -> str:
     """validate's part of the memory plan: refuses a run that cannot fit; says so when it cannot tell yet."""
     from evomerge.config import ExperimentConfig
-    from evomerge.errors import ConfigError
     from evomerge.runner import plan_experiment
 
     if not isinstance(cfg, ExperimentConfig) or cfg.space.type == "data_flow":
@@ -326,6 +346,7 @@ def export(
     from evomerge.reporting.export import export_from_run, export_recipe_file
 
     try:
+        _out_model_dir(out)
         if what.is_file():
             path, label = export_recipe_file(what, base, source or [], out), str(what)
         else:
@@ -352,6 +373,7 @@ def leaderboard(
     from evomerge.reporting.leaderboard import read_board, render
 
     try:
+        _out_file(out)
         text = render([read_board(d) for d in run_dirs], fmt, sort, desc, top, comparison)
     except EvomergeError as e:
         _fail(e)
@@ -379,6 +401,8 @@ def report(
     from evomerge.reporting.html_report import watch_report, write_report
 
     try:
+        _out_file(out)
+        _out_file(screenshot, "--screenshot")
         path = watch_report(run_dir, out, every, log=console.print) if watch else write_report(run_dir, out)
         console.print(f"report: {path}")
         if screenshot is not None:

@@ -81,6 +81,27 @@ def test_cli_exports_a_runs_best_candidate(tmp_path, tiny_zoo, tiny_task_dir):
     assert recipe == results["rows"][0]["recipe"]  # rank 1 is the evolved row of the final table
     bad = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "x"), "--rank", "9"])
     assert bad.exit_code == 2 and "--rank: expected 1..3" in bad.stderr
+    # an earlier export is replaced; a path that cannot take the output is one line before any work (these were
+    # tracebacks: NotADirectoryError, IsADirectoryError, FileNotFoundError), and a folder of other files (which
+    # could hold another checkpoint's shard index, loaded instead of the export) is left alone
+    again = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "best")])
+    assert again.exit_code == 0, again.stderr
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "model.safetensors.index.json").write_text("{}")
+    (tmp_path / "a_file").write_text("mine")
+    run = str(tmp_path / "run")
+    for args, expected in [
+        (["export", run, "--out", str(tmp_path / "a_file")], "is a file (expected a directory"),
+        (["export", run, "--out", str(tmp_path / "busy")], "is not empty and not an earlier export"),
+        (["leaderboard", run, "--out", str(tmp_path / "busy")], "is a directory (expected the path of a file"),
+        (["leaderboard", run, "--out", str(tmp_path / "no" / "x.csv")], f"the folder {tmp_path / 'no'} does not"),
+        (["report", run, "--out", str(tmp_path / "no" / "r.html")], f"the folder {tmp_path / 'no'} does not"),
+    ]:
+        refused = CliRunner().invoke(app, args)
+        assert refused.exit_code == 2 and refused.stderr.startswith("error: --out: "), (args, refused.output)
+        assert expected in refused.stderr and len(refused.stderr.splitlines()) == 1, refused.stderr
+    assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["model.safetensors.index.json"]
+    assert (tmp_path / "a_file").read_text() == "mine" and not (tmp_path / "no").exists()
 
 
 def test_cli_exports_a_recipe_file(tmp_path, tiny_zoo):
