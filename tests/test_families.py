@@ -90,6 +90,18 @@ def test_apply_chat_template_needs_a_template(tmp_path):
         NativeScorer(tok, {"t": [{"prompt": "1+1=", "answer": "2"}]}, chat=True)
 
 
+def test_an_answer_the_tokenizer_cannot_encode_is_refused(tiny_zoo):
+    """An answer with characters outside the vocabulary encodes to <unk>, which no model is trained to produce:
+    every such example scored 0 for every candidate, silently."""
+    from evomerge.errors import ConfigError
+
+    tok = AutoTokenizer.from_pretrained(tiny_zoo / "base")
+    NativeScorer(tok, {"add": [{"prompt": "1+1=", "answer": "2"}]})
+    with pytest.raises(ConfigError, match=r"answer 'Ü2' of prompt '1\+1=' holds characters the tokenizer does not "
+                                          r"know \(they encode to <unk>\)"):
+        NativeScorer(tok, {"add": [{"prompt": "1+1=", "answer": "2"}, {"prompt": "1+1=", "answer": "Ü2"}]})
+
+
 # -- finding 2: never below what you brought -------------------------------------------------------------------------
 
 def test_a_dominant_expert_is_never_beaten_by_the_evolved_row(tmp_path, tiny_zoo, tiny_task_dir):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from evomerge.errors import ConfigError
+from evomerge.errors import ConfigError, shown
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,10 @@ def encode_pairs(tokenizer, pairs: list[tuple[str, str]], eos: bool, device: str
         if not p:
             raise ConfigError(f"prompt {context!r} encodes to no tokens (and the tokenizer adds no BOS); a "
                               "continuation needs a token to follow")
+        if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in a:  # no model is trained to answer it
+            raise ConfigError(f"answer {shown(continuation)} of prompt {shown(context)} holds characters the "
+                              f"tokenizer does not know (they encode to {tokenizer.unk_token}): no model can score "
+                              "on it; expected answers in the tokenizer's vocabulary")
         rows.append([*p, *a, *end])
         starts.append(len(p))
     width = max(len(r) for r in rows)
