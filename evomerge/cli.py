@@ -87,9 +87,14 @@ def _run(make_runner) -> None:
     except EvomergeError as e:
         _fail(e)
     except KeyboardInterrupt as e:
+        from evomerge.store import RunDir
+
         what = f"stopped by {e}" if isinstance(e, Stopped) else "interrupted"
-        where = f" Continue with: evomerge resume {runner.run_dir}" if runner is not None else ""
-        err_console.print(f"{what}; every completed evaluation is saved.{where}", highlight=False, soft_wrap=True)
+        if runner is not None and RunDir.exists(runner.run_dir):
+            said = f"every completed evaluation is saved. Continue with: evomerge resume {runner.run_dir}"
+        else:  # stopped while the sources were checked: there is no run to resume
+            said = "the run had not started, nothing was written"
+        err_console.print(f"{what}; {said}", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_status if isinstance(e, Stopped) else 130) from None
 
 

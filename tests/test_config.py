@@ -110,6 +110,21 @@ def test_sources_with_the_same_directory_name_get_distinct_names():
     assert model_names([Path("/runs/q/exported/g3-1"), Path("/z/add")]) == ["q g3-1", "add"]
 
 
+def test_ctrl_c_before_the_run_directory_exists_does_not_offer_a_resume(tmp_path, tiny_zoo, tiny_task_dir,
+                                                                         monkeypatch):
+    """Ctrl-C while the sources were checked said 'Continue with: evomerge resume DIR' for a DIR never created."""
+    import evomerge.runner
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evomerge.runner, "preflight", interrupted)
+    exp = write_experiment(tmp_path / "e.yaml", tiny_task_dir)
+    code, err = _cli("run", str(exp), "--run-dir", str(tmp_path / "r"))
+    assert code == 130 and err == "interrupted; the run had not started, nothing was written", err
+    assert not (tmp_path / "r").exists()
+
+
 def test_unknown_zoo_model_and_missing_file(tmp_path, tiny_task_dir):
     exp = write_experiment(tmp_path / "e.yaml", tiny_task_dir, sources={"base": "zoo:bass", "models": ["zoo:add"]})
     code, err = _cli("run", str(exp), "--run-dir", str(tmp_path / "r"))
