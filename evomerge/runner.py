@@ -22,6 +22,7 @@ from evomerge.executors import make_executor
 from evomerge.fitness.scorer import load_scorer_function
 from evomerge.fitness.tasks import check_disjoint, load_split, shared_prompts
 from evomerge.heldout import FinalReport
+from evomerge.merge.flow import preflight_flow
 from evomerge.run.digits import DigitsRunner
 from evomerge.run.lifecycle import RESULTS_FILE, RunLifecycle, RunSettings, stored_kind
 from evomerge.search import Evaluator, Search
@@ -229,6 +230,8 @@ class Runner(RunLifecycle):
         self.base, self.models = resolve_models(self.cfg, self.base_dir, self.console)
         # sources and tokenizer, before the run directory is created or touched
         preflight(self.base, self.models, self.cfg.dtype != "auto")
+        if self.cfg.space.type == "data_flow":
+            preflight_flow(self.models, self.cfg.dtype != "auto")
 
     def settings(self) -> RunSettings:
         return RunSettings.of_search(self.cfg)
@@ -344,6 +347,8 @@ def dry_run(experiment: Path, console: Console) -> None:
     # what `run` checks before it writes anything, so that validate refuses it too
     preflight(base, models, cfg.dtype != "auto")
     flow = cfg.space.type == "data_flow"
+    if flow:
+        preflight_flow(models, cfg.dtype != "auto")
     for line in render_grouping(grouping(models[0] if flow else base, "layer" if flow else cfg.space.granularity),
                                 models[0] if flow else base):
         console.print(line, highlight=False, soft_wrap=True)

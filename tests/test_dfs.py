@@ -191,6 +191,33 @@ def test_threshold_indicators_with_plain_cma_and_a_bad_run_reference(tmp_path, t
     assert not (tmp_path / "dfs2").exists()
 
 
+def test_models_that_cannot_share_a_flow_are_refused_before_the_run_directory_exists(tmp_path, tiny_zoo,
+                                                                                       tiny_task_dir):
+    """They were refused only when a worker loaded them, after the run directory was written: the corrected
+    experiment was then refused in that directory as 'a different experiment config'."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from evomerge.cli import app
+
+    AutoModelForCausalLM.from_pretrained(tiny_zoo / "add").to(torch.bfloat16).save_pretrained(tmp_path / "add16")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_zoo / "add" / f, tmp_path / "add16" / f)
+    exp = _dfs_experiment(tmp_path, tiny_task_dir, [str(tmp_path / "add16"), "zoo:cipher"])
+    for command in ("validate", "run"):
+        result = CliRunner().invoke(app, [command, str(exp), *(["--run-dir", str(tmp_path / "r")]
+                                                               if command == "run" else [])])
+        assert result.exit_code == 2, result.output
+        assert "cipher: dtype torch.float32, the host model has torch.bfloat16 (set the experiment's dtype" in \
+            result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+    assert not (tmp_path / "r").exists()
+    cfg = yaml.safe_load(exp.read_text())
+    exp.write_text(yaml.safe_dump({**cfg, "dtype": "float32", "optimizer": {"type": "cma_wm", "generations": 1,
+                                                                               "popsize": 2}}))
+    assert CliRunner().invoke(app, ["validate", str(exp)]).exit_code == 0
+
+
 @pytest.mark.parametrize("family", ["qwen2", "mistral"])
 @torch.no_grad()
 def test_other_families_with_per_layer_attention_types(tmp_path, family):

@@ -78,6 +78,31 @@ def path_config(host_config, n_layers: int, per_layer: dict[str, list]):
     return cfg
 
 
+def check_flow_models(paths: list[Path], configs: list, dtypes: list[torch.dtype | None]) -> None:
+    """Models one data flow can run: the host's (the first's) family and size, and its dtype (None: not compared,
+    the experiment casts every model to its own)."""
+    for path, cfg, dtype in zip(paths[1:], configs[1:], dtypes[1:], strict=True):
+        for field in _SHARED_FIELDS:
+            a, b = getattr(configs[0], field, None), getattr(cfg, field, None)
+            if a != b:
+                raise MergeError(f"{path}: config.{field} is {b!r} but the host model {paths[0]} has "
+                                 f"{a!r}; data-flow merging needs models of one family and size")
+        if dtype != dtypes[0]:
+            raise MergeError(f"{path}: dtype {dtype}, the host model has {dtypes[0]} (set the experiment's dtype: "
+                             "float32, bfloat16 or float16, to cast every model to one)")
+
+
+def preflight_flow(paths: list[Path], cast: bool) -> None:
+    """What FlowModels checks when a worker loads the models, from config.json and the safetensors headers, so
+    that a run refuses models that cannot share a flow before its directory exists."""
+    from transformers import AutoConfig
+
+    from evomerge.sources import checkpoint_dtype
+
+    dtypes = [None if cast else checkpoint_dtype(p) for p in paths]
+    check_flow_models(paths, [AutoConfig.from_pretrained(p) for p in paths], dtypes)
+
+
 class FlowModels:
     """The models a data-flow search runs over, loaded once per worker (the first is the host: embeddings, final
     norm, head and tokenizer)."""
@@ -94,15 +119,8 @@ class FlowModels:
         self.n_layers = [len(decoder_layers(m)) for m in self.models]
 
     def _check_compatible(self) -> None:
-        host = self.models[0].config
-        for path, m in zip(self.paths[1:], self.models[1:], strict=True):
-            for field in _SHARED_FIELDS:
-                a, b = getattr(host, field, None), getattr(m.config, field, None)
-                if a != b:
-                    raise MergeError(f"{path}: config.{field} is {b!r} but the host model {self.paths[0]} has "
-                                     f"{a!r}; data-flow merging needs models of one family and size")
-            if m.dtype != self.dtype:
-                raise MergeError(f"{path}: dtype {m.dtype}, the host model has {self.dtype}")
+        check_flow_models(self.paths, [m.config for m in self.models], [m.dtype for m in self.models])
+
 
     def _per_layer(self, recipe: FlowRecipe) -> dict[str, list]:
         out = {}
