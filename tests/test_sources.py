@@ -132,6 +132,33 @@ def test_a_source_with_nan_weights_is_refused_by_name(tmp_path):
         SourcePool(tmp_path / "nan", [tmp_path / "base"])
 
 
+def test_a_run_refused_when_its_worker_loads_leaves_no_directory(tmp_path, tiny_zoo, tiny_task_dir):
+    """A source refused only when the worker loads it (NaN weights: not visible in the headers) left a run directory
+    with nothing in it, which then refused the corrected experiment as 'a different experiment config'."""
+    import shutil
+
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from evomerge.cli import app
+    from tests.conftest import write_experiment
+
+    shutil.copytree(tiny_zoo / "add", tmp_path / "nan")
+    sd = load_file(tmp_path / "nan" / "model.safetensors")
+    sd["model.layers.0.mlp.up_proj.weight"][0, 0] = float("inf")
+    save_file(sd, tmp_path / "nan" / "model.safetensors", metadata={"format": "pt"})
+    small = {"optimizer": {"type": "cma", "generations": 1, "popsize": 2}, "baselines": {"enabled": False}}
+    exp = write_experiment(tmp_path / "e.yaml", tiny_task_dir, **small,
+                           sources={"base": "zoo:base", "models": [str(tmp_path / "nan"), "zoo:cipher"]})
+    run = ["run", str(exp), "--run-dir", str(tmp_path / "r")]
+    refused = CliRunner().invoke(app, run)
+    assert refused.exit_code == 2 and "holds NaN or Inf values" in refused.stderr, refused.output
+    assert not (tmp_path / "r").exists()
+    write_experiment(exp, tiny_task_dir, **small, sources={"base": "zoo:base", "models": ["zoo:add", "zoo:cipher"]})
+    done = CliRunner().invoke(app, run)
+    assert done.exit_code == 0, done.output
+
+
 def test_pickle_checkpoints_are_refused_with_a_reason(tmp_path):
     _make("llama", tmp_path / "base", 0)
     d = tmp_path / "pickled"

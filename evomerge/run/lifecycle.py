@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
-from evomerge.errors import ConfigError, format_validation_error
+from evomerge.errors import ConfigError, EvomergeError, format_validation_error
 from evomerge.optim.state import check_snapshot
 from evomerge.store import EventLog, RunDir, RunStore, Snapshot
 from evomerge.store.rundir import DB_FILE, normalize_url
@@ -224,6 +224,14 @@ class RunLifecycle:
                     results = write_results(self.run_dir, self.kind, self.cfg.name, body)
                     store.set_meta("finished", str(time.time()))
                     self.events.emit("run_finished", **self.summary(results))
+            except EvomergeError:
+                # refused before its first evaluation (a source that does not load in a worker, a task the
+                # tokenizer cannot encode): a new run's directory holds nothing yet, and kept, it would refuse the
+                # corrected experiment as a changed config
+                if fresh and not store.evaluations():
+                    store.close()
+                    shutil.rmtree(rundir.path, ignore_errors=True)
+                raise
             finally:
                 store.close()
         return results
