@@ -354,12 +354,18 @@ class FitnessConfig(_Strict):
         if self.search_subset and self.max_examples:
             raise ValueError("fitness.search_subset: use either search_subset (a random subset, re-checked at the "
                              "end) or max_examples (the first N), not both")
+        seen: dict[str, str] = {}
         for name in self.tasks:
             spec = self.task_spec(name)
             unknown = sorted(set(spec.splits) - {self.search_split, self.heldout_split})
             if unknown:
                 raise ValueError(f"fitness.tasks.{name}.splits: {unknown} are not this experiment's splits (expected "
                                  f"keys among {[self.search_split, self.heldout_split]})")
+            # the same data scored the same way under two names counts twice in the objective, silently
+            same = seen.setdefault(spec.model_dump_json(), name)
+            if same != name:
+                raise ValueError(f"fitness.tasks.{name}: the same task as fitness.tasks.{same}; expected each task "
+                                 "once (fitness.weights weighs tasks)")
         if self.weights is not None:
             unknown = sorted(set(self.weights) - set(self.tasks))
             if unknown or any(w < 0 for w in self.weights.values()) or not any(self.weights.values()):

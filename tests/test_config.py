@@ -49,6 +49,9 @@ def _edit(path, fn):
                                                              "generations; use one of"),
         (lambda c: c["optimizer"].update(sigma0=-1), "optimizer.sigma0: Input should be greater than 0"),
         (lambda c: c["fitness"].update(search_subset=10), "fitness.search_subset: use either search_subset"),
+        # one task's data under a second name counted twice in the objective, silently
+        (lambda c: c["fitness"]["tasks"].update(again=c["fitness"]["tasks"]["add"]),
+         "fitness.tasks.again: the same task as fitness.tasks.add"),
     ],
 )
 def test_invalid_fields_are_named(tmp_path, tiny_task_dir, edit, expected):
