@@ -179,13 +179,15 @@ def _summary(records: list[dict]) -> dict:
         by.setdefault(r["method"], []).append(r)
     if "full" not in by:
         return {}
-    full_examples = statistics.mean(r["examples"] for r in by["full"])
-    full_gain = statistics.mean(r["gain"] for r in by["full"])
+    full = {r["seed"]: r for r in by["full"]}
     out = {}
     for method, name in (("race", "racing"), ("irt", "irt"), ("subset", "subset"), ("sample", "sample")):
-        if method in by:
-            out[f"{name}_ratio"] = round(full_examples / statistics.mean(r["examples"] for r in by[method]), 2)
-            out[f"{name}_gain_share"] = round(statistics.mean(r["gain"] for r in by[method]) / full_gain, 3)
+        mine = [r for r in by.get(method, []) if r["seed"] in full]  # against full evaluation on the same seeds
+        if mine:
+            full_examples = statistics.mean(full[r["seed"]]["examples"] for r in mine)
+            full_gain = statistics.mean(full[r["seed"]]["gain"] for r in mine)
+            out[f"{name}_ratio"] = round(full_examples / statistics.mean(r["examples"] for r in mine), 2)
+            out[f"{name}_gain_share"] = round(statistics.mean(r["gain"] for r in mine) / full_gain, 3)
     errs = [r["irt_error"] for r in by["full"] if "irt_error" in r]
     if errs:
         for k in errs[0]:

@@ -288,6 +288,12 @@ class SampleConfig(_Strict):
     # size), unbiased, with far less noise in the differences than a plain random sample of the same size
     settled_share: float = Field(0.1, gt=0, lt=1)
     window: int = Field(3, ge=0)  # generations (0: nothing is ever settled; plain random draws)
+    # which candidates the end re-scores on the whole search split (fitness.rescore_top of them, after the
+    # optimizer's recommendation): paired — the recommendation is scored in full first and every candidate is ranked
+    # by its paired estimate against it (its score minus the recommendation's on the candidate's own draw, plus the
+    # recommendation's full score), which puts the generations' draws on one scale; generation — each generation's
+    # best by its own score, the latest first
+    rescore: Literal["paired", "generation"] = "paired"
 
 
 class FitnessConfig(_Strict):

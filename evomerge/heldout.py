@@ -109,7 +109,14 @@ class FinalReport:
         if not f.cheap:
             return None
         top = sorted((e for e in _scored(store) if e.status == "ok"), key=lambda e: -e.objective)
-        if f.estimator == "irt":  # estimates and exact scores are not on one scale: the best exact, the best estimated
+        rec = store.get_meta(RECOMMENDATION_META) if f.rescore_mean else None
+        rec_item = rec and (RECOMMENDED_LABEL, parse_recipe(json.dumps(json.loads(rec)["recipe"])))
+        if f.estimator == "sample" and f.sample.rescore == "paired" and rec_item:
+            # the recommendation in full first (the race's first incumbent), then every candidate ranked by its
+            # paired estimate against it: scores of different generations (different draws) made comparable
+            mean = self._race_all(store, [rec_item])[0]
+            top = sorted(top, key=lambda e: -self.evaluator.fidelity.paired_estimate(e, mean))
+        elif f.estimator == "irt":  # estimates and exact scores are not on one scale: the best exact, the best estimated
             exact = [e for e in top if e.examples is None][:1]
             top = exact + [e for e in top if e.examples is not None][: f.rescore_top - len(exact)]
         elif f.estimator == "sample":  # each generation has its own draw, and scores compare within one only: the
@@ -120,9 +127,8 @@ class FinalReport:
             top = [best_of[g] for g in sorted(best_of, reverse=True)]
         top = top[: f.rescore_top]
         items = [(e.label, parse_recipe(e.recipe)) for e in top]
-        rec = store.get_meta(RECOMMENDATION_META) if f.rescore_mean else None
-        if rec is not None:  # the optimizer's recommendation first: likely the best, the race's first incumbent
-            items.insert(0, (RECOMMENDED_LABEL, parse_recipe(json.dumps(json.loads(rec)["recipe"]))))
+        if rec_item:  # the optimizer's recommendation first: likely the best, the race's first incumbent
+            items.insert(0, rec_item)
             top.insert(0, None)
         if f.rescore_race:
             full = self._race_all(store, items)

@@ -259,6 +259,16 @@ def stratified_mean(scores: dict[int, float], strata: list[tuple[list[int], int]
     return float(sum(size * np.mean([scores[i] for i in drawn]) for drawn, size in strata) / total)
 
 
+def paired_stratified_mean(scores: dict[int, float], reference: Sequence[float],
+                           strata: list[tuple[list[int], int]]) -> float:
+    """A task's mean for a model seen only on a stratified draw, on the scale of a reference model scored on every
+    example: the reference's mean plus the stratified estimate of the mean difference between the two (unbiased
+    too; its noise is that of the differences alone, so that estimates made on different draws, one easy and one
+    hard, compare)."""
+    diffs = {i: v - reference[i] for i, v in scores.items()}
+    return float(np.mean(reference)) + stratified_mean(diffs, strata)
+
+
 # -- racing a candidate inside its evaluation ----------------------------------------------------------------------
 
 
