@@ -289,11 +289,11 @@ class SampleConfig(_Strict):
     settled_share: float = Field(0.1, gt=0, lt=1)
     window: int = Field(3, ge=0)  # generations (0: nothing is ever settled; plain random draws)
     # which candidates the end re-scores on the whole search split (fitness.rescore_top of them, after the
-    # optimizer's recommendation): paired — the recommendation is scored in full first and every candidate is ranked
-    # by its paired estimate against it (its score minus the recommendation's on the candidate's own draw, plus the
-    # recommendation's full score), which puts the generations' draws on one scale; generation — each generation's
-    # best by its own score, the latest first
-    rescore: Literal["paired", "generation"] = "paired"
+    # optimizer's recommendation): surrogate — the best by their scores smoothed over neighbouring genomes (a
+    # Gaussian process fitted to every candidate's score, its settings by maximum likelihood: a candidate borrows
+    # the examples and draws its neighbours were scored on); generation — each generation's best by its own score,
+    # the latest first
+    rescore: Literal["surrogate", "generation"] = "surrogate"
 
 
 class FitnessConfig(_Strict):

@@ -10,12 +10,14 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from evomerge.config import ExperimentConfig
 from evomerge.errors import RunError
 from evomerge.executors import Job
+from evomerge.fitness.estimators import surrogate_means
 from evomerge.optim.pareto import pareto_front
 from evomerge.recipe import FlowRecipe, Recipe, parse_recipe
 from evomerge.search import CHECKPOINT_KINDS, RECOMMENDATION_META, RECOMMENDED_LABEL, SEED_KIND, Evaluator
@@ -109,26 +111,23 @@ class FinalReport:
         if not f.cheap:
             return None
         top = sorted((e for e in _scored(store) if e.status == "ok"), key=lambda e: -e.objective)
-        rec = store.get_meta(RECOMMENDATION_META) if f.rescore_mean else None
-        rec_item = rec and (RECOMMENDED_LABEL, parse_recipe(json.dumps(json.loads(rec)["recipe"])))
-        if f.estimator == "sample" and f.sample.rescore == "paired" and rec_item:
-            # the recommendation in full first (the race's first incumbent), then every candidate ranked by its
-            # paired estimate against it: scores of different generations (different draws) made comparable
-            mean = self._race_all(store, [rec_item])[0]
-            top = sorted(top, key=lambda e: -self.evaluator.fidelity.paired_estimate(e, mean))
-        elif f.estimator == "irt":  # estimates and exact scores are not on one scale: the best exact, the best estimated
+        if f.estimator == "sample" and f.sample.rescore == "surrogate":
+            # scores smoothed over neighbouring genomes: each candidate borrows its neighbours' examples and draws
+            top = _by_surrogate(top)
+        elif f.estimator == "irt":  # estimates and exact scores are not on one scale: the best exact, best estimated
             exact = [e for e in top if e.examples is None][:1]
             top = exact + [e for e in top if e.examples is not None][: f.rescore_top - len(exact)]
-        elif f.estimator == "sample":  # each generation has its own draw, and scores compare within one only: the
-            # best of each generation, the latest (where the search has come furthest) first
+        elif f.estimator == "sample":  # rescore: generation — each generation has its own draw, and scores compare
+            # within one only: the best of each generation, the latest (where the search has come furthest) first
             best_of = {}
             for e in top:
                 best_of.setdefault(e.generation, e)
             top = [best_of[g] for g in sorted(best_of, reverse=True)]
         top = top[: f.rescore_top]
         items = [(e.label, parse_recipe(e.recipe)) for e in top]
-        if rec_item:  # the optimizer's recommendation first: likely the best, the race's first incumbent
-            items.insert(0, rec_item)
+        rec = store.get_meta(RECOMMENDATION_META) if f.rescore_mean else None
+        if rec is not None:  # the optimizer's recommendation first: likely the best, the race's first incumbent
+            items.insert(0, (RECOMMENDED_LABEL, parse_recipe(json.dumps(json.loads(rec)["recipe"]))))
             top.insert(0, None)
         if f.rescore_race:
             full = self._race_all(store, items)
@@ -225,6 +224,18 @@ def _evolved_label(best: Evaluation) -> str:
 def _scored(store: RunStore) -> list[Evaluation]:
     """Every candidate scored on the search split: the known ones the search started from, then its own."""
     return [*store.evaluations(SEED_KIND), *store.evaluations(EvalKind.SEARCH)]
+
+
+def _by_surrogate(evals: list[Evaluation]) -> list[Evaluation]:
+    """Candidates best first by their surrogate score (estimators.surrogate_means over those with a genome; one
+    without keeps its own score)."""
+    with_genome = [e for e in evals if e.genome is not None]
+    smooth = {}
+    if with_genome:
+        means, _ = surrogate_means(np.array([e.genome for e in with_genome]),
+                                   np.array([e.objective for e in with_genome]))
+        smooth = {id(e): float(m) for e, m in zip(with_genome, means, strict=True)}
+    return sorted(evals, key=lambda e: -smooth.get(id(e), e.objective))
 
 
 def _checkpoints(store: RunStore) -> list[dict]:

@@ -30,7 +30,6 @@ from evomerge.fitness.estimators import (
     IrtModel,
     RaceSpec,
     fit_irt,
-    paired_stratified_mean,
     race_order,
     settled_examples,
     stratified_draw,
@@ -152,18 +151,6 @@ class Fidelity:
         wsum = sum(self.weights[t] for t in per_task)
         objective = sum(self.weights[t] * v for t, v in per_task.items()) / wsum
         return dataclasses.replace(ev, objective=objective, per_task=per_task)
-
-    def paired_estimate(self, ev, ref) -> float:
-        """sample: a candidate's whole-split score on the scale of `ref`, a model scored on every example: ref's score
-        plus the stratified estimate of the candidate's mean difference to ref over the candidate's own draw. Two
-        generations' scores rest on two draws (one may be easy, the other hard); their differences to one common
-        model, each paired on its own draw, compare them, and with less noise than the scores themselves."""
-        _, strata = self._sample(ev.generation)
-        per_task = {t: paired_stratified_mean(dict(zip(ev.examples[t], ev.per_example[t], strict=True)),
-                                              ref.per_example[t], groups)
-                    for t, groups in strata.items()}
-        wsum = sum(self.weights[t] for t in per_task)
-        return sum(self.weights[t] * v for t, v in per_task.items()) / wsum
 
     def _fit(self, generation: int) -> tuple[IrtModel, dict[str, tuple[int, int]]]:
         """The IRT model fitted on every score the generation rests on, and each task's item range (cached)."""
