@@ -144,6 +144,7 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of each run (default: the quickstart's)")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="the results file (default: %(default)s)")
     args = ap.parse_args()
     methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
     with tempfile.TemporaryDirectory() as d:
@@ -154,12 +155,12 @@ def main() -> None:
                 if method == "full":
                     rec["irt_error"] = irt_error(tmp / f"run_full_{seed}")
                 print(json.dumps(rec), flush=True)
-                summary = store_record(rec)
+                summary = store_record(rec, args.results)
     print(json.dumps({"summary": summary}))
 
 
-def store_record(rec: dict) -> dict:
-    return common.store_record(RESULTS, rec, list(METHODS), summarize, "python benchmarks/eval_cost.py")
+def store_record(rec: dict, results: Path = RESULTS) -> dict:
+    return common.store_record(results, rec, list(METHODS), summarize, "python benchmarks/eval_cost.py")
 
 
 MAIN_SEEDS = (0, 1, 2)  # the summary's seeds; records of other seeds (a check on the noise) get a summary of their own
