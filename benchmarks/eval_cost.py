@@ -1,7 +1,7 @@
 """What a cheaper fitness costs and what it keeps: the quickstart's search with every candidate scored on every
 example (full), on a fixed random subset, with racing, with IRT-estimated accuracy, and on a stratified sample
 redrawn each generation — same zoo, same candidate count, 3 seeds each, each estimator with its defaults (the end's
-re-scoring raced and led by CMA-ES's final mean).
+re-scoring raced and led by CMA-ES's final mean; sample's chosen by its surrogate over the genomes).
 
 For each run: the held-out score of its winner, the gain over uniform task arithmetic (held-out), and the examples
 scored on the search split (the warm start's known candidates, the search, and the end's re-scoring, raced or not;
@@ -11,10 +11,12 @@ anchors alone).
 
     python benchmarks/eval_cost.py                      # everything: 5 methods x 3 seeds (~15 min on 2 cores)
     python benchmarks/eval_cost.py --methods full,irt --seeds 0   # some; the file keeps the others' records
-    python benchmarks/eval_cost.py --seeds 3,4,5        # more seeds: summarized apart, under "other_seeds"
+    python benchmarks/eval_cost.py --seeds 3,4,5,6,7,8  # more seeds: summarized apart, under "other_seeds"
+    python benchmarks/eval_cost.py --methods full,sample --seeds 9,10 --results /tmp/more.json   # another file
 
 Each (method, seed) record replaces its earlier one in the results file, and the summary is recomputed over all
-records there, so seeds can run in separate processes (one per core, with threads: 1).
+records there (each method against full evaluation on the seeds both ran), so seeds can run in separate processes
+(one per core, with threads: 1).
 
 Ends with one JSON line {"summary": {"racing_ratio", "racing_gain_share", "irt_ratio", "irt_gain_share",
 "sample_ratio", "sample_gain_share", "subset_ratio", ...}}, also written to benchmarks/results/eval_cost.json (a

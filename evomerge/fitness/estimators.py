@@ -15,6 +15,9 @@ two-parameter logistic model: P(model m answers example j) = sigmoid(theta_m . a
 examples per task (medoids of clusters of the examples' item parameters, as in tinyBenchmarks) is then enough to
 place a new candidate (theta from its anchors alone, items fixed) and to predict its accuracy on the examples it
 never saw (the p-IRT estimator: observed anchors plus predicted rest).
+
+A surrogate (a Gaussian process over the genomes, fitted to every candidate's noisy score) ranks the candidates of a
+search on few examples for the end's re-scoring: neighbours in genome space share their examples.
 """
 
 from __future__ import annotations
