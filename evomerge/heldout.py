@@ -17,7 +17,7 @@ from rich.table import Table
 from evomerge.config import ExperimentConfig
 from evomerge.errors import RunError
 from evomerge.executors import Job
-from evomerge.fitness.estimators import surrogate_means
+from evomerge.fitness.estimators import SURROGATE_MAX, surrogate_means
 from evomerge.optim.pareto import pareto_front
 from evomerge.recipe import FlowRecipe, Recipe, parse_recipe
 from evomerge.search import CHECKPOINT_KINDS, RECOMMENDATION_META, RECOMMENDED_LABEL, SEED_KIND, Evaluator
@@ -227,9 +227,11 @@ def _scored(store: RunStore) -> list[Evaluation]:
 
 
 def _by_surrogate(evals: list[Evaluation]) -> list[Evaluation]:
-    """Candidates best first by their surrogate score (estimators.surrogate_means over those with a genome; one
-    without keeps its own score)."""
-    with_genome = [e for e in evals if e.genome is not None]
+    """Candidates best first by their surrogate score (estimators.surrogate_means over the latest SURROGATE_MAX with
+    a genome of the search's length; any other keeps its own score)."""
+    dims = {len(e.genome) for e in evals if e.kind == EvalKind.SEARCH and e.genome is not None}
+    with_genome = sorted((e for e in evals if e.genome is not None and {len(e.genome)} == dims),
+                         key=lambda e: (e.generation, e.idx))[-SURROGATE_MAX:]
     smooth = {}
     if with_genome:
         means, _ = surrogate_means(np.array([e.genome for e in with_genome]),

@@ -266,6 +266,7 @@ def stratified_mean(scores: dict[int, float], strata: list[tuple[list[int], int]
 
 SURROGATE_LENGTHS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0)  # in genome units (each gene in [0, 1])
 SURROGATE_NOISE = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)  # noise variance over signal variance
+SURROGATE_MAX = 1000  # candidates fitted at most (the fit is cubic in their number): the latest
 
 
 def surrogate_means(genomes: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -282,7 +283,9 @@ def surrogate_means(genomes: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray
     yc = y - mu
     if n < 3 or not yc.any():
         return y.copy(), {}
-    d2 = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    sq = (x**2).sum(1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0)  # squared distances, without an n × n × dim array
+    np.fill_diagonal(d2, 0.0)
     # lengths below the typical distance to a candidate's nearest neighbour leave every candidate uncorrelated with
     # the others: the likelihood cannot tell signal from noise there, and a fit that trusts every score may win by
     # chance. Of the rest, the smoothest fits first, a less smooth one only where it is clearly likelier.
