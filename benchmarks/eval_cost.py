@@ -1,7 +1,7 @@
 """What a cheaper fitness costs and what it keeps: the quickstart's search with every candidate scored on every
 example (full), on a fixed random subset, with racing, with IRT-estimated accuracy, and on a stratified sample
 redrawn each generation — same zoo, same candidate count, 3 seeds each, each estimator with its defaults (the end's
-re-scoring raced and led by CMA-ES's final mean).
+re-scoring raced and led by CMA-ES's final mean; sample's chosen by its surrogate over the genomes).
 
 For each run: the held-out score of its winner, the gain over uniform task arithmetic (held-out), and the examples
 scored on the search split (the warm start's known candidates, the search, and the end's re-scoring, raced or not;
@@ -11,10 +11,12 @@ anchors alone).
 
     python benchmarks/eval_cost.py                      # everything: 5 methods x 3 seeds (~15 min on 2 cores)
     python benchmarks/eval_cost.py --methods full,irt --seeds 0   # some; the file keeps the others' records
-    python benchmarks/eval_cost.py --seeds 3,4,5        # more seeds: summarized apart, under "other_seeds"
+    python benchmarks/eval_cost.py --seeds 3,4,5,6,7,8  # more seeds: summarized apart, under "other_seeds"
+    python benchmarks/eval_cost.py --methods full,sample --seeds 9,10 --results /tmp/more.json   # another file
 
 Each (method, seed) record replaces its earlier one in the results file, and the summary is recomputed over all
-records there, so seeds can run in separate processes (one per core, with threads: 1).
+records there (each method against full evaluation on the seeds both ran), so seeds can run in separate processes
+(one per core, with threads: 1).
 
 Ends with one JSON line {"summary": {"racing_ratio", "racing_gain_share", "irt_ratio", "irt_gain_share",
 "sample_ratio", "sample_gain_share", "subset_ratio", ...}}, also written to benchmarks/results/eval_cost.json (a
@@ -144,6 +146,7 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of each run (default: the quickstart's)")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="the results file (default: %(default)s)")
     args = ap.parse_args()
     methods, seeds = args.methods.split(","), [int(s) for s in args.seeds.split(",")]
     with tempfile.TemporaryDirectory() as d:
@@ -154,12 +157,12 @@ def main() -> None:
                 if method == "full":
                     rec["irt_error"] = irt_error(tmp / f"run_full_{seed}")
                 print(json.dumps(rec), flush=True)
-                summary = store_record(rec)
+                summary = store_record(rec, args.results)
     print(json.dumps({"summary": summary}))
 
 
-def store_record(rec: dict) -> dict:
-    return common.store_record(RESULTS, rec, list(METHODS), summarize, "python benchmarks/eval_cost.py")
+def store_record(rec: dict, results: Path = RESULTS) -> dict:
+    return common.store_record(results, rec, list(METHODS), summarize, "python benchmarks/eval_cost.py")
 
 
 MAIN_SEEDS = (0, 1, 2)  # the summary's seeds; records of other seeds (a check on the noise) get a summary of their own
@@ -179,13 +182,15 @@ def _summary(records: list[dict]) -> dict:
         by.setdefault(r["method"], []).append(r)
     if "full" not in by:
         return {}
-    full_examples = statistics.mean(r["examples"] for r in by["full"])
-    full_gain = statistics.mean(r["gain"] for r in by["full"])
+    full = {r["seed"]: r for r in by["full"]}
     out = {}
     for method, name in (("race", "racing"), ("irt", "irt"), ("subset", "subset"), ("sample", "sample")):
-        if method in by:
-            out[f"{name}_ratio"] = round(full_examples / statistics.mean(r["examples"] for r in by[method]), 2)
-            out[f"{name}_gain_share"] = round(statistics.mean(r["gain"] for r in by[method]) / full_gain, 3)
+        mine = [r for r in by.get(method, []) if r["seed"] in full]  # against full evaluation on the same seeds
+        if mine:
+            full_examples = statistics.mean(full[r["seed"]]["examples"] for r in mine)
+            full_gain = statistics.mean(full[r["seed"]]["gain"] for r in mine)
+            out[f"{name}_ratio"] = round(full_examples / statistics.mean(r["examples"] for r in mine), 2)
+            out[f"{name}_gain_share"] = round(statistics.mean(r["gain"] for r in mine) / full_gain, 3)
     errs = [r["irt_error"] for r in by["full"] if "irt_error" in r]
     if errs:
         for k in errs[0]:

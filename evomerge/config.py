@@ -288,6 +288,12 @@ class SampleConfig(_Strict):
     # size), unbiased, with far less noise in the differences than a plain random sample of the same size
     settled_share: float = Field(0.1, gt=0, lt=1)
     window: int = Field(3, ge=0)  # generations (0: nothing is ever settled; plain random draws)
+    # which candidates the end re-scores on the whole search split (fitness.rescore_top of them, after the
+    # optimizer's recommendation): surrogate — the best by their scores smoothed over neighbouring genomes (a
+    # Gaussian process fitted to every candidate's score, its settings by maximum likelihood: a candidate borrows
+    # the examples and draws its neighbours were scored on); generation — each generation's best by its own score,
+    # the latest first
+    rescore: Literal["surrogate", "generation"] = "surrogate"
 
 
 class FitnessConfig(_Strict):

@@ -10,12 +10,14 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from evomerge.config import ExperimentConfig
 from evomerge.errors import RunError
 from evomerge.executors import Job
+from evomerge.fitness.estimators import SURROGATE_MAX, surrogate_means
 from evomerge.optim.pareto import pareto_front
 from evomerge.recipe import FlowRecipe, Recipe, parse_recipe
 from evomerge.search import CHECKPOINT_KINDS, RECOMMENDATION_META, RECOMMENDED_LABEL, SEED_KIND, Evaluator
@@ -109,11 +111,14 @@ class FinalReport:
         if not f.cheap:
             return None
         top = sorted((e for e in _scored(store) if e.status == "ok"), key=lambda e: -e.objective)
-        if f.estimator == "irt":  # estimates and exact scores are not on one scale: the best exact, the best estimated
+        if f.estimator == "sample" and f.sample.rescore == "surrogate":
+            # scores smoothed over neighbouring genomes: each candidate borrows its neighbours' examples and draws
+            top = _by_surrogate(top)
+        elif f.estimator == "irt":  # estimates and exact scores are not on one scale: the best exact, best estimated
             exact = [e for e in top if e.examples is None][:1]
             top = exact + [e for e in top if e.examples is not None][: f.rescore_top - len(exact)]
-        elif f.estimator == "sample":  # each generation has its own draw, and scores compare within one only: the
-            # best of each generation, the latest (where the search has come furthest) first
+        elif f.estimator == "sample":  # rescore: generation — each generation has its own draw, and scores compare
+            # within one only: the best of each generation, the latest (where the search has come furthest) first
             best_of = {}
             for e in top:
                 best_of.setdefault(e.generation, e)
@@ -219,6 +224,20 @@ def _evolved_label(best: Evaluation) -> str:
 def _scored(store: RunStore) -> list[Evaluation]:
     """Every candidate scored on the search split: the known ones the search started from, then its own."""
     return [*store.evaluations(SEED_KIND), *store.evaluations(EvalKind.SEARCH)]
+
+
+def _by_surrogate(evals: list[Evaluation]) -> list[Evaluation]:
+    """Candidates best first by their surrogate score (estimators.surrogate_means over the latest SURROGATE_MAX with
+    a genome of the search's length; any other keeps its own score)."""
+    dims = {len(e.genome) for e in evals if e.kind == EvalKind.SEARCH and e.genome is not None}
+    with_genome = sorted((e for e in evals if e.genome is not None and {len(e.genome)} == dims),
+                         key=lambda e: (e.generation, e.idx))[-SURROGATE_MAX:]
+    smooth = {}
+    if with_genome:
+        means, _ = surrogate_means(np.array([e.genome for e in with_genome]),
+                                   np.array([e.objective for e in with_genome]))
+        smooth = {id(e): float(m) for e, m in zip(with_genome, means, strict=True)}
+    return sorted(evals, key=lambda e: -smooth.get(id(e), e.objective))
 
 
 def _checkpoints(store: RunStore) -> list[dict]:

@@ -15,6 +15,9 @@ two-parameter logistic model: P(model m answers example j) = sigmoid(theta_m . a
 examples per task (medoids of clusters of the examples' item parameters, as in tinyBenchmarks) is then enough to
 place a new candidate (theta from its anchors alone, items fixed) and to predict its accuracy on the examples it
 never saw (the p-IRT estimator: observed anchors plus predicted rest).
+
+A surrogate (a Gaussian process over the genomes, fitted to every candidate's noisy score) ranks the candidates of a
+search on few examples for the end's re-scoring: neighbours in genome space share their examples.
 """
 
 from __future__ import annotations
@@ -257,6 +260,50 @@ def stratified_mean(scores: dict[int, float], strata: list[tuple[list[int], int]
     (unbiased for the task's mean)."""
     total = sum(size for _, size in strata)
     return float(sum(size * np.mean([scores[i] for i in drawn]) for drawn, size in strata) / total)
+
+
+# -- a surrogate over the genomes --------------------------------------------------------------------------------
+
+SURROGATE_LENGTHS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0)  # in genome units (each gene in [0, 1])
+SURROGATE_NOISE = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)  # noise variance over signal variance
+SURROGATE_MAX = 1000  # candidates fitted at most (the fit is cubic in their number): the latest
+
+
+def surrogate_means(genomes: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Each candidate's score smoothed over its neighbours: the posterior mean at its genome of a Gaussian process
+    (constant mean, squared-exponential kernel, homoscedastic noise) fitted to every candidate's noisy score.
+    Candidates close in genome space have close fitness, so a candidate seen on a few examples borrows the examples
+    its neighbours were seen on (and the draws they were seen on: an easy or a hard draw of one generation weighs
+    less). The length scale and the noise variance (over the signal's) are those of the grids above with the highest
+    marginal likelihood (the signal variance in closed form), so nothing is tuned by hand. Returns (means, the
+    fit)."""
+    x = np.asarray(genomes, dtype=float)
+    y = np.asarray(scores, dtype=float)
+    n, mu = len(y), float(y.mean())
+    yc = y - mu
+    if n < 3 or not yc.any():
+        return y.copy(), {}
+    sq = (x**2).sum(1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0)  # squared distances, without an n × n × dim array
+    np.fill_diagonal(d2, 0.0)
+    # lengths below the typical distance to a candidate's nearest neighbour leave every candidate uncorrelated with
+    # the others: the likelihood cannot tell signal from noise there, and a fit that trusts every score may win by
+    # chance. Of the rest, the smoothest fits first, a less smooth one only where it is clearly likelier.
+    nearest = float(np.median(np.sqrt(np.sort(d2, axis=1)[:, 1])))
+    lengths = [ell for ell in SURROGATE_LENGTHS if ell >= nearest] or [max(SURROGATE_LENGTHS)]
+    best = None
+    for ell in sorted(lengths, reverse=True):
+        corr = np.exp(-d2 / (2 * ell**2))
+        for ratio in sorted(SURROGATE_NOISE, reverse=True):
+            chol = np.linalg.cholesky(corr + ratio * np.eye(n))
+            z = np.linalg.solve(chol, yc)
+            s2 = float(z @ z) / n  # the signal variance that maximizes the likelihood
+            loglik = -0.5 * n * math.log(s2) - float(np.log(np.diag(chol)).sum())
+            if best is None or loglik > best[0] + 1e-3:
+                best = (loglik, ell, ratio, corr, chol)
+    _, ell, ratio, corr, chol = best
+    alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, yc))
+    return mu + corr @ alpha, {"length": ell, "noise_ratio": ratio}
 
 
 # -- racing a candidate inside its evaluation ----------------------------------------------------------------------
