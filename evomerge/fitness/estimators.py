@@ -301,6 +301,7 @@ def surrogate_means(genomes: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray
             loglik = -0.5 * n * math.log(s2) - float(np.log(np.diag(chol)).sum())
             if best is None or loglik > best[0] + 1e-3:
                 best = (loglik, ell, ratio, corr, chol)
+    assert best is not None  # both grids are non-empty
     _, ell, ratio, corr, chol = best
     alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, yc))
     return mu + corr @ alpha, {"length": ell, "noise_ratio": ratio}
