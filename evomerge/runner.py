@@ -419,5 +419,6 @@ def plan_experiment(experiment: Path, *, capacity: int | None = None, workers: i
     if capacity is None:
         capacity = device_capacity(device) // workers
     threads = max(1, int(cfg.executor.cpus_per_worker or 1)) if cfg.executor.type == "ray" else cfg.threads
+    width = {"float32": 4, "bfloat16": 2, "float16": 2}.get(cfg.dtype)  # None for auto: the sources' own
     return plan_memory(base, models, operators=operators, batch=batch, seq=seq, generate_tokens=gen, device=device,
-                       capacity=capacity, workers=workers, stream=stream, threads=threads)
+                       capacity=capacity, workers=workers, stream=stream, threads=threads, dtype_bytes=width)

@@ -73,3 +73,23 @@ def test_activation_term_grows_with_batch_and_generation(tiny_zoo):
     small = activation_bytes(tiny_zoo / "base", 8, 16, 4)
     assert activation_bytes(tiny_zoo / "base", 16, 16, 4) >= 2 * small - 1
     assert activation_bytes(tiny_zoo / "base", 8, 16, 4, generate_tokens=16) > small
+
+
+def test_the_plan_counts_the_dtype_the_experiment_casts_the_sources_to(tiny_zoo, tmp_path):
+    """bf16 checkpoints merged in float32 (`dtype: float32`): the pool holds 4 bytes per parameter, not 2."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dirs = []
+    for name in ("base", "add", "cipher"):
+        m = AutoModelForCausalLM.from_pretrained(tiny_zoo / name, dtype=torch.bfloat16)
+        m.save_pretrained(tmp_path / name)
+        AutoTokenizer.from_pretrained(tiny_zoo / name).save_pretrained(tmp_path / name)
+        dirs.append(tmp_path / name)
+    args = {"operators": {"task_arithmetic"}, "batch": 8, "seq": 16, "capacity": 10**12, "runtime": 0}
+    own = {t.name: t.bytes for t in plan_memory(dirs[0], dirs[1:], **args).layouts["in memory"]}
+    cast = {t.name: t.bytes for t in plan_memory(dirs[0], dirs[1:], dtype_bytes=4, **args).layouts["in memory"]}
+    pool = SourcePool(dirs[0], dirs[1:], dtype=torch.float32)
+    assert cast["base"] == sum(v.nbytes for v in pool.base.values()) == 2 * own["base"]
+    assert cast["task vectors"] == sum(v.nbytes for v in pool.stacked.values()) == 2 * own["task vectors"]
+    assert cast["live model"] == 2 * own["live model"]

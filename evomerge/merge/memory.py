@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from evomerge.errors import ConfigError, SourceError
@@ -184,14 +184,18 @@ def rank_cache_bytes(operators: set[str], params: int, sources: int) -> tuple[in
 
 def plan_memory(base: Path, sources: list[Path], *, operators: set[str], batch: int, seq: int,
                 generate_tokens: int = 0, device: str = "cpu", capacity: int | None = None, workers: int = 1,
-                stream: bool | None = None, runtime: int | None = None, threads: int = 1) -> MemoryPlan:
-    """The plan for one worker merging `sources` onto `base` (sizes from headers, nothing loaded)."""
+                stream: bool | None = None, runtime: int | None = None, threads: int = 1,
+                dtype_bytes: int | None = None) -> MemoryPlan:
+    """The plan for one worker merging `sources` onto `base` (sizes from headers, nothing loaded). `dtype_bytes`:
+    the width the experiment casts the sources to (its `dtype`), else None: the checkpoints' own."""
     b = CheckpointSize.of(base)
     k = len(sources)
     for s in sources:
         if CheckpointSize.of(s).params != b.params:
             raise SourceError(f"{s}: {CheckpointSize.of(s).params} floating-point parameters, base {base} has "
                               f"{b.params} (not mergeable)")
+    if dtype_bytes is not None:  # the pool holds the base, the task vectors and the live model cast to it
+        b = replace(b, bytes=b.params * dtype_bytes, dtype_bytes=dtype_bytes)
     if capacity is None:
         capacity = device_capacity(device) // workers
     runtime = runtime_bytes(base) if runtime is None else runtime
