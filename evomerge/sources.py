@@ -216,6 +216,7 @@ class SourcePool:
         self.base = _Lazy(names, lambda n: base_ck[n].to(self.device, self._cast), keep_last=True)
 
         scratch: list[torch.Tensor] = []
+        checked: set[str] = set()
 
         def task_vectors(name: str) -> torch.Tensor:
             """Each source read once, subtracted into one reused [K, ...] buffer: a fresh model-sized allocation per
@@ -228,6 +229,11 @@ class SourcePool:
             out = scratch[0][:size].view(len(cks), *b.shape)
             for i, ck in enumerate(cks):
                 torch.sub(ck[name].to(self.device, self._cast), b, out=out[i])
+            if name not in checked:  # each tensor once, when first read: NaN/Inf named by model, as in memory
+                _check_finite(self.base_path, {name: b})
+                for p, ck in zip(self.source_paths, cks, strict=True):
+                    _check_finite(p, {name: ck[name]})
+                checked.add(name)
             return out
 
         self.stacked = _Lazy(names, task_vectors, keep_last=True)

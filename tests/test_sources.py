@@ -130,6 +130,13 @@ def test_a_source_with_nan_weights_is_refused_by_name(tmp_path):
         SourcePool(tmp_path / "base", [tmp_path / "nan"])
     with pytest.raises(SourceError, match=r"nan: model.layers.1.mlp.up_proj.weight holds NaN or Inf values"):
         SourcePool(tmp_path / "nan", [tmp_path / "base"])
+    # memory-mapped: nothing is read up front, so the tensor is checked when a merge first reads it
+    name = "model.layers.1.mlp.up_proj.weight"
+    for base, src in (("base", "nan"), ("nan", "base")):
+        pool = SourcePool(tmp_path / base, [tmp_path / src], stream=True)
+        pool.stacked["model.layers.0.mlp.up_proj.weight"]  # a finite tensor reads as before
+        with pytest.raises(SourceError, match=rf"nan: {name} holds NaN or Inf values"):
+            pool.stacked[name]
 
 
 def test_a_run_refused_when_its_worker_loads_leaves_no_directory(tmp_path, tiny_zoo, tiny_task_dir):
