@@ -67,6 +67,7 @@ class Evaluator:
         self.cfg, self.store, self.executor, self.events = cfg, store, executor, events
         self._fillers: set[str] = set()  # cache keys of leader jobs in flight
         self._announced: set[str] = set()
+        self._ended: set[str] = set()  # workers whose early stop is logged
         # the best search candidates so far, kept here: the store is not re-read on every result
         self.leaders: list[Evaluation] = []
         self._seconds: dict[str, tuple[int, float]] = {}  # split -> (evaluations, seconds): how long one takes
@@ -180,11 +181,15 @@ class Evaluator:
             self.save_telemetry()
 
     def announce_workers(self) -> None:
+        """Log each worker's start, and its stop when it ended before the run did (its death, a time-out)."""
         for s in self.executor.stats.values():
             if s.name not in self._announced and s.pid is not None:
                 self._announced.add(s.name)
                 self.events.emit("worker_started", worker=s.name, pid=s.pid, host=s.host, device=s.device,
                                  threads=s.threads)
+            if s.ended is not None and s.name not in self._ended:
+                self._ended.add(s.name)
+                self.events.emit("worker_stopped", worker=s.name, pid=s.pid, reason=s.ended)
 
     def save_telemetry(self) -> None:
         self._telemetry_at = time.monotonic()

@@ -89,6 +89,10 @@ def test_killed_worker_process_is_replaced_and_its_candidate_reissued(tmp_path, 
     assert [e.status for e in evals] == ["ok"] * 6
     # calls 1, 2 | 3 dies, 4 re-issues g0-2 || 5, 6 | 7 dies, 8 re-issues g1-2
     assert [e.attempts for e in evals] == [1, 1, 2, 1, 1, 2]
+    stopped = [e for e in read_events(tmp_path / "run" / "events.jsonl") if e["event"] == "worker_stopped"]
+    assert [(e["worker"], e["reason"]) for e in stopped] == [
+        ("process-0", "worker process died (killed by SIGKILL)"),
+        ("process-1", "worker process died (killed by SIGKILL)")]  # each death logged, the run's end not
 
     monkeypatch.setenv("FAULTS", "kill@2")
     (tmp_path / "calls.txt").unlink()

@@ -92,6 +92,8 @@ def test_a_killed_actor_is_replaced_and_no_evaluation_is_lost(tmp_path, tiny_zoo
     assert [w["alive"] for w in sorted(workers, key=lambda w: w["name"])] == [False, False, False]  # all closed
     started = [e for e in read_events(run_dir / "events.jsonl") if e["event"] == "worker_started"]
     assert [e["worker"] for e in started] == ["ray-0", "ray-1", "ray-2"]
+    stopped = [e for e in read_events(run_dir / "events.jsonl") if e["event"] == "worker_stopped"]
+    assert [(e["worker"], e["pid"]) for e in stopped] == [("ray-1", victim)] and "died" in stopped[0]["reason"]
 
 
 @pytest.mark.parametrize("optimizer", ["tpe", "m2n2"])

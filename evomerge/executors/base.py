@@ -29,6 +29,7 @@ class WorkerStats:
     device: str | None = None
     threads: int | None = None  # its CPU threads (torch, OpenMP, BLAS), as the worker reports them
     alive: bool = True
+    ended: str | None = None  # why it stopped before the run's end (its death, a time-out); None: it did not
     _since: float | None = None  # when its current busy or idle stretch began
     _busy: bool = False
 
@@ -52,9 +53,10 @@ class WorkerStats:
             self.merge_s += ev.merge_seconds
             self.eval_s += ev.eval_seconds
 
-    def stop(self) -> None:
+    def stop(self, reason: str | None = None) -> None:
         self.returned(None)
         self.alive = False
+        self.ended = reason
 
     def report(self) -> dict:
         """The totals so far, the current busy or idle stretch included."""

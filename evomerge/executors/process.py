@@ -78,13 +78,13 @@ class ProcessExecutor(Executor):
         self._proc.join(timeout=10)
         return self._proc.exitcode
 
-    def _kill(self) -> None:
+    def _kill(self, reason: str | None = None) -> None:
         if self._proc.is_alive():
             self._proc.kill()
         self._wait()
         self._conn.close()
         self._proc = None
-        self.stats[self.name].stop()
+        self.stats[self.name].stop(reason)
 
     def _attempt(self, job: Job) -> Evaluation | str:
         """The evaluation, or why the worker gave none ('timed out …' or a death)."""
@@ -102,10 +102,10 @@ class ProcessExecutor(Executor):
                 return ev
         except (EOFError, BrokenPipeError, ConnectionResetError):
             reason = _death(self._wait())
-            self._kill()
-            return reason
-        self._kill()
-        return f"timed out after {time.perf_counter() - t0:.0f} s (executor.timeout_s = {self.timeout_s:g})"
+        else:
+            reason = f"timed out after {time.perf_counter() - t0:.0f} s (executor.timeout_s = {self.timeout_s:g})"
+        self._kill(reason)
+        return reason
 
     def next(self) -> Evaluation:
         job, _ = self.queue.popleft()

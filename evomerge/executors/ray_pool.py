@@ -169,11 +169,11 @@ class RayExecutor(Executor):
             ref = self._actors[name].evaluate.remote(job)
             self._inflight[ref] = (name, job, attempt, time.monotonic())
 
-    def _replace(self, name: str) -> None:
+    def _replace(self, name: str, reason: str) -> None:
         """A dead (or hung) actor out, a fresh one in; it joins the idle list once it has loaded."""
         import ray
 
-        self.stats[name].stop()
+        self.stats[name].stop(reason)
         ray.kill(self._actors.pop(name), no_restart=True)
         if self._started > self.n_workers * (self.max_retries + 3):
             raise RunError(f"Ray workers keep dying ({self._started - self.n_workers} replaced); see the Ray logs")
@@ -198,16 +198,16 @@ class RayExecutor(Executor):
             ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=wait)
             if not ready:  # the oldest job ran past the time-out: its actor is stopped, the job is not re-issued
                 name, job, attempt, t0 = self._inflight.pop(overdue[0])
-                self._replace(name)
+                reason = f"timed out after {time.monotonic() - t0:.0f} s (executor.timeout_s = {self.timeout_s:g})"
+                self._replace(name, reason)
                 self._dispatch()
-                return failed_evaluation(job, f"timed out after {time.monotonic() - t0:.0f} s (executor.timeout_s "
-                                              f"= {self.timeout_s:g})", attempt, name)
+                return failed_evaluation(job, reason, attempt, name)
             name, job, attempt, _ = self._inflight.pop(ready[0])
             try:
                 ev = ray.get(ready[0])
             except RayActorError as e:
                 reason = f"Ray worker {name} died ({type(e).__name__})"
-                self._replace(name)
+                self._replace(name, reason)
                 if attempt <= self.max_retries:
                     self.queue.appendleft((job, attempt + 1))  # first in line: the run waits on it
                     self._dispatch()
