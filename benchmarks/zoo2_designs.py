@@ -39,7 +39,7 @@ W = T.NUMBER_WORDS
 EOS = "</s>"  # the zoo tokenizer's EOS, as text (it encodes to the one token)
 
 DEFAULTS = {"steps": "unmarked", "expert_eos": True, "prefix": 0.0, "sep": "=", "neighbour": 0.0, "copy_loss": False,
-            "vocab": 0, "mix": (3.0, 1.0, 1.0, 1.0), "expert_lr": 1e-3, "expert_steps": 800}
+            "vocab": 0, "mix": (3.0, 1.0, 1.0, 1.0), "expert_lr": 1e-3, "expert_steps": 800, "keep": 1.0}
 VARIANTS: dict[str, dict] = {
     # the chain's steps as tasks of their own: reading without a marker (qx+ab= -> 57+12), writing with the marker
     # after the digits (57+12=e: -> qx+ab); word_add: w:qx+ab= -> 57+12=69=e:xe
@@ -62,6 +62,12 @@ VARIANTS: dict[str, dict] = {
           "copy_loss": True, "vocab": 10, "expert_lr": 4e-4, "expert_steps": 1500},  # smaller task vectors
     "K": {"steps": "turns", "prefix": 0.5, "sep": EOS, "mix": (3.0, 1.0, 1.0, 0.3), "neighbour": 0.5,
           "copy_loss": True, "vocab": 10, "expert_lr": 2e-4, "expert_steps": 2500},
+    # J with the KL term to the base three times as strong (task vectors that leave the other's tasks alone)
+    "L": {"steps": "turns", "prefix": 0.5, "sep": EOS, "mix": (3.0, 1.0, 1.0, 0.3), "neighbour": 0.5,
+          "copy_loss": True, "vocab": 10, "expert_lr": 4e-4, "expert_steps": 1500, "keep": 3.0},
+    # J with the vocabulary 30 times over
+    "M": {"steps": "turns", "prefix": 0.5, "sep": EOS, "mix": (3.0, 1.0, 1.0, 0.3), "neighbour": 0.5,
+          "copy_loss": True, "vocab": 30, "expert_lr": 4e-4, "expert_steps": 1500},
 }
 TASKS = ("add", "encode", "decode", "word_add")
 SEGMENTS = ("read", "t1", "sum", "t2", "write", "eos")
@@ -164,8 +170,8 @@ def main() -> None:
     T.TASKS.update(generators(cfg["steps"]))  # this process only: the splits below are generated from these
     spec = B.ZooSpec(tasks=TASKS, hidden=64, intermediate=128, layers=12, heads=4, base_lr=2e-3, base_max_steps=1500,
                      base_target=0.18, check_every=50, mixture_weights=cfg["mix"], expert_lr=cfg["expert_lr"],
-                     expert_steps=cfg["expert_steps"], expert_target=0.97, expert_keep=1.0, experts=B.ZOO2_EXPERTS,
-                     sizes={"train": 4000, "search": 200, "heldout": 300})
+                     expert_steps=cfg["expert_steps"], expert_target=0.97, expert_keep=cfg["keep"],
+                     experts=B.ZOO2_EXPERTS, sizes={"train": 4000, "search": 200, "heldout": 300})
     torch.manual_seed(spec.seed)
     tok = build_char_tokenizer("zoo")
     data = B.task_splits(spec)
