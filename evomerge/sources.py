@@ -227,13 +227,15 @@ class SourcePool:
                 scratch[:] = [torch.empty(max(size, scratch[0].numel() if scratch else 0), dtype=b.dtype,
                                           device=self.device)]
             out = scratch[0][:size].view(len(cks), *b.shape)
-            for i, ck in enumerate(cks):
-                torch.sub(ck[name].to(self.device, self._cast), b, out=out[i])
-            if name not in checked:  # each tensor once, when first read: NaN/Inf named by model, as in memory
+            first = name not in checked  # each tensor checked once, when first read: NaN/Inf named by model
+            if first:
                 _check_finite(self.base_path, {name: b})
-                for p, ck in zip(self.source_paths, cks, strict=True):
-                    _check_finite(p, {name: ck[name]})
-                checked.add(name)
+            for i, (p, ck) in enumerate(zip(self.source_paths, cks, strict=True)):
+                t = ck[name]
+                if first:
+                    _check_finite(p, {name: t})
+                torch.sub(t.to(self.device, self._cast), b, out=out[i])
+            checked.add(name)
             return out
 
         self.stacked = _Lazy(names, task_vectors, keep_last=True)
