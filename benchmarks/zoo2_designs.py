@@ -50,25 +50,18 @@ VARIANTS: dict[str, dict] = {
     # the chain made of the tasks' own prompts, one turn each, ended by EOS as every answer is:
     # w:k:qx+ab= -> 57+12</s>57+12=69</s>e:69=xe ; the random prefixes end with EOS too
     "G": {"steps": "turns", "prefix": 0.5, "sep": EOS, "mix": (3.0, 1.0, 1.0, 0.3)},
-    # half of the prefixes a chain neighbour: the decode whose answer an add's prompt is, the add whose sum an
-    # encode's prompt is (documents that reuse what came before)
-    "H": {"steps": "turns", "prefix": 0.5, "sep": EOS, "mix": (3.0, 1.0, 1.0, 0.3), "neighbour": 0.5},
-    # + the copy of the neighbour's answer into the prompt is learned too (loss on it, as a language model's on
-    # every token), + every one-number prompt of encode and decode 10 times in training (the vocabulary: the
-    # splits, disjoint by prompt, otherwise hold the 100 one-number prompts once among 4,000 rows)
-    "I": {"steps": "turns", "prefix": 0.5, "sep": EOS, "mix": (3.0, 1.0, 1.0, 0.3), "neighbour": 0.5,
-          "copy_loss": True, "vocab": 10},
-    "J": {"steps": "turns", "prefix": 0.5, "sep": EOS, "mix": (3.0, 1.0, 1.0, 0.3), "neighbour": 0.5,
-          "copy_loss": True, "vocab": 10, "expert_lr": 4e-4, "expert_steps": 1500},  # smaller task vectors
-    "K": {"steps": "turns", "prefix": 0.5, "sep": EOS, "mix": (3.0, 1.0, 1.0, 0.3), "neighbour": 0.5,
-          "copy_loss": True, "vocab": 10, "expert_lr": 2e-4, "expert_steps": 2500},
-    # J with the KL term to the base three times as strong (task vectors that leave the other's tasks alone)
-    "L": {"steps": "turns", "prefix": 0.5, "sep": EOS, "mix": (3.0, 1.0, 1.0, 0.3), "neighbour": 0.5,
-          "copy_loss": True, "vocab": 10, "expert_lr": 4e-4, "expert_steps": 1500, "keep": 3.0},
-    # J with the vocabulary 30 times over
-    "M": {"steps": "turns", "prefix": 0.5, "sep": EOS, "mix": (3.0, 1.0, 1.0, 0.3), "neighbour": 0.5,
-          "copy_loss": True, "vocab": 30, "expert_lr": 4e-4, "expert_steps": 1500},
 }
+# half of the prefixes a chain neighbour: the decode whose answer an add's prompt is, the add whose sum an
+# encode's prompt is (documents that reuse what came before)
+VARIANTS["H"] = {**VARIANTS["G"], "neighbour": 0.5}
+# + the copy of the neighbour's answer into the prompt is learned too (loss on it, as a language model's on
+# every token), + every one-number prompt of encode and decode 10 times in training (the vocabulary: the
+# splits, disjoint by prompt, otherwise hold the 100 one-number prompts once among 4,000 rows)
+VARIANTS["I"] = {**VARIANTS["H"], "copy_loss": True, "vocab": 10}
+VARIANTS["J"] = {**VARIANTS["I"], "expert_lr": 4e-4, "expert_steps": 1500}  # smaller task vectors
+VARIANTS["K"] = {**VARIANTS["I"], "expert_lr": 2e-4, "expert_steps": 2500}
+VARIANTS["L"] = {**VARIANTS["J"], "keep": 3.0}  # a KL term 3x as strong: vectors that leave the other's tasks alone
+VARIANTS["M"] = {**VARIANTS["J"], "vocab": 30}  # the vocabulary 30 times over
 TASKS = ("add", "encode", "decode", "word_add")
 SEGMENTS = ("read", "t1", "sum", "t2", "write", "eos")
 
