@@ -77,14 +77,26 @@ CORRUPTIONS = {
 @pytest.mark.parametrize("case", sorted(CORRUPTIONS))
 def test_corrupted_run_directory_is_refused_and_untouched(tmp_path, finished_run, case):
     exp, original = finished_run
-    run_dir = tmp_path / "run"
-    shutil.copytree(original, run_dir)
     corrupt, expected = CORRUPTIONS[case]
-    corrupt(run_dir)
-    before = _digest(run_dir)
+    run_dir = _corrupted_copy(original, tmp_path / "run", corrupt)
     commands = [("run", exp, "--run-dir", run_dir), ("resume", run_dir)]
     if not case.startswith("optimizer snapshot"):  # status reads no snapshot
         commands.append(("status", run_dir))
+    _each_refused_untouched(commands, run_dir, expected)
+
+
+def _corrupted_copy(original, run_dir, corrupt, drop=()):
+    """A copy of a finished run, less the files in `drop`, damaged by `corrupt`."""
+    shutil.copytree(original, run_dir)
+    for name in drop:
+        (run_dir / name).unlink(missing_ok=True)
+    corrupt(run_dir)
+    return run_dir
+
+
+def _each_refused_untouched(commands, run_dir, expected):
+    """Each command exits 2 with one line holding `expected`, and leaves the run directory as it was."""
+    before = _digest(run_dir)
     for command in commands:
         code, _, err = _cli(*command)
         assert code == 2, (command, err)
@@ -115,23 +127,14 @@ ROW_CORRUPTIONS = {
 @pytest.mark.parametrize("case", sorted(ROW_CORRUPTIONS))
 def test_a_hand_edited_store_row_is_one_line_for_every_reader(tmp_path, finished_run, case):
     exp, original = finished_run
-    run_dir = tmp_path / "run"
-    shutil.copytree(original, run_dir)
-    (run_dir / "report.html").unlink(missing_ok=True)
     corrupt, expected = ROW_CORRUPTIONS[case]
-    corrupt(run_dir)
-    before = _digest(run_dir)
+    run_dir = _corrupted_copy(original, tmp_path / "run", corrupt, drop=["report.html"])
     # the stored recipe is checked as JSON by every reader, and as a recipe where one is built from it (export)
     export = ("export", run_dir, "--candidate", "g1-1", "--out", tmp_path / "out")
     commands = [export] if case == "recipe not a recipe" else [
         ("run", exp, "--run-dir", run_dir), ("resume", run_dir), ("status", run_dir), ("leaderboard", run_dir),
         export, ("report", run_dir)]
-    for command in commands:
-        code, _, err = _cli(*command)
-        assert code == 2, (command, err)
-        assert expected in err, (command, err)
-        assert len(err.splitlines()) == 1, err
-        assert _digest(run_dir) == before, command
+    _each_refused_untouched(commands, run_dir, expected)
     assert not (tmp_path / "out").exists()
 
 
