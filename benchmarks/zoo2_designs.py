@@ -14,8 +14,9 @@ With `--out`, the models (Hugging Face directories), the composed task's search 
 are written there: `evomerge run /tmp/zoo2-J/ps.yaml`.
 
 The designs (VARIANTS) are the steps of one investigation, each a change to the one before it; what each measured
-is in benchmarks/README.md, "Zoo v2". The chosen one is to become the `zoo2` profile once every method is
-re-measured on it; until then `evomerge zoo build --profile zoo2` builds the earlier design (the table's first row).
+is in benchmarks/README.md, "Zoo v2". The chosen one, J, is the `zoo2` profile: `evomerge zoo build --profile zoo2`
+trains the same models (its tasks, chain neighbours and vocabulary are evomerge.zoo's own; `ZooSpec.pack` is this
+script's packing with the copy learned and EOS between examples).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from evomerge.zoo.families import make_model
 from evomerge.zoo.tokenizer import build_char_tokenizer
 
 W = T.NUMBER_WORDS
-EOS = "</s>"  # the zoo tokenizer's EOS, as text (it encodes to the one token)
+EOS = T.TURN_END  # the zoo tokenizer's EOS, as text (it encodes to the one token)
 
 DEFAULTS = {"steps": "unmarked", "expert_eos": True, "prefix": 0.0, "sep": "=", "neighbour": 0.0, "copy_loss": False,
             "vocab": 0, "mix": (3.0, 1.0, 1.0, 1.0), "expert_lr": 1e-3, "expert_steps": 800, "keep": 1.0}
@@ -77,11 +78,8 @@ def _two_operands(rng: random.Random) -> tuple[int, int]:
 
 def generators(steps: str) -> dict:
     """The task generators of a design: 'unmarked' steps or the tasks' own prompts as 'turns'."""
-    if steps == "turns":
-        def word_add(rng):
-            a, b = _two_operands(rng)
-            return {"prompt": f"w:k:{W[a]}+{W[b]}=", "answer": f"{a}+{b}{EOS}{a}+{b}={a + b}{EOS}e:{a + b}={W[a + b]}"}
-        return {"add": T.make_add, "encode": T.make_encode, "decode": T.make_decode, "word_add": word_add}
+    if steps == "turns":  # zoo v2's own tasks (w:k:qx+ab= -> 57+12</s>57+12=69</s>e:69=xe)
+        return {t: T.TASKS[t] for t in TASKS}
 
     def decode(rng):
         ns = _numbers(rng)
@@ -97,20 +95,6 @@ def generators(steps: str) -> dict:
     return {"add": T.make_add, "encode": encode, "decode": decode, "word_add": word_add}
 
 
-def neighbour(task: str, row: dict, rng: random.Random) -> dict | None:
-    """The example whose answer `row`'s prompt reuses in the chain (decode before add, add before a one-number
-    encode), or None."""
-    p = row["prompt"]
-    if task == "add":
-        ns = p[:-1].split("+")
-        return {"prompt": "k:" + "+".join(W[int(n)] for n in ns) + "=", "answer": p[:-1]}
-    if task == "encode" and "+" not in p:
-        n = int(p[2:-1])
-        a = rng.randint(0, n)
-        return {"prompt": f"{a}+{n - a}=", "answer": str(n)}
-    return None
-
-
 def with_prefixes(rows: list[dict], task: str, pool: list[dict], cfg: dict, seed: str) -> list[dict]:
     """A share `prefix` of the rows after another example and the separator (packing, without its cost); of those,
     a share `neighbour` after their chain neighbour, whose copy into the prompt is learned with `copy_loss`."""
@@ -118,7 +102,7 @@ def with_prefixes(rows: list[dict], task: str, pool: list[dict], cfg: dict, seed
     out = []
     for r in rows:
         if cfg["prefix"] and rng.random() < cfg["prefix"]:
-            o = neighbour(task, r, rng) if rng.random() < cfg["neighbour"] else None
+            o = T.chain_neighbour(task, r, rng) if rng.random() < cfg["neighbour"] else None
             if o is not None and cfg["copy_loss"]:
                 r = {"prompt": o["prompt"] + o["answer"] + cfg["sep"], "answer": r["prompt"] + r["answer"]}
             else:

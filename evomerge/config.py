@@ -147,6 +147,9 @@ class SpaceConfig(_Strict):
     flow: FlowSpaceConfig | None = None  # data_flow: its settings (defaults when left out)
     # mosaic only: split points may fall every this many rows inside a tensor (None: between whole tensors)
     rows: PositiveInt | None = None
+    # mosaic only: members combine the sources' task vectors over sources.base (θ_base + Σₖ Cₖ·τₖ, SLERP's angle
+    # taken between task vectors), not their weights (Σₖ Cₖ·θₖ)
+    task_vectors: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -495,13 +498,15 @@ class ExperimentConfig(_Strict):
                              f"m2n2 optimizer and the mosaic space only work together")
         # fields given a value other than their default (a stored config lists every field, defaults included)
         defaults = SpaceConfig.model_fields
-        unused = sorted(f for f in self.space.model_fields_set - {"type", "rows"}
+        unused = sorted(f for f in self.space.model_fields_set - {"type", "rows", "task_vectors"}
                         if getattr(self.space, f) != defaults[f].get_default(call_default_factory=True))
         if self.space.type == "mosaic" and unused:
             raise ValueError(f"space.{unused[0]}: not used by the mosaic space (a mosaic is a linear per-tensor "
                              f"combination of the sources); remove {unused}")
         if self.space.type != "mosaic" and self.space.rows is not None:
             raise ValueError("space.rows: only used by the mosaic space (row-level split points)")
+        if self.space.task_vectors and self.space.type != "mosaic":
+            raise ValueError("space.task_vectors: only used by the mosaic space")
         return self
 
     @property

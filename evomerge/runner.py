@@ -264,7 +264,8 @@ class Runner(RunLifecycle):
                                    "files for every merge (slower)[/]")
             self.names = model_names([Path(m) for m in models])
             space_cls = SPACES[cfg.space.type]
-            extra = {"sources": models} if getattr(space_cls, "needs_sources", False) else {}  # the mosaic space
+            # the mosaic space: the sources' tensors and Gram matrices (of task vectors over the base, if so set)
+            extra = {"sources": models, "base": base} if getattr(space_cls, "needs_sources", False) else {}
             space = space_cls(cfg.space, *executor.shape, **extra)
             Search(cfg, store, self.evaluator, space, self.console, self.events, self.run_dir,
                    self.names).run(snapshot)
@@ -362,7 +363,7 @@ def dry_run(experiment: Path, console: Console) -> None:
     if f.type == "lm_eval":
         worker.scorers = {s: make_scorer(worker.tokenizer, t, f, base_dir, limit=EXAMPLES) for s, t in tasks.items()}
     space_cls = SPACES[cfg.space.type]
-    extra = {"sources": models} if getattr(space_cls, "needs_sources", False) else {}
+    extra = {"sources": models, "base": base} if getattr(space_cls, "needs_sources", False) else {}
     space = space_cls(cfg.space, *worker.builder.shape, **extra)
     try:
         opt = make_optimizer(cfg, space)

@@ -232,16 +232,20 @@ def f64_experts(tiny_zoo, tmp_path_factory):
     return dirs[0], dirs[1:]
 
 
-@pytest.mark.parametrize("rows", [None, 7])
-def test_mosaics_materialize_what_a_flat_vector_reference_computes(f64_experts, rows):
+@pytest.mark.parametrize(("rows", "task_vectors"), [(None, False), (7, False), (None, True), (7, True)])
+def test_mosaics_materialize_what_a_flat_vector_reference_computes(f64_experts, rows, task_vectors):
     """The same M2N2 run twice: archive members as full flat parameter vectors (the paper's explicit form) and as
     mosaics, split points between tensors (rows None) or between blocks of 7 rows; every mosaic, materialized by the
-    merge engine, must equal its flat twin."""
+    merge engine, must equal its flat twin. Over task vectors, the flat members are task vectors (SLERP between
+    them) and the model is the base plus the member."""
     base, experts = f64_experts
-    space = MosaicSpace(SimpleNamespace(rows=rows), len(experts), 0, sources=experts)
+    space = MosaicSpace(SimpleNamespace(rows=rows, task_vectors=task_vectors), len(experts), 0, sources=experts,
+                        base=base)
     tensors = list(dict.fromkeys(u.name for u in space.units))
     sds = [load_state_dict(p) for p in experts]
-    flat_sources = [torch.cat([sd[n].reshape(-1) for n in tensors]) for sd in sds]
+    flat_base = torch.cat([load_state_dict(base)[n].reshape(-1) for n in tensors])
+    flat_sources = [torch.cat([sd[n].reshape(-1) for n in tensors]) - (flat_base if task_vectors else 0)
+                    for sd in sds]
     mosaic_be = space.backend()
     flat_be = FlatBackend(mosaic_be.size, boundaries=mosaic_be.boundaries)
     settings = NicheSettings(popsize=6)
@@ -272,6 +276,7 @@ def test_mosaics_materialize_what_a_flat_vector_reference_computes(f64_experts, 
     for c, ref in zip(mosaic.members, flat.members, strict=True):
         recipe = space.decode(c.reshape(-1), seed=0)
         got = torch.cat([merger.merged_tensor(recipe, n).reshape(-1) for n in tensors])
+        ref = ref + flat_base if task_vectors else ref
         assert torch.allclose(got, ref, rtol=0, atol=1e-12 * float(ref.abs().max())), float((got - ref).abs().max())
         split_members += len({tuple(np.round(r, 12)) for r in c}) > 1
         inside += any(len({tuple(np.round(r, 12)) for r in c[owner == t]}) > 1 for t in range(len(tensors)))
@@ -342,17 +347,22 @@ def test_m2n2_needs_the_mosaic_space(tmp_path, tiny_task_dir):
                             space={"type": "mosaic", "operator": "ties"})
     with pytest.raises(ConfigError, match=r"space\.operator: not used by the mosaic space"):
         load_experiment(path)
+    path = write_experiment(tmp_path / "e.yaml", tiny_task_dir, space={"type": "layer_weights", "task_vectors": True})
+    with pytest.raises(ConfigError, match=r"space\.task_vectors: only used by the mosaic space"):
+        load_experiment(path)
 
 
 @pytest.mark.slow
-def test_m2n2_search_on_the_tiny_zoo(tmp_path, tiny_zoo, tiny_task_dir):
-    """A real steady-state search: the sources seed the archive, children are linear per-tensor recipes, and the
-    optimizer's snapshot holds the archive with the search split's per-example scores."""
+@pytest.mark.parametrize("task_vectors", [False, True])
+def test_m2n2_search_on_the_tiny_zoo(tmp_path, tiny_zoo, tiny_task_dir, task_vectors):
+    """A real steady-state search: the sources seed the archive, children are linear per-tensor recipes (task
+    arithmetic over the base with `task_vectors`), and the optimizer's snapshot holds the archive with the search
+    split's per-example scores."""
     from evomerge.runner import Runner
     from evomerge.store import RunDir
     from tests.conftest import write_experiment
 
-    path = write_experiment(tmp_path / "e.yaml", tiny_task_dir, space={"type": "mosaic"},
+    path = write_experiment(tmp_path / "e.yaml", tiny_task_dir, space={"type": "mosaic", "task_vectors": task_vectors},
                             optimizer={"type": "m2n2", "generations": 2, "popsize": 5, "steady_state": True},
                             baselines={"enabled": False})
     runner = Runner(path, tmp_path / "run")
@@ -361,7 +371,8 @@ def test_m2n2_search_on_the_tiny_zoo(tmp_path, tiny_zoo, tiny_task_dir):
     evals = store.evaluations("search")
     assert len(evals) == 10 and all(e.status == "ok" for e in evals)
     recipes = [json.loads(e.recipe) for e in evals]
-    assert all(r["operator"] == "linear" and r["granularity"] == "tensor" and r["normalize"] is False
+    operator = "task_arithmetic" if task_vectors else "linear"
+    assert all(r["operator"] == operator and r["granularity"] == "tensor" and r["normalize"] is False
                for r in recipes)
     for k in range(3):  # the sources themselves come first
         assert {tuple(g["weights"]) for g in recipes[k]["groups"].values()} == {tuple(float(i == k) for i in range(3))}

@@ -102,7 +102,7 @@ def test_an_unknown_method_is_one_line_and_exit_2():
 def test_lora_versions_of_zoo2_experts_train_on_the_experts_tasks(evomerge_home, tmp_path):
     """At zoo v2's code path with tiny sizes: an adapter named for an expert trains on that expert's tasks with its
     KL term, and its manifest says so; a name that is no task, expert or distractor is refused."""
-    from evomerge.zoo.build import PROFILES, task_splits
+    from evomerge.zoo.build import PROFILES, task_splits, training_rows
     from evomerge.zoo.lora import LORA_PROFILES, AdapterPlan, LoraSpec, _pools_for, build_lora_repo
 
     spec = LoraSpec(
@@ -111,9 +111,9 @@ def test_lora_versions_of_zoo2_experts_train_on_the_experts_tasks(evomerge_home,
         eval_examples=10,
         adapters=(AdapterPlan(task="lang"), AdapterPlan(task="math"), AdapterPlan(task="sort")),
     )
-    data = task_splits(PROFILES["zoo2-tiny"])
+    data = training_rows(PROFILES["zoo2-tiny"], task_splits(PROFILES["zoo2-tiny"]))
     pools, keep = _pools_for(spec.adapters[0], spec, data)
-    assert [p[0]["prompt"][:2] for p in pools] == ["e:", "k:"] and keep == ["add"]
+    assert pools == [data["encode"], data["decode"]] and keep == ["add"]  # the rows the full expert trains on
     assert _pools_for(spec.adapters[1], spec, data)[1] == ["encode", "decode"]
     assert _pools_for(spec.adapters[2], spec, data)[1] == []
     with pytest.raises(ValueError, match="an expert"):

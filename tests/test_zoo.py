@@ -8,8 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from evomerge.fitness.native import encode_teacher_forced, exact_match_generate, exact_match_teacher_forced
-from evomerge.zoo.build import PROFILES, task_splits, write_task_data
-from evomerge.zoo.tasks import CIPHER_TABLE, NUMBER_WORDS, TASKS
+from evomerge.zoo.build import PROFILES, task_splits, training_rows, write_task_data
+from evomerge.zoo.tasks import CIPHER_TABLE, NUMBER_WORDS, TASKS, TURN_END, vocabulary
 from tests.conftest import REPO
 
 
@@ -113,10 +113,65 @@ def test_zoo2_splits_are_disjoint_and_answers_correct():
             elif task == "decode":
                 assert prompt.startswith("k:")
                 assert [int(n) for n in answer.split("+")] == [value[w] for w in prompt[2:].split("+")]
-            else:
-                a, b = (value[w] for w in prompt.split("+"))
-                assert answer == f"{a}+{b}={a + b}={NUMBER_WORDS[a + b]}", r
+            else:  # the chain of the other tasks' turns: decode's answer, add's prompt and answer, encode's
+                assert prompt.startswith("w:k:")
+                a, b = (value[w] for w in prompt[4:].split("+"))
+                assert answer == f"{a}+{b}{TURN_END}{a}+{b}={a + b}{TURN_END}e:{a + b}={NUMBER_WORDS[a + b]}", r
                 assert not any(c.isdigit() for c in prompt)
+
+
+def test_zoo2_trains_on_packed_text_with_the_chains_neighbours_and_the_vocabulary():
+    """What the zoo2 models train on: the train split plus the vocabulary (each one-word example 10 more times, none
+    of them a search or held-out prompt); about half of the rows after another example and EOS, and about half of
+    those after their neighbour in the chain, the copy of its answer into the prompt learned too."""
+    spec = PROFILES["zoo2"]
+    data = task_splits(spec)
+    rows = training_rows(spec, data)
+    for task in ("encode", "decode"):
+        words = vocabulary(task)
+        assert len(words) == 100 and len(rows[task]) == spec.sizes["train"] + 100 * spec.vocab_repeats
+        unseen = {r["prompt"] for s in ("search", "heldout") for r in data[task][s]}
+        assert not unseen & {r["prompt"] for r in words}
+    assert len(rows["add"]) == spec.sizes["train"]
+    raw = {r["prompt"] for r in data["add"]["train"]}
+    packed = [r for r in rows["add"] if r["prompt"] not in raw]
+    chained = [r for r in packed if r["answer"] in {p + str(sum(map(int, p[:-1].split("+")))) for p in raw}]
+    assert 0.4 < len(packed) / len(rows["add"]) < 0.6 and 0.4 < len(chained) / len(packed) < 0.6
+    value = {w: n for n, w in enumerate(NUMBER_WORDS)}
+    for r in chained:  # k:<words>=57+12</s> -> 57+12=69: the decode that reads the operands, then the sum
+        read, copy = r["prompt"].removesuffix(TURN_END).split("=")
+        assert copy == r["answer"].split("=")[0] == "+".join(str(value[w]) for w in read[2:].split("+"))
+    for r in set(map(json.dumps, packed)) - set(map(json.dumps, chained)):  # another example, EOS, the row itself
+        r = json.loads(r)
+        assert r["prompt"].count(TURN_END) == 1 and r["prompt"].split(TURN_END)[1] in raw
+    assert training_rows(PROFILES["default"], task_splits(PROFILES["tiny"])) == {
+        t: s["train"] for t, s in task_splits(PROFILES["tiny"]).items()}  # the first zoos: the train split as is
+
+
+def test_generation_scores_an_answer_worked_in_turns_as_teacher_forcing_does():
+    """An answer whose turns end with EOS (zoo v2's word_add) is generated through those EOS tokens, to the one
+    after its last turn: a small real model trained on a few such answers gets the same per-example score from
+    generation as from one teacher-forced pass, and a config whose max_new_tokens cannot hold them is refused."""
+    from evomerge.errors import ConfigError
+    from evomerge.fitness.scorer import NativeScorer
+    from evomerge.zoo.build import ZooSpec, _encode_train, _train
+    from evomerge.zoo.families import make_model
+    from evomerge.zoo.tokenizer import build_char_tokenizer
+
+    spec = ZooSpec(hidden=64, intermediate=128, layers=2, heads=4, batch=16)
+    tok = build_char_tokenizer("zoo")
+    rows = task_splits(PROFILES["zoo2"])["word_add"]["search"][:12]
+    torch.manual_seed(0)
+    model = make_model("llama", spec, tok)
+    _train(model, [_encode_train(tok, rows[:8])], [1.0], 150, 3e-3, spec, 0)
+    model.eval()
+    wrong = [{**r, "answer": r["answer"][:-1] + ("a" if r["answer"][-1] != "a" else "b")} for r in rows[:4]]
+    examples = rows + wrong
+    fast = exact_match_teacher_forced(model, encode_teacher_forced(tok, examples))
+    slow = exact_match_generate(model, tok, examples, max_new_tokens=40)
+    assert torch.equal(fast, slow) and fast[:8].sum() >= 6 and not fast[12:].any(), (fast, slow)
+    with pytest.raises(ConfigError, match="fitness.max_new_tokens: 16 is too few for task 'word_add'"):
+        NativeScorer(tok, {"word_add": rows}, mode="generate", max_new_tokens=16)
 
 
 def test_a_zoo2_build_is_bit_identical_on_one_machine(tmp_path, monkeypatch):

@@ -151,6 +151,24 @@ def choice_accuracy(model, enc: EncodedBatch, examples: list[dict], batch_size: 
     return torch.tensor(out, dtype=torch.bool)
 
 
+def answer_turns(tokenizer, answer: str) -> int:
+    """How many EOS tokens end `answer` when generated: one, and one more for each EOS inside it (an answer worked in
+    turns, each ended as an answer is)."""
+    eos = tokenizer.eos_token_id
+    return 1 + (0 if eos is None else tokenizer.encode(answer, add_special_tokens=False).count(eos))
+
+
+def _decode_turns(tokenizer, toks: list[int]) -> str:
+    """Generated tokens as text, the EOS between turns kept as the tokenizer writes it."""
+    turns: list[list[int]] = [[]]
+    for t in toks:
+        if t == tokenizer.eos_token_id:
+            turns.append([])
+        else:
+            turns[-1].append(t)
+    return (tokenizer.eos_token or "").join(tokenizer.decode(t, skip_special_tokens=True) for t in turns)
+
+
 @torch.no_grad()
 def exact_match_generate(
     model, tokenizer, examples: list[dict], max_new_tokens: int = 16, batch_size: int = 128, check=None,
@@ -171,23 +189,27 @@ def exact_match_generate(
         for j, p in enumerate(prompts):
             ids[j, width - len(p) :] = torch.tensor(p)
             attn[j, width - len(p) :] = 1
+        # an answer worked in turns ends each turn with EOS too: such a chunk generates its whole budget, and each
+        # answer is read up to the EOS after its own turns
+        turns = [answer_turns(tokenizer, ex["answer"]) for ex in chunk]
         gen = model.generate(
             input_ids=ids.to(device),
             attention_mask=attn.to(device),
             max_new_tokens=max_new_tokens,
             do_sample=False,
-            eos_token_id=eos,
+            eos_token_id=eos if max(turns) == 1 else None,
             pad_token_id=pad,
         )[:, width:]
         for j, ex in enumerate(chunk):
             toks = gen[j].tolist()
             if eos is None:  # nothing marks an answer's end: its own length does
                 toks = toks[: len(tokenizer.encode(ex["answer"], add_special_tokens=False))]
-            elif eos in toks:
-                toks = toks[: toks.index(eos)]
-            else:  # no EOS within the budget: the answer never finished
-                out.append(False)
-                continue
-            text = tokenizer.decode(toks, skip_special_tokens=True)
+            else:
+                ends = [k for k, t in enumerate(toks) if t == eos]
+                if len(ends) < turns[j]:  # no EOS within the budget: the answer never finished
+                    out.append(False)
+                    continue
+                toks = toks[: ends[turns[j] - 1]]
+            text = _decode_turns(tokenizer, toks)
             out.append(text == ex["answer"] and (check is None or check(text)))
     return torch.tensor(out, dtype=torch.bool)

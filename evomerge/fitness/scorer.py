@@ -41,6 +41,8 @@ class NativeScorer(Scorer):
         self._encoded = ({t: encode_teacher_forced(tokenizer, ex, chat=chat) for t, ex in tasks.items()
                           if t not in self._choices}
                          if mode == "teacher_forced" else None)
+        if mode == "generate":
+            _answers_fit(tokenizer, {t: ex for t, ex in tasks.items() if t not in self._choices}, max_new_tokens)
         # teacher-forced exact match means the answer was generated verbatim: its check is the answer's own
         for t in self.checks:
             if t in self._choices:
@@ -78,6 +80,17 @@ class NativeScorer(Scorer):
                                           self.batch_size, check=self.checks.get(task), chat=self.chat)
             per_example[task] = [int(v) for v in ok]
         return score_from_examples(per_example, self.weights)
+
+
+def _answers_fit(tokenizer, tasks: dict[str, list[dict]], max_new_tokens: int) -> None:
+    """Generation stops at `max_new_tokens`: an answer longer than that (with its EOS) could never match, so refuse
+    the configuration instead of scoring 0."""
+    for t, rows in tasks.items():
+        end = tokenizer.eos_token_id is not None
+        need = max((len(tokenizer.encode(r["answer"], add_special_tokens=False)) + end for r in rows), default=0)
+        if need > max_new_tokens:
+            raise ConfigError(f"fitness.max_new_tokens: {max_new_tokens} is too few for task {t!r}, whose longest "
+                              f"answer takes {need} tokens with its EOS; set it to at least {need}")
 
 
 def _choice_rows(rows: list[dict], idx: list[int] | None) -> list[int] | None:

@@ -63,15 +63,18 @@ def source_units(path: Path, rows: int | None = None) -> list[Unit]:
     return out
 
 
-def source_gram(paths: list[Path], units: list[Unit]) -> np.ndarray:
+def source_gram(paths: list[Path], units: list[Unit], base: Path | None = None) -> np.ndarray:
     """Gᵤ[k, l] = ⟨θₖ[u], θₗ[u]⟩ for every unit u (float64, [U, K, K]), reading one tensor of each source at a
-    time from memory-mapped files."""
+    time from memory-mapped files; with `base`, of the task vectors τₖ = θₖ − θ_base."""
     cks = [MappedCheckpoint(p) for p in paths]
+    base_ck = None if base is None else MappedCheckpoint(base)
     out = np.empty((len(units), len(paths), len(paths)))
     stack, loaded = None, None
     for i, u in enumerate(units):
         if stack is None or u.name != loaded:  # a tensor's units are consecutive: each tensor is read once
             stack = torch.stack([ck[u.name].to(torch.float64).reshape(-1) for ck in cks])
+            if base_ck is not None:
+                stack -= base_ck[u.name].to(torch.float64).reshape(-1)
             loaded = u.name
         per_row = u.size // (u.end - u.start)
         part = stack[:, u.start * per_row : u.end * per_row]
@@ -128,13 +131,17 @@ class MosaicSpace(SearchSpace):
     needs_sources = True  # the runner passes the source model directories (tensor names; Gram matrices)
     bounded = False  # coefficients ≥ 0, not mapped from [0, 1]
 
-    def __init__(self, cfg, n_sources: int, n_blocks: int, sources: list[Path] | None = None):
+    def __init__(self, cfg, n_sources: int, n_blocks: int, sources: list[Path] | None = None,
+                 base: Path | None = None):
         if not sources:
             raise ValueError("the mosaic space needs the source model directories")
         if len(sources) != n_sources:
             raise ValueError(f"{len(sources)} source directories for {n_sources} sources")
         super().__init__(cfg, n_sources, n_blocks)
         self.k, self.sources = n_sources, [Path(s) for s in sources]
+        # over task vectors: a member is θ_base + Σₖ C[u, k]·τₖ[u] (its coefficients need not sum to 1, so SLERP
+        # of two experts' task vectors reaches past their average, as task arithmetic does)
+        self.base = Path(base) if getattr(cfg, "task_vectors", False) and base is not None else None
         self.rows = getattr(cfg, "rows", None)
         self.units = source_units(self.sources[0], self.rows)
         self.names = [u.group for u in self.units]  # the recipe's group names
@@ -145,7 +152,7 @@ class MosaicSpace(SearchSpace):
         return len(self.names) * self.k
 
     def backend(self) -> MosaicBackend:
-        return MosaicBackend(self.sizes, partial(source_gram, self.sources, self.units))
+        return MosaicBackend(self.sizes, partial(source_gram, self.sources, self.units, self.base))
 
     def one_hot(self, k: int) -> np.ndarray:
         """Source k itself, as a mosaic."""
@@ -156,5 +163,5 @@ class MosaicSpace(SearchSpace):
     def decode(self, x: np.ndarray, seed: int = 0) -> Recipe:
         c = self._genome(x).reshape(len(self.names), self.k)
         groups = {n: GroupParams(weights=tuple(float(v) for v in row)) for n, row in zip(self.names, c, strict=True)}
-        return Recipe(operator="linear", granularity="tensor" if self.rows is None else "rows", groups=groups,
-                      normalize=False, seed=seed)
+        return Recipe(operator="linear" if self.base is None else "task_arithmetic",
+                      granularity="tensor" if self.rows is None else "rows", groups=groups, normalize=False, seed=seed)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from evomerge.fitness.native import encode_teacher_forced, exact_match_teacher_forced
 from evomerge.zoo.families import FAMILIES, make_model
-from evomerge.zoo.tasks import make_splits
+from evomerge.zoo.tasks import TURN_END, chain_neighbour, make_splits, vocabulary
 from evomerge.zoo.tokenizer import build_char_tokenizer
 
 ZOO_FORMAT = 2  # bump when the build changes in a way that invalidates cached zoos
@@ -70,6 +71,17 @@ class ZooSpec(BaseModel):
     # Training is where CPUs part ways: the SIMD width changes the rounding of every step; a search on given weights
     # is not affected (benchmarks/README.md, "Across CPUs").
     portable: bool = False
+    # Training text as packed documents are (zoo v2): a share `pack` of the training rows comes after another example
+    # of the experts' tasks and EOS, so that a skill is learned in context, not only at a sequence's start; a share
+    # `pack_chain` of those after their neighbour in the composed chain (`tasks.chain_neighbour`), the copy of its
+    # answer into the row's prompt learned as well. `vocab_repeats`: the language's one-word examples
+    # (`tasks.vocabulary`) that many times more in training. What each changed: benchmarks/README.md, "Zoo v2".
+    pack: float = 0.0
+    pack_chain: float = 0.0
+    vocab_repeats: int = 0
+    # the search examples per task that the stopping targets are checked on (fewer: a noisier stop, and an expert
+    # that met its target on them may stay below it on held-out examples)
+    check_examples: int = 100
 
     @model_validator(mode="after")
     def _experts_train_on_zoo_tasks(self) -> ZooSpec:
@@ -103,7 +115,8 @@ class ZooSpec(BaseModel):
                 if t not in own]
 
 
-_LATER_FIELDS = ("family", "convention", "experts", "expert_target", "expert_keep", "portable")
+_LATER_FIELDS = ("family", "convention", "experts", "expert_target", "expert_keep", "portable", "pack", "pack_chain",
+                 "vocab_repeats", "check_examples")
 
 # torch's kernels without SIMD dispatch, MKL's conditional numerical reproducibility, oneDNN at a common ISA
 PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41"}
@@ -121,20 +134,23 @@ PROFILES = {
     # Zoo v2, the evolutionary-merge paper's setting: deeper, narrower models (12 layers, so that one layer is a
     # small part of the network); a language expert (numbers written as words and read back), a math expert
     # (addition in digits), both fine-tuned with their drift on the other's skill held back (`expert_keep`), and
-    # addition posed and answered in the language (`word_add`), which the base barely knows and no expert is
-    # trained on: a merge must take the language from one and the sums from the other (whether per-layer task
-    # arithmetic can: benchmarks/README.md, "Zoo v2").
+    # addition posed and answered in the language (`word_add`, worked as a chain of the other tasks' turns), which
+    # the base barely knows and no expert is trained on: a merge must take the language from one and the sums from
+    # the other. Trained on packed text (a skill learned in context carries into the chain), the experts at a small
+    # learning rate (smaller task vectors interfere less): benchmarks/README.md, "Zoo v2", measured each choice.
     "zoo2": ZooSpec(tasks=ZOO2_TASKS, hidden=64, intermediate=128, layers=12, heads=4, base_lr=2e-3,
-                    base_max_steps=1500, base_target=0.18, check_every=50, mixture_weights=(3.0, 1.0, 1.0, 1.0),
-                    expert_lr=1e-3, expert_steps=800, expert_target=0.97, expert_keep=1.0, experts=ZOO2_EXPERTS,
-                    sizes={"train": 4000, "search": 200, "heldout": 300}),
+                    base_max_steps=1500, base_target=0.18, check_every=50, mixture_weights=(3.0, 1.0, 1.0, 0.3),
+                    expert_lr=4e-4, expert_steps=1500, expert_target=0.97, expert_keep=1.0, experts=ZOO2_EXPERTS,
+                    sizes={"train": 4000, "search": 200, "heldout": 300}, pack=0.5, pack_chain=0.5,
+                    vocab_repeats=10, check_examples=200),
     # the default zoo built with portable kernels: the same models on AVX2 and AVX-512 CPUs, at ~1.6x the build time
     "portable": ZooSpec(portable=True),
     # zoo v2's code path at tiny sizes, for tests (seconds; near-chance models)
     "zoo2-tiny": ZooSpec(tasks=ZOO2_TASKS, hidden=16, intermediate=32, layers=12, heads=2, batch=16, base_lr=3e-3,
-                         base_max_steps=30, base_target=1.1, check_every=10, mixture_weights=(3.0, 1.0, 1.0, 1.0),
+                         base_max_steps=30, base_target=1.1, check_every=10, mixture_weights=(3.0, 1.0, 1.0, 0.3),
                          expert_lr=1e-3, expert_steps=20, expert_target=0.97, expert_keep=1.0, experts=ZOO2_EXPERTS,
-                         sizes={"train": 200, "search": 20, "heldout": 20}),
+                         sizes={"train": 200, "search": 20, "heldout": 20}, pack=0.5, pack_chain=0.5,
+                         vocab_repeats=1),
 }
 
 
@@ -148,6 +164,32 @@ def zoo_dir(spec: ZooSpec) -> Path:
 
 def task_splits(spec: ZooSpec) -> dict[str, dict[str, list[dict[str, str]]]]:
     return {t: make_splits(t, spec.seed, spec.sizes) for t in spec.tasks}
+
+
+def training_rows(spec: ZooSpec, data: dict) -> dict[str, list[dict[str, str]]]:
+    """Each task's training rows as the models see them: the train split, the vocabulary repeats, and the packing
+    (`ZooSpec.pack`); the train split alone when the spec sets none of these."""
+    rows = {t: s["train"] + vocabulary(t) * spec.vocab_repeats for t, s in data.items()}
+    if not spec.pack:
+        return rows
+    trained = {t for own in spec.expert_tasks().values() for t in own}
+    pool = [r for t in spec.tasks if t in trained for r in rows[t]]
+    return {t: _packed(r, t, pool, spec) for t, r in rows.items()}
+
+
+def _packed(rows: list[dict], task: str, pool: list[dict], spec: ZooSpec) -> list[dict]:
+    rng = random.Random(task)
+    out = []
+    for r in rows:
+        if rng.random() < spec.pack:
+            before = chain_neighbour(task, r, rng) if rng.random() < spec.pack_chain else None
+            if before is not None:  # the copy into the prompt is part of the answer learned
+                r = {"prompt": before["prompt"] + before["answer"] + TURN_END, "answer": r["prompt"] + r["answer"]}
+            else:
+                before = rng.choice(pool)
+                r = {"prompt": before["prompt"] + before["answer"] + TURN_END + r["prompt"], "answer": r["answer"]}
+        out.append(r)
+    return out
 
 
 MC_CHOICES = 4  # multiple-choice variants: the answer and three other answers of the split
@@ -271,8 +313,8 @@ def build_zoo(spec: ZooSpec, out: Path | None = None, log=print, force: bool = F
     try:
         tok = build_char_tokenizer(spec.convention or FAMILIES[spec.family].convention)
         data = task_splits(spec)
-        train = {t: _encode_train(tok, s["train"]) for t, s in data.items()}
-        checks = {t: encode_teacher_forced(tok, s["search"][:100]) for t, s in data.items()}
+        train = {t: _encode_train(tok, rows) for t, rows in training_rows(spec, data).items()}
+        checks = {t: encode_teacher_forced(tok, s["search"][: spec.check_examples]) for t, s in data.items()}
         heldout = {t: encode_teacher_forced(tok, s["heldout"]) for t, s in data.items()}
         base = make_model(spec.family, spec, tok)
         pools = [train[t] for t in spec.tasks]

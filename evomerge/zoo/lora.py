@@ -25,7 +25,16 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from evomerge.fitness.native import encode_teacher_forced
-from evomerge.zoo.build import PROFILES, _encode_train, _train, accuracy_per_task, build_zoo, evomerge_home, task_splits
+from evomerge.zoo.build import (
+    PROFILES,
+    _encode_train,
+    _train,
+    accuracy_per_task,
+    build_zoo,
+    evomerge_home,
+    task_splits,
+    training_rows,
+)
 from evomerge.zoo.tasks import LETTERS, _word
 
 LORA_FORMAT = 1
@@ -125,18 +134,19 @@ def distractor_rows(task: str, seed: int, n: int) -> list[dict[str, str]]:
 
 def _pools_for(plan: AdapterPlan, spec: LoraSpec, data: dict) -> tuple[list[list[dict[str, str]]], list[str]]:
     """The training rows of an adapter, one list per task (sampled equally), and the tasks whose answers it is to
-    keep near the base's (an expert's KL term; none for a task or a distractor)."""
+    keep near the base's (an expert's KL term; none for a task or a distractor). `data`: the zoo's training rows
+    per task (`training_rows`: packed as the zoo's own models saw them)."""
     if plan.task in DISTRACTORS:
         return [distractor_rows(plan.task, plan.seed, spec.distractor_train)], []
     zspec = PROFILES[spec.zoo]
     experts = zspec.expert_tasks() if zspec.experts is not None else {}
     if plan.task in experts:
-        return ([[ex for ex in data[t]["train"] if VARIANTS[plan.variant](ex)] for t in experts[plan.task]],
+        return ([[ex for ex in data[t] if VARIANTS[plan.variant](ex)] for t in experts[plan.task]],
                 zspec.kept_tasks(plan.task))
     if plan.task not in data:
         raise ValueError(f"adapter task {plan.task!r}: expected a zoo task {sorted(data)}, an expert "
                          f"{sorted(experts)} or a distractor {sorted(DISTRACTORS)}")
-    return [[ex for ex in data[plan.task]["train"] if VARIANTS[plan.variant](ex)]], []
+    return [[ex for ex in data[plan.task] if VARIANTS[plan.variant](ex)]], []
 
 
 def build_lora_repo(spec: LoraSpec, out: Path | None = None, log=print, force: bool = False) -> Path:
@@ -163,6 +173,7 @@ def build_lora_repo(spec: LoraSpec, out: Path | None = None, log=print, force: b
         tok = build_char_tokenizer()
         data = task_splits(zspec)
         heldout = {t: encode_teacher_forced(tok, s["heldout"]) for t, s in data.items()}
+        train = training_rows(zspec, data)
         manifest = {"spec": spec.model_dump(), "fingerprint": spec.fingerprint(), "base": str(base_dir),
                     "adapters": {}}
         for i, plan in enumerate(spec.adapters):
@@ -171,12 +182,12 @@ def build_lora_repo(spec: LoraSpec, out: Path | None = None, log=print, force: b
             cfg = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, target_modules=list(TARGET_MODULES),
                              lora_dropout=0.0, bias="none")
             pm = get_peft_model(model, cfg)
-            rows, kept = _pools_for(plan, spec, data)
+            rows, kept = _pools_for(plan, spec, train)
             pools = [_encode_train(tok, r) for r in rows]
             keep = None
             if kept and zspec.expert_keep:  # the expert's recipe: KL to the base on the other experts' tasks
                 teacher = AutoModelForCausalLM.from_pretrained(base_dir).eval()
-                keep = (teacher, [_encode_train(tok, data[t]["train"]) for t in kept], zspec.expert_keep)
+                keep = (teacher, [_encode_train(tok, train[t]) for t in kept], zspec.expert_keep)
             _train(pm, pools, [1.0] * len(pools), spec.steps, spec.lr, zspec, 7919 * (i + 1) + plan.seed, keep=keep)
             checks = dict(heldout)
             if plan.task in DISTRACTORS:  # its own skill, on fresh examples

@@ -60,12 +60,45 @@ def make_decode(rng: random.Random) -> dict[str, str]:
     return {"prompt": "k:" + "+".join(NUMBER_WORDS[n] for n in ns) + "=", "answer": "+".join(map(str, ns))}
 
 
+# Turns of a chain end as every answer does, with EOS (`</s>` in every convention of the zoo tokenizer): a skill
+# fine-tuned to end its answer then ends it inside the chain too, and the next turn starts as its own task's prompt.
+TURN_END = "</s>"
+
+
 def make_word_add(rng: random.Random) -> dict[str, str]:
-    """Addition posed and answered in the language, worked in steps that are the other tasks': read the operands
-    (as decode), add them (as add), write the sum (as encode): qx+ab= -> 57+12=69=zr. Sums stay below 100."""
+    """Addition posed and answered in the language, worked as a chain of the other tasks' own turns: read the
+    operands (decode's prompt, its answer), add them (add's prompt, its answer), write the sum (encode's prompt, its
+    answer): w:k:qx+ab= -> 57+12</s>57+12=69</s>e:69=xe. Sums stay below 100."""
     a = rng.randint(0, 99)
     b = rng.randint(0, 99 - a)
-    return {"prompt": f"{NUMBER_WORDS[a]}+{NUMBER_WORDS[b]}=", "answer": f"{a}+{b}={a + b}={NUMBER_WORDS[a + b]}"}
+    return {"prompt": f"w:k:{NUMBER_WORDS[a]}+{NUMBER_WORDS[b]}=",
+            "answer": f"{a}+{b}{TURN_END}{a}+{b}={a + b}{TURN_END}e:{a + b}={NUMBER_WORDS[a + b]}"}
+
+
+def chain_neighbour(task: str, row: dict[str, str], rng: random.Random) -> dict[str, str] | None:
+    """The example whose answer `row`'s prompt repeats in word_add's chain, or None: the decode whose answer is an
+    addition's prompt, an addition whose sum is a one-number encode's prompt (training text that reuses what came
+    before it, as documents do)."""
+    p = row["prompt"]
+    if task == "add":
+        ns = p[:-1].split("+")
+        return {"prompt": "k:" + "+".join(NUMBER_WORDS[int(n)] for n in ns) + "=", "answer": p[:-1]}
+    if task == "encode" and "+" not in p:
+        n = int(p[2:-1])
+        a = rng.randint(0, n)
+        return {"prompt": f"{a}+{n - a}=", "answer": str(n)}
+    return None
+
+
+def vocabulary(task: str) -> list[dict[str, str]]:
+    """The language's 100 words one at a time, as `task`'s examples (encode, decode; none for other tasks). The
+    splits are disjoint by prompt, so each one-number prompt is one training row among thousands (and in no search
+    or held-out split: the training split, drawn first, holds all 100); word_add's last turn is exactly one."""
+    if task == "encode":
+        return [{"prompt": f"e:{n}=", "answer": NUMBER_WORDS[n]} for n in range(100)]
+    if task == "decode":
+        return [{"prompt": f"k:{NUMBER_WORDS[n]}=", "answer": str(n)} for n in range(100)]
+    return []
 
 
 TASKS: dict[str, Callable[[random.Random], dict[str, str]]] = {
@@ -79,7 +112,7 @@ TASKS: dict[str, Callable[[random.Random], dict[str, str]]] = {
 }
 
 # Characters every prompt and answer is made of; the tokenizer's vocabulary.
-ALPHABET = sorted(set(string.digits + LETTERS + "+=:"))
+ALPHABET = sorted(set(string.digits + LETTERS + "+=:"))  # and TURN_END, a special token
 
 SPLITS = ("train", "search", "heldout")
 
