@@ -14,8 +14,9 @@ composed task's 200 search examples, exact match; black-box: 65 + 130 queries, p
             reference: the better of A and B on their own
   psdfs     data-flow merge of the same seed's PS result (A) and the math expert (experiments/zoo2_ps_dfs.yaml);
             reference: the same seed's ps record
-  m2n2      M2N2 over mosaics of the two experts (experiments/zoo2_m2n2.yaml); reference: the same seed's ps record
-            (CMA-ES PS at the same budget)
+  m2n2      M2N2 over mosaics of the two experts' task vectors (experiments/zoo2_m2n2.yaml); reference: the same
+            seed's ps record (CMA-ES PS at the same budget)
+  m2n2_weights  the same over mosaics of the experts' weights, the paper's form (experiments/zoo2_m2n2_weights.yaml)
   blackbox  two-stage black-box Evo-Merging over LoRA versions of the experts (experiments/zoo2_blackbox.yaml);
             reference: the best single adapter (chosen on the validation examples); its ablations recorded beside
 
@@ -55,6 +56,7 @@ METHODS = {
     "dfs": (REPO / "experiments" / "zoo2_dfs.yaml", "best_source"),
     "psdfs": (REPO / "experiments" / "zoo2_ps_dfs.yaml", "ps"),
     "m2n2": (REPO / "experiments" / "zoo2_m2n2.yaml", "ps"),
+    "m2n2_weights": (REPO / "experiments" / "zoo2_m2n2_weights.yaml", "ps"),
     "blackbox": (REPO / "experiments" / "zoo2_blackbox.yaml", "best_adapter"),
 }
 SUMMARY_KEYS = ("ps_minus_best_source", "psdfs_minus_ps", "psdfs_minus_ps_se", "m2n2_minus_cma", "m2n2_minus_cma_se",

@@ -19,7 +19,7 @@ def test_every_method_experiment_is_a_zoo2_run_at_the_same_budget():
     from evomerge.blackbox.config import load_blackbox
     from evomerge.config import load_experiment
 
-    assert set(methods.METHODS) == {"ps", "dfs", "psdfs", "m2n2", "blackbox"}
+    assert set(methods.METHODS) == {"ps", "dfs", "psdfs", "m2n2", "m2n2_weights", "blackbox"}
     for method, (path, _) in methods.METHODS.items():
         assert path.name.startswith("zoo2_"), path
         if method == "blackbox":
