@@ -14,9 +14,11 @@ With `--out`, the models (Hugging Face directories), the composed task's search 
 are written there: `evomerge run /tmp/zoo2-J/ps.yaml`.
 
 The designs (VARIANTS) are the steps of one investigation, each a change to the one before it; what each measured
-is in benchmarks/README.md, "Zoo v2". The chosen one, J, is the `zoo2` profile: `evomerge zoo build --profile zoo2`
-trains the same models (its tasks, chain neighbours and vocabulary are evomerge.zoo's own; `ZooSpec.pack` is this
-script's packing with the copy learned and EOS between examples).
+is in benchmarks/README.md, "Zoo v2". The chosen one, J, is the `zoo2` profile (its tasks, chain neighbours and
+vocabulary are evomerge.zoo's own; `ZooSpec.pack` is this script's packing with the copy learned and EOS between
+examples), with one change: the profile checks its stopping targets on all 200 search examples, this script on the
+first 100 (with 100, the profile builds this script's J byte for byte; with 200 the math expert trains 850 steps,
+not 400, and reaches 0.953 on held-out addition, not 0.897).
 """
 
 from __future__ import annotations
