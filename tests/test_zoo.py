@@ -176,14 +176,23 @@ def test_generation_scores_an_answer_worked_in_turns_as_teacher_forcing_does():
 
 def test_a_zoo2_build_is_bit_identical_on_one_machine(tmp_path, monkeypatch):
     """Zoo v2's code path (12 layers, experts trained on several tasks, stopped on a measured target) at tiny sizes,
-    built twice: the same bytes, and the experts are the spec's (a language and a math expert)."""
+    built twice, by callers on 1 and on 2 torch threads: the same bytes (the build runs on its own thread count:
+    these models differ between 1 and 2 threads otherwise), the caller's thread count restored, and the experts
+    are the spec's (a language and a math expert)."""
     from evomerge.zoo.build import build_zoo
 
     spec = PROFILES["zoo2-tiny"]
-    monkeypatch.setenv("EVOMERGE_HOME", str(tmp_path / "a"))
-    first = build_zoo(spec, log=lambda *_: None)
-    monkeypatch.setenv("EVOMERGE_HOME", str(tmp_path / "b"))
-    again = build_zoo(spec, log=lambda *_: None)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        monkeypatch.setenv("EVOMERGE_HOME", str(tmp_path / "a"))
+        first = build_zoo(spec, log=lambda *_: None)
+        torch.set_num_threads(2)
+        monkeypatch.setenv("EVOMERGE_HOME", str(tmp_path / "b"))
+        again = build_zoo(spec, log=lambda *_: None)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
     report = json.loads((first / "zoo.json").read_text())
     assert set(report["models"]) == {"base", *spec.expert_tasks()} == {"base", "lang", "math"}
     for name in report["models"]:

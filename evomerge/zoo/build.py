@@ -9,6 +9,7 @@ recording the spec and every model's accuracy per task.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import math
@@ -298,6 +299,23 @@ def _target_reached(model, checks: dict, target: float, what: str, log):
     return reached
 
 
+# Training runs on this many torch threads whatever the machine or the caller set: the thread count splits reductions
+# differently, and so changes the trained bits (zoo v2's models differ between 1 and 2 threads; measured). One is
+# also the fastest for these tiny models on shared cores.
+BUILD_THREADS = 1
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block on `n` torch threads, then restore the caller's count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def build_zoo(spec: ZooSpec, out: Path | None = None, log=print, force: bool = False) -> Path:
     """Build (or reuse) the zoo for `spec`; returns its directory."""
     out = out or zoo_dir(spec)
@@ -305,6 +323,11 @@ def build_zoo(spec: ZooSpec, out: Path | None = None, log=print, force: bool = F
         return out
     if spec.portable and any(os.environ.get(k) != v for k, v in PORTABLE_ENV.items()):
         return _build_portable(spec, out, log, force)
+    with torch_threads(BUILD_THREADS):
+        return _build(spec, out, log)
+
+
+def _build(spec: ZooSpec, out: Path, log) -> Path:
     t0 = time.time()
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -348,11 +371,10 @@ def build_zoo(spec: ZooSpec, out: Path | None = None, log=print, force: bool = F
 
 
 def _build_portable(spec: ZooSpec, out: Path, log, force: bool) -> Path:
-    """`build_zoo` in a child process started with PORTABLE_ENV (and this process's torch threads), its log lines
-    passed on."""
+    """`build_zoo` in a child process started with PORTABLE_ENV, its log lines passed on."""
     code = ("import sys; from pathlib import Path; from evomerge.zoo.build import ZooSpec, build_zoo; "
             "build_zoo(ZooSpec.model_validate_json(sys.argv[1]), Path(sys.argv[2]), force=sys.argv[3] == '1')")
-    env = {**os.environ, **PORTABLE_ENV, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    env = {**os.environ, **PORTABLE_ENV, "OMP_NUM_THREADS": str(BUILD_THREADS)}
     with subprocess.Popen([sys.executable, "-c", code, spec.model_dump_json(), str(out), "1" if force else "0"],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         assert proc.stdout is not None

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from evomerge.fitness.native import encode_teacher_forced
 from evomerge.zoo.build import (
+    BUILD_THREADS,
     PROFILES,
     _encode_train,
     _train,
@@ -33,6 +34,7 @@ from evomerge.zoo.build import (
     build_zoo,
     evomerge_home,
     task_splits,
+    torch_threads,
     training_rows,
 )
 from evomerge.zoo.tasks import LETTERS, _word
@@ -154,13 +156,17 @@ def build_lora_repo(spec: LoraSpec, out: Path | None = None, log=print, force: b
     from evomerge.errors import require_extra
 
     require_extra("blackbox", "building a LoRA repository", ("peft",))
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     out = out or lora_dir(spec)
     if (out / "repo.json").exists() and not force:
         return out
-    torch.set_num_threads(1)  # tiny models: more threads only add barrier waits on shared cores
+    with torch_threads(BUILD_THREADS):  # as the zoo: the same adapters whatever the caller's thread count
+        return _build_repo(spec, out, log)
+
+
+def _build_repo(spec: LoraSpec, out: Path, log) -> Path:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
     zspec = PROFILES[spec.zoo]
     base_dir = build_zoo(zspec, log=log) / "base"
     t0 = time.time()
