@@ -162,6 +162,19 @@ def test_ps_then_dfs_end_to_end_with_export(tmp_path, tiny_zoo, tiny_task_dir):
     # the identity row of A is the PS result itself: the same held-out score as the PS run's winner
     ps_rows = json.loads((tmp_path / "ps" / "results.json").read_text())["rows"]
     assert results["rows"][1]["average"] == pytest.approx(ps_rows[0]["average"])
+    # A itself, the start, is scored first, with the PS winner's search score: the search cannot end below it
+    from evomerge.store import RunDir
+
+    def search_scores(run):
+        store = RunDir.open(tmp_path / run).store()
+        try:
+            return {e.label: e.objective for k in ("seed", "search") for e in store.evaluations(k) if e.split == "search"}
+        finally:
+            store.close()
+
+    known = search_scores("dfs")
+    assert known[f"A = ps {best}"] == pytest.approx(search_scores("ps")[best], abs=1e-12)
+    assert known[results["best_candidate"]] == max(known.values())  # the winner: the best of all, A included
     # the report draws the winner's path, by model name; the leaderboard summarizes flows
     from evomerge.reporting.html_report import render_report
     from evomerge.reporting.leaderboard import read_board

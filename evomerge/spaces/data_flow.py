@@ -59,6 +59,16 @@ class DataFlowSpace(SearchSpace):
             ind = np.where(on, 0.5 + margin, 0.5 - margin)
         return np.concatenate([ind, np.full(self.n_scales, (1.0 - lo) / (hi - lo))])
 
+    def seeds(self, names: list[str], baselines) -> list[tuple[str, np.ndarray]]:  # noqa: ARG002
+        """Nothing beside the start point, A itself, which the search scores first (so that a data-flow search,
+        PS+DFS's over a PS winner included, never ends below its model A): a path always runs through A's first and
+        last layers, so B alone is not in the space, and a weight merge never is."""
+        return []
+
+    @staticmethod
+    def start_name(names: list[str]) -> str:
+        return f"A = {names[0]}"
+
     def _scale(self, genes: np.ndarray, prev: int | None, slot: int) -> float:
         if prev is None or self.flow.scaling == "none":
             return 1.0
