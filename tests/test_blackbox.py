@@ -109,6 +109,8 @@ def test_auth_and_openapi(service, tiny_task_dir):
     (lambda b: b.update(alpha=[1.0, -0.5, 1.0, 1.0]), 422, ["alpha[1]", "0 ≤ α ≤ 1"]),
     (lambda b: b.update(alpha=[1.0, "x", 1.0, 1.0]), 422, ["alpha.1", "number"]),
     (lambda b: b.update(examples=[{"prompt": "1+2=", "answer": "3!"}]), 422, ["examples[0].answer", "'!'"]),
+    # the EOS token's text is readable (an answer worked in turns), its characters alone are not
+    (lambda b: b.update(examples=[{"prompt": "1+2=", "answer": "3</s>3<"}]), 422, ["examples[0].answer", "['<']"]),
     (lambda b: b.update(examples=[{"prompt": "1+2=", "answer": "3"}] * 2000), 413, ["at most 1024"]),
     (lambda b: b.update(dataset={"name": "add"}), 422, ["either examples or dataset"]),
     (lambda b: b.update(surprise=1), 422, ["surprise", "Extra inputs"]),
@@ -120,6 +122,13 @@ def test_malformed_requests_get_4xx_with_a_clear_message(service, tiny_task_dir,
     assert r.status_code == status, r.text
     msg = r.json()["detail"]["message"]
     assert all(w in msg for w in words), msg
+
+
+def test_an_answer_worked_in_turns_is_scored(service):
+    """EOS inside an answer (zoo v2's word_add: each turn ends as an answer does) is one token of the vocabulary."""
+    body = _body(4, [{"prompt": "w:k:ab+cd=", "answer": "1+2</s>1+2=3</s>e:3=ef"}])
+    r = httpx.post(f"{service}/v1/merges/evaluate", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 200 and r.json()["n"] == 1, r.text
 
 
 def test_non_finite_and_oversized_payloads(service):

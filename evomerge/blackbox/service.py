@@ -264,6 +264,14 @@ class MergeService:
         self._encoded: dict[tuple, object] = {}
         self._lock = threading.Lock()
         self._vocab = set(self.pool.tokenizer.get_vocab())
+        # its special tokens' text reads as one token each (an answer worked in turns holds EOS): longest first
+        self._specials = sorted(self.pool.tokenizer.all_special_tokens, key=len, reverse=True)
+
+    def _unreadable(self, text: str) -> list[str]:
+        """The characters of `text` outside the model's vocabulary, once its special tokens are taken out."""
+        for special in self._specials:
+            text = text.replace(special, "")
+        return sorted(set(text) - self._vocab)
 
     def check_merge(self, m: MergeSpec, where: str = "") -> None:
         n = len(self.repo)
@@ -294,13 +302,12 @@ class MergeService:
             raise _bad("examples: expected at least one example")
         if len(rows) > lim.max_examples:
             raise _bad(f"examples: {len(rows)} examples; at most {lim.max_examples} per request", 413)
-        vocab = self._vocab
         for i, r in enumerate(rows):
             for key in ("prompt", "answer"):
                 text = r[key]
                 if not text or len(text) > lim.max_chars:
                     raise _bad(f"examples[{i}].{key}: expected 1 to {lim.max_chars} characters, got {len(text)}")
-                unknown = sorted(set(text) - vocab)
+                unknown = self._unreadable(text)
                 if unknown:
                     raise _bad(f"examples[{i}].{key}: characters {unknown} are not in the model's vocabulary")
         return rows
@@ -329,7 +336,7 @@ class MergeService:
         if not prompts or len(prompts) > self.limits.max_examples:
             raise _bad(f"prompt: expected 1 to {self.limits.max_examples} prompts")
         for i, p in enumerate(prompts):
-            if not p or len(p) > self.limits.max_chars or set(p) - self._vocab:
+            if not p or len(p) > self.limits.max_chars or self._unreadable(p):
                 raise _bad(f"prompt[{i}]: expected 1 to {self.limits.max_chars} characters of the model's vocabulary")
         return prompts
 
