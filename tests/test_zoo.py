@@ -148,21 +148,25 @@ def test_zoo2_trains_on_packed_text_with_the_chains_neighbours_and_the_vocabular
         t: s["train"] for t, s in task_splits(PROFILES["tiny"]).items()}  # the first zoos: the train split as is
 
 
-def test_generation_scores_an_answer_worked_in_turns_as_teacher_forcing_does():
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2"])  # BOS added; BOS = EOS, not added; left padding
+def test_generation_scores_an_answer_worked_in_turns_as_teacher_forcing_does(family):
     """An answer whose turns end with EOS (zoo v2's word_add) is generated through those EOS tokens, to the one
     after its last turn: a small real model trained on a few such answers gets the same per-example score from
-    generation as from one teacher-forced pass, and a config whose max_new_tokens cannot hold them is refused."""
+    generation as from one teacher-forced pass, in three tokenizer conventions, and a config whose max_new_tokens
+    cannot hold them is refused."""
     from evomerge.errors import ConfigError
     from evomerge.fitness.scorer import NativeScorer
     from evomerge.zoo.build import ZooSpec, _encode_train, _train
     from evomerge.zoo.families import make_model
     from evomerge.zoo.tokenizer import build_char_tokenizer
 
-    spec = ZooSpec(hidden=64, intermediate=128, layers=2, heads=4, batch=16)
-    tok = build_char_tokenizer("zoo")
+    from evomerge.zoo.families import FAMILIES
+
+    spec = ZooSpec(hidden=64, intermediate=128, layers=2, heads=4, batch=16, family=family)
+    tok = build_char_tokenizer(FAMILIES[family].convention)
     rows = task_splits(PROFILES["zoo2"])["word_add"]["search"][:12]
     torch.manual_seed(0)
-    model = make_model("llama", spec, tok)
+    model = make_model(family, spec, tok)
     _train(model, [_encode_train(tok, rows[:8])], [1.0], 150, 3e-3, spec, 0)
     model.eval()
     wrong = [{**r, "answer": r["answer"][:-1] + ("a" if r["answer"][-1] != "a" else "b")} for r in rows[:4]]
