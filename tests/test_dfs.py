@@ -204,6 +204,49 @@ def test_threshold_indicators_with_plain_cma_and_a_bad_run_reference(tmp_path, t
     assert not (tmp_path / "dfs2").exists()
 
 
+NEAR_A = """
+import os, torch
+from transformers import AutoModelForCausalLM
+
+_a = []
+
+
+def score(model, tokenizer, task, examples):
+    # minus how far the candidate's logits are from model A's: A itself scores best, anything else below it
+    if not _a:
+        _a.append(AutoModelForCausalLM.from_pretrained(os.environ["MODEL_A"]).eval())
+    ids = torch.tensor([[1, 5, 6, 7, 8]])
+    with torch.no_grad():
+        d = float((model(input_ids=ids).logits - _a[0](input_ids=ids).logits).abs().max())
+    return [-d for _ in examples]
+"""
+
+
+@pytest.mark.slow
+def test_a_dfs_run_won_by_its_start_exports_model_a(tmp_path, tiny_zoo, tiny_task_dir, monkeypatch):
+    """A DFS search no candidate of which beats A itself, the start scored first: the run's winner is A, and
+    exporting it writes a model that computes what A does (it crashed: the known-winner path read every recipe as a
+    parameter-space one)."""
+    from evomerge.reporting.export import export_from_run
+
+    (tmp_path / "near_a.py").write_text(NEAR_A)
+    monkeypatch.setenv("MODEL_A", str(tiny_zoo / "add"))
+    exp = write_experiment(
+        tmp_path / "dfs.yaml", tiny_task_dir, name="dfs", sources={"models": ["zoo:add", "zoo:cipher"]},
+        space={"type": "data_flow", "flow": {"repeats": 2}}, optimizer={"type": "cma_wm", "generations": 2,
+                                                                      "popsize": 3},
+        fitness={"type": "python", "scorer": "near_a:score", "tasks": {"add": str(tiny_task_dir / "add")},
+                 "max_examples": 5})
+    results = Runner(exp, tmp_path / "dfs", console=Console(quiet=True)).run()
+    assert results["rows"][0]["label"].startswith("evolved (= A = add")
+    out, label = export_from_run(tmp_path / "dfs", tmp_path / "model")
+    assert label == "A = add" and isinstance(parse_recipe((out / "evomerge_recipe.json").read_text()), FlowRecipe)
+    ids = torch.tensor([[1, 5, 6, 7, 8]])
+    got = AutoModelForCausalLM.from_pretrained(out).eval()(ids).logits
+    want = AutoModelForCausalLM.from_pretrained(tiny_zoo / "add").eval()(ids).logits
+    assert torch.allclose(got, want, atol=1e-5)
+
+
 def test_models_that_cannot_share_a_flow_are_refused_before_the_run_directory_exists(tmp_path, tiny_zoo,
                                                                                        tiny_task_dir):
     """They were refused only when a worker loaded them, after the run directory was written: the corrected

@@ -117,11 +117,14 @@ def export_from_run(run_dir: Path, out: Path, rank: int = 1, candidate: str | No
     known = _known_winner(run_dir)
     if meta is not None and known is not None and (candidate == known["label"] or (candidate is None and rank == 1)):
         src = json.loads(meta)
-        path = export_recipe(Recipe.from_json(json.dumps(known["recipe"])), Path(src["base"]),
-                             [Path(m) for m in src["models"]], out,
-                             {"experiment": board.name, "run directory": str(Path(run_dir).resolve()),
-                              "candidate": f"{known['label']} (known before the search: the best on the search "
-                                           "split, above every search candidate)"}, _run_dtype(src))
+        provenance = {"experiment": board.name, "run directory": str(Path(run_dir).resolve()),
+                      "candidate": f"{known['label']} (known before the search: the best on the search split, above "
+                                   "every search candidate)"}
+        recipe = parse_recipe(json.dumps(known["recipe"]))
+        if isinstance(recipe, FlowRecipe):  # a data-flow search whose start, model A, stayed the best
+            return export_flow_recipe(recipe, [Path(m) for m in src["models"]], out, provenance), known["label"]
+        path = export_recipe(recipe, Path(src["base"]), [Path(m) for m in src["models"]], out, provenance,
+                             _run_dtype(src))
         return path, known["label"]
     ranked = [c for c in board.candidates if c.rank is not None]
     if meta is None or not ranked:
