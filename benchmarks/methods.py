@@ -19,6 +19,7 @@ composed task's 200 search examples, exact match; black-box: 65 + 130 queries, p
   m2n2_weights  the same over mosaics of the experts' weights, the paper's form (experiments/zoo2_m2n2_weights.yaml)
   blackbox  two-stage black-box Evo-Merging over LoRA versions of the experts (experiments/zoo2_blackbox.yaml);
             reference: the best single adapter (chosen on the validation examples); its ablations recorded beside
+  blackbox_best_single  the same started at the best single adapter (experiments/zoo2_blackbox_best_single.yaml)
 
 Margins are paired over the held-out examples (each record keeps its winner's per-example correctness, so margins
 against another method's record are recomputed whenever either changes). Each (method, seed) record replaces its
@@ -58,6 +59,7 @@ METHODS = {
     "m2n2": (REPO / "experiments" / "zoo2_m2n2.yaml", "ps"),
     "m2n2_weights": (REPO / "experiments" / "zoo2_m2n2_weights.yaml", "ps"),
     "blackbox": (REPO / "experiments" / "zoo2_blackbox.yaml", "best_adapter"),
+    "blackbox_best_single": (REPO / "experiments" / "zoo2_blackbox_best_single.yaml", "best_adapter"),
 }
 SUMMARY_KEYS = ("ps_minus_best_source", "psdfs_minus_ps", "psdfs_minus_ps_se", "m2n2_minus_cma", "m2n2_minus_cma_se",
                 "blackbox_minus_best_adapter", "blackbox_minus_best_adapter_se")
@@ -179,7 +181,8 @@ def run_one(method: str, seed: int, tmp: Path, runs: Path, threads: int | None) 
     t = time.perf_counter()
     results = open_run(exp, run_dir, console=Console(quiet=True)).run()
     seconds = round(time.perf_counter() - t, 1)
-    body = blackbox_record(results, run_dir) if method == "blackbox" else search_record(method, results, run_dir)
+    body = (blackbox_record(results, run_dir) if METHODS[method][1] == "best_adapter"
+            else search_record(method, results, run_dir))
     return {"method": method, "seed": seed, **body, "seconds": seconds}
 
 

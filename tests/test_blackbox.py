@@ -337,6 +337,34 @@ def test_failed_queries_are_recorded_and_the_run_reports(service, tiny_task_dir,
     store.close()
 
 
+def test_stages_can_start_at_the_best_single_adapter(service, tiny_task_dir, tmp_path):
+    """`stages.start: best_single`: one query per adapter first, then stage 1 holds β at the best of them and stage 2
+    starts its search there (the paper's start, 1/N each, can lie far below a single adapter)."""
+    from evomerge.blackbox.runner import BlackboxRunner
+    from evomerge.store import RunDir
+
+    tokens = tmp_path / "token"
+    tokens.write_text(TOKEN + "\n")
+    exp = _experiment(tmp_path / "bb.yaml", tiny_task_dir, service, tokens)
+    cfg = yaml.safe_load(exp.read_text())
+    cfg["stages"]["start"] = "best_single"
+    exp.write_text(yaml.safe_dump(cfg))
+    results = BlackboxRunner(exp, tmp_path / "run").run()
+    store = RunDir.open(tmp_path / "run").store()
+    try:
+        singles = {e.label: e.per_task["loss"] for e in store.evaluations("tune") if e.label.startswith("single-")}
+        search = [(e.label, json.loads(e.recipe)["beta"]) for e in store.evaluations("search")]
+    finally:
+        store.close()
+    top = min(singles, key=singles.get).removeprefix("single-")
+    one_hot = [1.0 if a == top else 0.0 for a in results["adapters"]]
+    denoise = [beta for label, beta in search if label.startswith("denoise-")]
+    assert denoise and all(beta == one_hot for beta in denoise)
+    assert any(r["label"] == "stage 1 only (denoise, β = the start)" for r in results["rows"])
+    scale = np.mean([beta for label, beta in search if label.startswith("scale-g0-")], axis=0)
+    assert int(np.argmax(scale)) == results["adapters"].index(top)  # the search is around that adapter
+
+
 @pytest.mark.parametrize("edit, expected", [
     (lambda c: c["service"].update(launch="none"), "service.url: launch none needs the URL"),
     (lambda c: c["stages"].update(popsize=0), "stages.popsize: Input should be greater than 0"),

@@ -19,10 +19,10 @@ def test_every_method_experiment_is_a_zoo2_run_at_the_same_budget():
     from evomerge.blackbox.config import load_blackbox
     from evomerge.config import load_experiment
 
-    assert set(methods.METHODS) == {"ps", "dfs", "psdfs", "m2n2", "m2n2_weights", "blackbox"}
+    assert set(methods.METHODS) == {"ps", "dfs", "psdfs", "m2n2", "m2n2_weights", "blackbox", "blackbox_best_single"}
     for method, (path, _) in methods.METHODS.items():
         assert path.name.startswith("zoo2_"), path
-        if method == "blackbox":
+        if method.startswith("blackbox"):
             cfg, _ = load_blackbox(path)
             assert cfg.zoo == "zoo2"
             assert cfg.stages.denoise_budget + cfg.stages.scale_budget == BUDGET
@@ -56,7 +56,7 @@ def test_the_written_experiment_points_psdfs_at_the_seeds_ps_run(tmp_path):
 
 
 def _record(method, seed, bits, margin=None):
-    ref = {"ps": "best_source", "blackbox": "best_adapter"}.get(method, "ps")
+    ref = {"ps": "best_source", "blackbox": "best_adapter", "blackbox_best_single": "best_adapter"}.get(method, "ps")
     return {
         "method": method,
         "seed": seed,

@@ -59,6 +59,10 @@ class StagesConfig(_Strict):
     lam_denoise: float = Field(0.05, ge=0)
     lam_scale: float = Field(0.05, ge=0)
     beta_bound: float = Field(1.5, gt=0)
+    # where β starts (and what stage 1 holds it at): 1/N per adapter, LoRAHub's and the paper's start, or the best
+    # single adapter on the validation examples (one query per adapter first), so that the search starts from the
+    # best of what it is given, as a parameter-space search starts from its known candidates
+    start: Literal["uniform", "best_single"] = "uniform"
 
 
 class WhiteboxConfig(_Strict):

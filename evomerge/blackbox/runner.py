@@ -251,22 +251,23 @@ class BlackboxRunner(RunLifecycle):
         st, cfg = self.cfg.stages, self.cfg
         ids = client.adapters()
         n = len(ids)
-        ones, uniform, b = np.ones(n), np.full(n, 1.0 / n), st.beta_bound
+        ones, b = np.ones(n), st.beta_bound
         phases: dict[str, dict] = {}
         spent, offset = None, 0
         try:
-            stage = Stage("denoise", StageSpace("alpha", 0.0, 1.0, tuple(ones), tuple(uniform), st.lam_denoise),
+            start = tuple(self._start(store, executor, ids))
+            stage = Stage("denoise", StageSpace("alpha", 0.0, 1.0, tuple(ones), start, st.lam_denoise),
                           st.denoise_budget)
             phases["denoise"] = self._stage(store, executor, stage, offset, snap)
             offset += st.denoise_budget // st.popsize
             alpha = tuple(phases["denoise"]["x"])
-            stages = [Stage("scale", StageSpace("beta", -b, b, tuple(uniform), alpha, st.lam_scale), st.scale_budget)]
+            stages = [Stage("scale", StageSpace("beta", -b, b, start, alpha, st.lam_scale), st.scale_budget)]
             if "no_flip" in cfg.ablations:
-                stages.append(Stage("no_flip", StageSpace("beta", 0.0, b, tuple(uniform), alpha, st.lam_scale),
+                stages.append(Stage("no_flip", StageSpace("beta", 0.0, b, start, alpha, st.lam_scale),
                                     st.scale_budget))
             if "no_denoise" in cfg.ablations:
-                stages.append(Stage("no_denoise", StageSpace("beta", -b, b, tuple(uniform), tuple(ones),
-                                                             st.lam_scale), st.scale_budget))
+                stages.append(Stage("no_denoise", StageSpace("beta", -b, b, start, tuple(ones), st.lam_scale),
+                                    st.scale_budget))
             for stage in stages:
                 phases[stage.name] = self._stage(store, executor, stage, offset, snap)
                 offset += stage.budget // st.popsize
@@ -311,7 +312,9 @@ class BlackboxRunner(RunLifecycle):
                             "validation_loss": p["loss"]})
         if "denoise" in phases:
             p = phases["denoise"]
-            out.append({"label": "stage 1 only (denoise, β = 1/N)", "alpha": alpha, "beta": np.full(n, 1 / n),
+            uniform = self.cfg.stages.start == "uniform"
+            out.append({"label": f"stage 1 only (denoise, β = {'1/N' if uniform else 'the start'})", "alpha": alpha,
+                        "beta": np.full(n, 1 / n) if uniform else self._start(store, executor, ids),
                         "queries": p["queries"], "validation_loss": p["loss"]})
         fixed = [("uniform merge (α = 1, β = 1/N)", np.full(n, 1 / n)), ("base model (β = 0)", np.zeros(n))]
         singles = []
@@ -320,21 +323,35 @@ class BlackboxRunner(RunLifecycle):
                 ev = self._fixed(store, executor, "tune", 1, k, label, ones, beta, SEARCH)
                 out.append({"label": label, "alpha": ones, "beta": beta, "queries": 1,
                             "validation_loss": ev.per_task.get("loss")})
-            for i in range(n):
-                beta = np.zeros(n)
-                beta[i] = 1.0
-                ev = self._fixed(store, executor, "tune", 0, i, f"single-{ids[i]}", ones, beta, SEARCH)
-                if ev.status == "ok":
-                    singles.append((ev.per_task["loss"], i))
+            singles = self._singles(store, executor, ids)
         except BudgetSpent:
             pass
         if singles:
             loss, i = min(singles)
-            beta = np.zeros(n)
-            beta[i] = 1.0
-            out.append({"label": f"best single adapter ({ids[i]})", "alpha": ones, "beta": beta,
+            out.append({"label": f"best single adapter ({ids[i]})", "alpha": ones, "beta": _one_hot(n, i),
                         "queries": len(singles), "validation_loss": loss})
         return out
+
+    def _singles(self, store, executor, ids) -> list[tuple[float, int]]:
+        """(validation loss, index) of each adapter merged alone (α = 1, β = 1), one query each (stored: asked
+        again, the answer is reused)."""
+        out = []
+        for i in range(len(ids)):
+            ev = self._fixed(store, executor, "tune", 0, i, f"single-{ids[i]}", np.ones(len(ids)),
+                             _one_hot(len(ids), i), SEARCH)
+            if ev.status == "ok":
+                out.append((ev.per_task["loss"], i))
+        return out
+
+    def _start(self, store, executor, ids) -> np.ndarray:
+        """β where the stages start (`stages.start`): 1/N per adapter, or the best single adapter."""
+        n = len(ids)
+        if self.cfg.stages.start == "uniform":
+            return np.full(n, 1.0 / n)
+        singles = self._singles(store, executor, ids)
+        if not singles:
+            raise RunError("stages.start best_single: every single-adapter query failed")
+        return _one_hot(n, min(singles)[1])
 
     def _heldout(self, store, executor, candidates: list[dict], held: dict[str, list[dict]]) -> list[dict]:
         """Held-out accuracy per task of each candidate: one query over all held-out examples, split by task."""
@@ -358,6 +375,12 @@ class BlackboxRunner(RunLifecycle):
                 row["error"] = ev.error
             rows.append(row)
         return rows
+
+
+def _one_hot(n: int, i: int) -> np.ndarray:
+    x = np.zeros(n)
+    x[i] = 1.0
+    return x
 
 
 def render_table(results: dict) -> Table:
