@@ -180,20 +180,25 @@ def test_generation_scores_an_answer_worked_in_turns_as_teacher_forcing_does(fam
 
 def test_a_zoo2_build_is_bit_identical_on_one_machine(tmp_path, monkeypatch):
     """Zoo v2's code path (12 layers, experts trained on several tasks, stopped on a measured target) at tiny sizes,
-    built twice, by callers on 1 and on 2 torch threads: the same bytes (the build runs on its own thread count:
-    these models differ between 1 and 2 threads otherwise), the caller's thread count restored, and the experts
-    are the spec's (a language and a math expert)."""
-    from evomerge.zoo.build import build_zoo
+    built twice: by a caller on 1 torch thread, the experts one after the other, and by one on 2 threads, the experts
+    in two processes at once. The same bytes (the build runs on its own thread count: these models differ between 1
+    and 2 threads otherwise), the caller's thread count restored, the log lines of both experts passed on, and the
+    experts are the spec's (a language and a math expert)."""
+    from evomerge.zoo import build as B
 
     spec = PROFILES["zoo2-tiny"]
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
+        monkeypatch.setattr(B, "BUILD_WORKERS", 1)
         monkeypatch.setenv("EVOMERGE_HOME", str(tmp_path / "a"))
-        first = build_zoo(spec, log=lambda *_: None)
+        first = B.build_zoo(spec, log=lambda *_: None)
         torch.set_num_threads(2)
+        monkeypatch.setattr(B, "BUILD_WORKERS", 2)
         monkeypatch.setenv("EVOMERGE_HOME", str(tmp_path / "b"))
-        again = build_zoo(spec, log=lambda *_: None)
+        lines: list[str] = []
+        again = B.build_zoo(spec, log=lines.append)
+        assert {line.split()[1].rstrip(":") for line in lines if line.startswith("expert ")} == {"lang", "math"}
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)

@@ -303,6 +303,11 @@ def _target_reached(model, checks: dict, target: float, what: str, log):
 # differently, and so changes the trained bits (zoo v2's models differ between 1 and 2 threads; measured). One is
 # also the fastest for these tiny models on shared cores.
 BUILD_THREADS = 1
+# processes training experts at once (None: one per core, at most one per expert, when the experts train for
+# PARALLEL_MIN_STEPS steps or more: a process costs seconds to start, more than a short fine-tune); 1: one after
+# the other
+BUILD_WORKERS: int | None = None
+PARALLEL_MIN_STEPS = 200
 
 
 @contextlib.contextmanager
@@ -334,11 +339,7 @@ def _build(spec: ZooSpec, out: Path, log) -> Path:
     tmp.mkdir(parents=True)
     torch.manual_seed(spec.seed)
     try:
-        tok = build_char_tokenizer(spec.convention or FAMILIES[spec.family].convention)
-        data = task_splits(spec)
-        train = {t: _encode_train(tok, rows) for t, rows in training_rows(spec, data).items()}
-        checks = {t: encode_teacher_forced(tok, s["search"][: spec.check_examples]) for t, s in data.items()}
-        heldout = {t: encode_teacher_forced(tok, s["heldout"]) for t, s in data.items()}
+        tok, train, checks, heldout = _encodings(spec)
         base = make_model(spec.family, spec, tok)
         pools = [train[t] for t in spec.tasks]
 
@@ -347,20 +348,11 @@ def _build(spec: ZooSpec, out: Path, log) -> Path:
         report = {"spec": spec.model_dump(), "fingerprint": spec.fingerprint(), "base_steps": steps, "models": {}}
         _save(base, tok, tmp / "base")
         report["models"]["base"] = accuracy_per_task(base, heldout)
-        for i, (name, own) in enumerate(spec.expert_tasks().items()):
-            expert = make_model(spec.family, spec, tok)
-            expert.load_state_dict(base.state_dict())
-            stop = None if spec.expert_target is None else _target_reached(expert, {t: checks[t] for t in own},
-                                                                           spec.expert_target, f"{name} step", log)
-            others = [train[t] for t in spec.kept_tasks(name)]
-            keep = (base.eval(), others, spec.expert_keep) if spec.expert_keep and others else None
-            steps = _train(expert, [train[t] for t in own], [1.0] * len(own), spec.expert_steps, spec.expert_lr,
-                           spec, spec.seed * 1000 + i + 1, stop=stop, keep=keep)
-            _save(expert, tok, tmp / name)
-            report["models"][name] = accuracy_per_task(expert, heldout)
+        base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+        for name, (acc, steps) in _train_experts(spec, base_state, tmp, (tok, train, checks, heldout), log).items():
+            report["models"][name] = acc
             if spec.expert_target is not None:
                 report.setdefault("expert_steps", {})[name] = steps
-            log(f"expert {name}: " + " ".join(f"{k}={v:.2f}" for k, v in report["models"][name].items()))
         report["build_seconds"] = round(time.time() - t0, 1)
         (tmp / "zoo.json").write_text(json.dumps(report, indent=2))
         shutil.rmtree(out, ignore_errors=True)
@@ -368,6 +360,77 @@ def _build(spec: ZooSpec, out: Path, log) -> Path:
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _encodings(spec: ZooSpec):
+    """The tokenizer and each task's encoded training rows, stopping checks and held-out examples."""
+    tok = build_char_tokenizer(spec.convention or FAMILIES[spec.family].convention)
+    data = task_splits(spec)
+    train = {t: _encode_train(tok, rows) for t, rows in training_rows(spec, data).items()}
+    checks = {t: encode_teacher_forced(tok, s["search"][: spec.check_examples]) for t, s in data.items()}
+    heldout = {t: encode_teacher_forced(tok, s["heldout"]) for t, s in data.items()}
+    return tok, train, checks, heldout
+
+
+def _train_expert(spec: ZooSpec, i: int, name: str, base_state: dict, enc, tmp: Path, log) -> tuple[dict, int]:
+    """Fine-tune expert `i` from the base's weights and save it under `tmp/name`; (held-out accuracy, steps)."""
+    tok, train, checks, heldout = enc
+    own = spec.expert_tasks()[name]
+    expert = make_model(spec.family, spec, tok)
+    expert.load_state_dict(base_state)
+    stop = None if spec.expert_target is None else _target_reached(expert, {t: checks[t] for t in own},
+                                                                   spec.expert_target, f"{name} step", log)
+    others = [train[t] for t in spec.kept_tasks(name)]
+    keep = None
+    if spec.expert_keep and others:
+        teacher = make_model(spec.family, spec, tok)
+        teacher.load_state_dict(base_state)
+        keep = (teacher.eval(), others, spec.expert_keep)
+    steps = _train(expert, [train[t] for t in own], [1.0] * len(own), spec.expert_steps, spec.expert_lr, spec,
+                   spec.seed * 1000 + i + 1, stop=stop, keep=keep)
+    _save(expert, tok, tmp / name)
+    acc = accuracy_per_task(expert, heldout)
+    log(f"expert {name}: " + " ".join(f"{k}={v:.2f}" for k, v in acc.items()))
+    return acc, steps
+
+
+def _train_expert_child(spec_json: str, i: int, name: str, base_blob: bytes, tmp: str, lines) -> tuple[dict, int]:
+    """`_train_expert` in a worker process (its log lines sent back through `lines`)."""
+    from safetensors.torch import load
+
+    torch.set_num_threads(BUILD_THREADS)
+    spec = ZooSpec.model_validate_json(spec_json)
+    torch.manual_seed(spec.seed * 1000 + i + 1)  # the global stream is not used by training; seeded all the same
+    return _train_expert(spec, i, name, load(base_blob), _encodings(spec), Path(tmp), lines.put)
+
+
+def _train_experts(spec: ZooSpec, base_state: dict, tmp: Path, enc, log) -> dict[str, tuple[dict, int]]:
+    """Every expert, fine-tuned from the base: at once, one process per core, when there are several cores. Each
+    trains on one thread from its own seed and draws nothing from the global random stream (the families have no
+    dropout), so running them at once gives the same bytes as one after the other (tested)."""
+    names = list(spec.expert_tasks())
+    if BUILD_WORKERS is not None:
+        workers = min(len(names), BUILD_WORKERS)
+    else:
+        workers = min(len(names), os.cpu_count() or 1) if spec.expert_steps >= PARALLEL_MIN_STEPS else 1
+    if workers < 2:
+        return {n: _train_expert(spec, i, n, base_state, enc, tmp, log) for i, n in enumerate(names)}
+    import multiprocessing
+    import queue
+    from concurrent.futures import ProcessPoolExecutor
+
+    from safetensors.torch import save
+
+    blob = save(base_state)
+    ctx = multiprocessing.get_context("spawn")  # not fork: the parent's torch threads must not be inherited
+    with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        lines = manager.Queue()
+        futures = {n: pool.submit(_train_expert_child, spec.model_dump_json(), i, n, blob, str(tmp), lines)
+                   for i, n in enumerate(names)}
+        while not all(f.done() for f in futures.values()) or not lines.empty():
+            with contextlib.suppress(queue.Empty):
+                log(lines.get(timeout=0.2))
+        return {n: f.result() for n, f in futures.items()}
 
 
 def _build_portable(spec: ZooSpec, out: Path, log, force: bool) -> Path:
