@@ -68,7 +68,7 @@ class ZooSpec(BaseModel):
     # that experts can be merged (0: plain fine-tuning)
     expert_keep: float = 0.0
     # Build with portable kernels (PORTABLE_ENV, in a process of its own: the settings must be in place before torch
-    # and MKL start), at about 1.6x the build time: the same bits on the AVX2 and AVX-512 code paths (measured).
+    # and MKL start), at about 1.7x the build time: the same bits on the AVX2 and AVX-512 code paths (measured).
     # Training is where CPUs part ways: the SIMD width changes the rounding of every step; a search on given weights
     # is not affected (benchmarks/README.md, "Across CPUs").
     portable: bool = False
@@ -144,7 +144,7 @@ PROFILES = {
                     expert_lr=4e-4, expert_steps=1500, expert_target=0.97, expert_keep=1.0, experts=ZOO2_EXPERTS,
                     sizes={"train": 4000, "search": 200, "heldout": 300}, pack=0.5, pack_chain=0.5,
                     vocab_repeats=10, check_examples=200),
-    # the default zoo built with portable kernels: the same models on AVX2 and AVX-512 CPUs, at ~1.6x the build time
+    # the default zoo built with portable kernels: the same models on AVX2 and AVX-512 CPUs, at ~1.7x the build time
     "portable": ZooSpec(portable=True),
     # zoo v2's code path at tiny sizes, for tests (seconds; near-chance models)
     "zoo2-tiny": ZooSpec(tasks=ZOO2_TASKS, hidden=16, intermediate=32, layers=12, heads=2, batch=16, base_lr=3e-3,
