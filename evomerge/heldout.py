@@ -274,11 +274,12 @@ def _results(cfg, split, rows, evals, store) -> dict:
     n = len(evolved)
     out_rows = []
     for (kind, label, recipe), ev in zip(rows, evals, strict=True):
-        mean_d, se_d = paired_margin(evolved, flat_per_example(ev))
+        scores = flat_per_example(ev)
+        mean_d, se_d = paired_margin(evolved, scores)
         out_rows.append({
             "kind": kind, "label": label, "average": ev.objective, "per_task": ev.per_task,
             # of the per-example scores (for exact match, sqrt(p(1 - p) / n)); a custom scorer's may lie outside [0, 1]
-            "stderr": statistics.pstdev(flat_per_example(ev)) / math.sqrt(n) if n else 0.0,
+            "stderr": statistics.pstdev(scores) / math.sqrt(n) if n else 0.0,
             # paired over the same examples: how far the evolved merge is above this row, and that gap's stderr
             "evolved_minus_this": mean_d, "evolved_minus_this_stderr": se_d,
             "recipe": json.loads(recipe.to_json()),

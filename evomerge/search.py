@@ -308,8 +308,8 @@ class Search:
         if not self.cfg.optimizer.warm_start or not hasattr(self.space, "seeds"):
             return []
         out: list[tuple[str, np.ndarray]] = []
-        start = self.space.start_name(self.names) if hasattr(self.space, "start_name") else "start"
-        for name, x in [(start, self.opt.x0), *self.space.seeds(self.names, self.cfg.baselines)]:
+        for name, x in [(self.space.start_name(self.names), self.opt.x0),
+                        *self.space.seeds(self.names, self.cfg.baselines)]:
             x = snap_to_grid(x, self.opt.steps)
             if not any(np.array_equal(x, y) for _, y in out):
                 out.append((name, x))

@@ -253,7 +253,7 @@ class BlackboxRunner(RunLifecycle):
         n = len(ids)
         ones, b = np.ones(n), st.beta_bound
         phases: dict[str, dict] = {}
-        spent, offset = None, 0
+        spent, offset, start = None, 0, ()
         try:
             start = tuple(self._start(store, executor, ids))
             stage = Stage("denoise", StageSpace("alpha", 0.0, 1.0, tuple(ones), start, st.lam_denoise),
@@ -274,7 +274,7 @@ class BlackboxRunner(RunLifecycle):
         except BudgetSpent as e:
             spent = str(e)
             self.console.print(f"[yellow]search stopped: {e}[/]")
-        candidates = self._candidates(store, executor, ids, phases, self.val)
+        candidates = self._candidates(store, executor, ids, phases, start)
         rows = self._heldout(store, executor, candidates, self.held)
         if cfg.whitebox.enabled and cfg.service.launch == "local":
             from evomerge.blackbox.whitebox import whitebox_results
@@ -294,7 +294,7 @@ class BlackboxRunner(RunLifecycle):
         self.console.print(render_table(results))
         return results
 
-    def _candidates(self, store, executor, ids, phases, val) -> list[dict]:
+    def _candidates(self, store, executor, ids, phases, start: tuple[float, ...]) -> list[dict]:
         """The merges the table compares, all reached through the API: the search's results, the LoRAHub-style
         uniform start, the best single adapter (one query per adapter on the validation examples), the base."""
         n = len(ids)
@@ -312,10 +312,9 @@ class BlackboxRunner(RunLifecycle):
                             "validation_loss": p["loss"]})
         if "denoise" in phases:
             p = phases["denoise"]
-            uniform = self.cfg.stages.start == "uniform"
+            uniform = self.cfg.stages.start == "uniform"  # `start`: what stage 1 held β at
             out.append({"label": f"stage 1 only (denoise, β = {'1/N' if uniform else 'the start'})", "alpha": alpha,
-                        "beta": np.full(n, 1 / n) if uniform else self._start(store, executor, ids),
-                        "queries": p["queries"], "validation_loss": p["loss"]})
+                        "beta": np.array(start), "queries": p["queries"], "validation_loss": p["loss"]})
         fixed = [("uniform merge (α = 1, β = 1/N)", np.full(n, 1 / n)), ("base model (β = 0)", np.zeros(n))]
         singles = []
         try:

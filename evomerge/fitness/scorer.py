@@ -85,8 +85,8 @@ class NativeScorer(Scorer):
 def _answers_fit(tokenizer, tasks: dict[str, list[dict]], max_new_tokens: int) -> None:
     """Generation stops at `max_new_tokens`: an answer longer than that (with its EOS) could never match, so refuse
     the configuration instead of scoring 0."""
+    end = tokenizer.eos_token_id is not None
     for t, rows in tasks.items():
-        end = tokenizer.eos_token_id is not None
         need = max((len(tokenizer.encode(r["answer"], add_special_tokens=False)) + end for r in rows), default=0)
         if need > max_new_tokens:
             raise ConfigError(f"fitness.max_new_tokens: {max_new_tokens} is too few for task {t!r}, whose longest "

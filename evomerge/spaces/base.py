@@ -3,15 +3,16 @@
 Every class in `evomerge.spaces.SPACES` subclasses `SearchSpace` and keeps this contract (checked for each
 registered space by tests/test_contracts.py):
 
-- `Space(space_cfg, n_sources, layers, sources=None)`: `space_cfg` the experiment's `space` section; `n_sources` and
+- `Space(space_cfg, n_sources, layers, sources=None, base=None)`: `space_cfg` the experiment's `space` section; `n_sources` and
   `layers` the executor's shape (the number of transformer blocks of the base, or for a data flow the tuple of every
-  model's layer count); `sources` the source model directories, passed only where `needs_sources` is declared;
+  model's layer count); `sources` (and `base`) the model directories, passed only where `needs_sources` is declared;
 - `dim`: the genome's length; `decode(x, seed)` turns a genome of that length into a `Recipe` (or `FlowRecipe`)
   that validates, the same recipe for the same genome and seed every time; a genome of another length raises
   ValueError;
 - `bounded`: True when every gene lives in [0, 1] (values outside are clipped); `steps` (None: all continuous) marks
   discrete genes for the optimizers that handle them (`evomerge.optim.base`), and `x0` (None: the optimizer's
-  `optimizer.x0` in every gene) is where a search starts — it decodes like any genome.
+  `optimizer.x0` in every gene) is where a search starts — it decodes like any genome; `start_name(names)` labels it
+  among the known candidates the search scores first, with `seeds(names, baselines)` where a space defines them.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ class SearchSpace:
     def x0(self) -> np.ndarray | None:
         """The genome a search starts from; None: the optimizer's own (`optimizer.x0` in every gene)."""
         return None
+
+    def start_name(self, names: list[str]) -> str:  # noqa: ARG002 — a space whose start is a source names it
+        """The label of the start point `x0` among the known candidates the search scores first."""
+        return "start"
 
     def decode(self, x: np.ndarray, seed: int = 0) -> Recipe | FlowRecipe:
         raise NotImplementedError

@@ -65,8 +65,7 @@ class DataFlowSpace(SearchSpace):
         last layers, so B alone is not in the space, and a weight merge never is."""
         return []
 
-    @staticmethod
-    def start_name(names: list[str]) -> str:
+    def start_name(self, names: list[str]) -> str:
         return f"A = {names[0]}"
 
     def _scale(self, genes: np.ndarray, prev: int | None, slot: int) -> float:
