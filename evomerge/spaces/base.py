@@ -4,8 +4,9 @@ Every class in `evomerge.spaces.SPACES` subclasses `SearchSpace` and keeps this 
 registered space by tests/test_contracts.py):
 
 - `Space(space_cfg, n_sources, layers, sources=None, base=None)`: `space_cfg` the experiment's `space` section;
-  `n_sources` and `layers` the executor's shape (the number of transformer blocks of the base, or for a data flow the tuple of every
-  model's layer count); `sources` (and `base`) the model directories, passed only where `needs_sources` is declared;
+  `n_sources` and `layers` the executor's shape (the number of transformer blocks of the base, or for a data flow
+  the tuple of every model's layer count); `sources` (and `base`) the model directories, passed only where
+  `needs_sources` is declared;
 - `dim`: the genome's length; `decode(x, seed)` turns a genome of that length into a `Recipe` (or `FlowRecipe`)
   that validates, the same recipe for the same genome and seed every time; a genome of another length raises
   ValueError;
