@@ -423,14 +423,27 @@ def _train_experts(spec: ZooSpec, base_state: dict, tmp: Path, enc, log) -> dict
 
     blob = save(base_state)
     ctx = multiprocessing.get_context("spawn")  # not fork: the parent's torch threads must not be inherited
-    with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+    others = set(multiprocessing.active_children())
+    with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_interrupts) as pool:
         lines = manager.Queue()
         futures = {n: pool.submit(_train_expert_child, spec.model_dump_json(), i, n, blob, str(tmp), lines)
                    for i, n in enumerate(names)}
-        while not all(f.done() for f in futures.values()) or not lines.empty():
-            with contextlib.suppress(queue.Empty):
-                log(lines.get(timeout=0.2))
-        return {n: f.result() for n, f in futures.items()}
+        try:
+            while not all(f.done() for f in futures.values()) or not lines.empty():
+                with contextlib.suppress(queue.Empty):
+                    log(lines.get(timeout=0.2))
+            return {n: f.result() for n, f in futures.items()}
+        except BaseException:  # Ctrl-C (the workers ignore it: one message, from here), a failed expert
+            pool.shutdown(wait=False, cancel_futures=True)
+            for child in set(multiprocessing.active_children()) - others:  # no expert trains on after the build
+                child.terminate()
+            raise
+
+
+def _ignore_interrupts() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _build_portable(spec: ZooSpec, out: Path, log, force: bool) -> Path:
